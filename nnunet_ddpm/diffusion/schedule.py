@@ -1,0 +1,82 @@
+"""Noise schedule, forward noising and sampling for DDPM pretraining.
+
+The schedule maths is diffusers' (``DDPMScheduler`` for training, ``DDIMScheduler`` for previews); this module only
+fixes our defaults, validates them, and keeps them in a plain dict that is stored in every checkpoint and round-trips.
+No trainer imports here.
+
+References: Ho et al. 2020 (DDPM, epsilon prediction), Nichol & Dhariwal 2021 (cosine schedule, eq. 17),
+Song et al. 2021 (DDIM sampling).
+"""
+from dataclasses import asdict, dataclass, fields
+from typing import Optional, Sequence
+
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler
+
+# diffusers' names: 'squaredcos_cap_v2' is the cosine schedule of Nichol & Dhariwal.
+SUPPORTED_BETA_SCHEDULES = ("squaredcos_cap_v2", "linear", "scaled_linear")
+
+
+@dataclass(frozen=True)
+class DiffusionSettings:
+    """What defines the forward process. Stored in checkpoints (``to_dict``) and compared on fine-tuning."""
+
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "squaredcos_cap_v2"
+
+    def __post_init__(self):
+        if not isinstance(self.num_train_timesteps, int) or self.num_train_timesteps < 2:
+            raise ValueError(f"num_train_timesteps must be an integer >= 2, got {self.num_train_timesteps!r}")
+        if self.beta_schedule not in SUPPORTED_BETA_SCHEDULES:
+            raise ValueError(f"beta_schedule must be one of {SUPPORTED_BETA_SCHEDULES}, got {self.beta_schedule!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "DiffusionSettings":
+        known = {f.name for f in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"Unknown diffusion settings {sorted(unknown)}; known settings are {sorted(known)}")
+        return cls(**values)
+
+    def training_scheduler(self) -> DDPMScheduler:
+        """Epsilon-prediction DDPM scheduler; only its ``add_noise`` and ``alphas_cumprod`` are used in training."""
+        return DDPMScheduler(num_train_timesteps=self.num_train_timesteps, beta_schedule=self.beta_schedule,
+                             prediction_type="epsilon", clip_sample=False)
+
+    def alpha_bar(self, timestep: int) -> float:
+        """Cumulative signal fraction alpha_bar_t (Ho et al. 2020, eq. 4) at one timestep."""
+        if not 0 <= timestep < self.num_train_timesteps:
+            raise ValueError(f"timestep must lie in [0, {self.num_train_timesteps - 1}], got {timestep}")
+        return float(self.training_scheduler().alphas_cumprod[timestep])
+
+
+def sample_training_timesteps(batch_size: int, settings: DiffusionSettings, device: torch.device,
+                              generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Uniform timesteps t ~ U{0, ..., T-1}, shape (B,), as in Ho et al. 2020, Algorithm 1."""
+    return torch.randint(0, settings.num_train_timesteps, (batch_size,), generator=generator,
+                         device='cpu').to(device)
+
+
+@torch.no_grad()
+def ddim_sample(denoiser: torch.nn.Module, shape: Sequence[int], settings: DiffusionSettings,
+                num_inference_steps: int = 50, generator: Optional[torch.Generator] = None,
+                device: torch.device = torch.device('cpu')) -> torch.Tensor:
+    """Generate images of ``shape`` (B, C, *spatial) with deterministic DDIM (eta = 0, Song et al. 2021).
+
+    ``denoiser(x_t, t)`` must predict the noise. Sampling is seeded by ``generator`` (a CPU generator).
+    """
+    if num_inference_steps < 1 or num_inference_steps > settings.num_train_timesteps:
+        raise ValueError(f"num_inference_steps must lie in [1, {settings.num_train_timesteps}], "
+                         f"got {num_inference_steps}")
+    scheduler = DDIMScheduler(num_train_timesteps=settings.num_train_timesteps, beta_schedule=settings.beta_schedule,
+                              prediction_type="epsilon", clip_sample=False, set_alpha_to_one=True)
+    scheduler.set_timesteps(num_inference_steps)
+    x = torch.randn(tuple(shape), generator=generator).to(device)
+    for t in scheduler.timesteps:
+        timesteps = torch.full((shape[0],), int(t), device=device, dtype=torch.long)
+        noise_prediction = denoiser(x, timesteps)
+        x = scheduler.step(noise_prediction, t, x, eta=0.0).prev_sample
+    return x

@@ -1,0 +1,149 @@
+"""A time-conditioned denoising U-Net whose topology is nnU-Net's planned network.
+
+We build the network exactly as nnU-Net does (``get_network_from_plans``: stages, features, kernels, strides, conv and
+norm ops; 2D or 3D follows from ``conv_op``) and add the diffusion timestep to it: a sinusoidal embedding and an MLP
+(diffusers' ``Timesteps`` / ``TimestepEmbedding``), projected to a per-sample scale and shift that modulates every
+instance normalisation of encoder and decoder ("scale-shift norm", Dhariwal & Nichol 2021, sec. 3 / Perez et al. 2018).
+
+The modulation is folded into the normalisation's affine parameters: instance norm of a (B, C, *spatial) tensor is a
+batch norm of its (1, B*C, *spatial) view, so per-sample scales are per-channel weights there. That costs what a plain
+instance norm costs (measured in ``documentation/performance.md``).
+
+State-dict keys are those of the plain nnU-Net network under ``unet.`` plus ``time_embedding.*`` and one
+``*.norm.time_projection.*`` per normalisation, for the denoiser and the segmentation network alike, so pretrained
+weights move between them (and through nnU-Net's ``-pretrained_weights``) by key; only ``.seg_layers.`` differ.
+"""
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from diffusers.models.embeddings import TimestepEmbedding, Timesteps
+from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
+from torch import nn
+from torch.nn.modules.instancenorm import _InstanceNorm
+
+
+class _Conditioning:
+    """Holds the timestep embedding of the forward pass under way, shared by all modulated norms of one network."""
+
+    embedding: Optional[torch.Tensor] = None
+
+
+class TimestepModulatedInstanceNorm(nn.Module):
+    """Instance norm with per-sample affine parameters weight * (1 + scale_t), bias * (1 + scale_t) + shift_t.
+
+    Keeps the wrapped norm's ``weight`` and ``bias`` under the same names. ``time_projection`` is zero-initialised so a
+    fresh network starts as the plain nnU-Net network.
+    """
+
+    def __init__(self, norm: _InstanceNorm, embedding_dim: int, conditioning: _Conditioning):
+        super().__init__()
+        if norm.track_running_stats:
+            raise ValueError("Timestep modulation needs instance norm without running statistics "
+                             "(nnU-Net's default: norm_op_kwargs {'eps': 1e-5, 'affine': True}).")
+        self.num_features = norm.num_features
+        self.eps = norm.eps
+        self.weight = norm.weight if norm.affine else None
+        self.bias = norm.bias if norm.affine else None
+        self.time_projection = nn.Linear(embedding_dim, 2 * norm.num_features)
+        nn.init.zeros_(self.time_projection.weight)
+        nn.init.zeros_(self.time_projection.bias)
+        self._conditioning = conditioning
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        embedding = self._conditioning.embedding
+        if embedding is None:
+            raise RuntimeError("TimestepModulatedInstanceNorm was called outside TimeConditionedUNet.forward")
+        batch, channels = x.shape[:2]
+        scale, shift = self.time_projection(embedding).expand(batch, -1).chunk(2, dim=1)  # (B, C) each
+        weight = 1 + scale if self.weight is None else self.weight * (1 + scale)
+        bias = shift if self.bias is None else self.bias * (1 + scale) + shift
+        folded = x.reshape(1, batch * channels, *x.shape[2:])
+        out = F.batch_norm(folded, None, None, weight.reshape(-1), bias.reshape(-1), True, 0.0, self.eps)
+        return out.reshape(x.shape)
+
+
+def build_unet_from_plans(configuration_manager: ConfigurationManager, num_input_channels: int,
+                          num_output_channels: int, deep_supervision: bool) -> nn.Module:
+    """nnU-Net's planned network (e.g. ``PlainConvUNet``), initialised as nnU-Net initialises it."""
+    return get_network_from_plans(configuration_manager.network_arch_class_name,
+                                  configuration_manager.network_arch_init_kwargs,
+                                  configuration_manager.network_arch_init_kwargs_req_import,
+                                  num_input_channels, num_output_channels, allow_init=True,
+                                  deep_supervision=deep_supervision)
+
+
+class TimeConditionedUNet(nn.Module):
+    """Noise predictor eps_theta(x_t, t): the planned U-Net with every instance norm modulated by the timestep.
+
+    Input x of shape (B, C, *spatial) and integer timesteps of shape (B,) (or a scalar); output as the wrapped U-Net's.
+    """
+
+    def __init__(self, unet: nn.Module, embedding_dim: Optional[int] = None):
+        super().__init__()
+        norms = [(parent, name, child) for parent in unet.modules() for name, child in parent.named_children()
+                 if isinstance(child, _InstanceNorm)]
+        if not norms:
+            found = sorted({type(m).__name__ for m in unet.modules() if 'Norm' in type(m).__name__}) or ['none']
+            raise ValueError("Timestep conditioning needs instance normalisation in the planned network (nnU-Net's "
+                             f"default norm_op), but the plans use: {', '.join(found)}.")
+        base_channels = _first_conv(unet).out_channels
+        embedding_dim = embedding_dim or 4 * base_channels  # DDPM convention: 4 x the first stage's width
+        self.unet = unet
+        self.time_embedding = nn.Sequential(
+            Timesteps(base_channels, flip_sin_to_cos=True, downscale_freq_shift=0),
+            TimestepEmbedding(base_channels, embedding_dim))
+        self._conditioning = _Conditioning()
+        modulated = {}
+        # DNA blocks reference one norm from two parents (``.norm`` and ``.all_modules``): replace it in both.
+        for parent, name, norm in norms:
+            if id(norm) not in modulated:
+                modulated[id(norm)] = TimestepModulatedInstanceNorm(norm, embedding_dim, self._conditioning)
+            setattr(parent, name, modulated[id(norm)])
+
+    @property
+    def decoder(self) -> nn.Module:
+        """nnU-Net toggles deep supervision through ``network.decoder.deep_supervision``."""
+        return self.unet.decoder
+
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor):
+        timesteps = torch.as_tensor(timesteps, device=x.device).reshape(-1)
+        self._conditioning.embedding = self.time_embedding(timesteps)
+        try:
+            return self.unet(x)
+        finally:
+            self._conditioning.embedding = None
+
+
+class FixedTimestepUNet(TimeConditionedUNet):
+    """The noise predictor run at one fixed diffusion timestep as a segmentation network.
+
+    This is the fine-tuning of Alshenoudy et al. 2023: the input is brought to the timestep's signal level,
+    sqrt(alpha_bar_t) * x; during training Gaussian noise of that timestep, sqrt(1 - alpha_bar_t) * eps, is added as the
+    paper's code does. In eval mode no noise is drawn, so prediction is deterministic. The timestep is a constant of
+    the class that builds the network (a trainer attribute), not a state-dict entry, so keys stay those of the
+    denoiser.
+    """
+
+    def __init__(self, unet: nn.Module, timestep: int, alpha_bar: float, noise_in_training: bool = True,
+                 embedding_dim: Optional[int] = None):
+        super().__init__(unet, embedding_dim)
+        self.timestep = int(timestep)
+        self.signal_scale = math.sqrt(alpha_bar)
+        self.noise_scale = math.sqrt(1 - alpha_bar) if noise_in_training else 0.0
+
+    def forward(self, x: torch.Tensor):
+        x_t = self.signal_scale * x
+        if self.training and self.noise_scale > 0:
+            x_t = x_t + self.noise_scale * torch.randn_like(x)
+        timesteps = torch.full((1,), self.timestep, device=x.device, dtype=torch.long)
+        return super().forward(x_t, timesteps)
+
+
+def _first_conv(unet: nn.Module) -> nn.Module:
+    for module in unet.modules():
+        if isinstance(module, nn.modules.conv._ConvNd):
+            return module
+    raise ValueError(f"{type(unet).__name__} has no convolution; it cannot be a planned nnU-Net network")

@@ -1,0 +1,209 @@
+"""DDPM pretraining of nnU-Net's planned U-Net on images only.
+
+Ho et al. 2020 (epsilon-prediction loss, Algorithm 1), Nichol & Dhariwal 2021 (cosine schedule), as used by
+Alshenoudy et al. 2023 ("Semi-supervised Brain Tumor Segmentation Using Diffusion Models", sec. 3.1).
+"""
+from copy import deepcopy
+from typing import List
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from batchgenerators.utilities.file_and_folder_operations import join, load_json
+from batchgeneratorsv2.transforms.spatial.mirroring import MirrorTransform
+from batchgeneratorsv2.transforms.spatial.spatial import SpatialTransform
+from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
+from batchgeneratorsv2.transforms.utils.pseudo2d import Convert2DTo3DTransform, Convert3DTo2DTransform
+from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
+from nnunetv2.utilities.collate_outputs import collate_outputs
+from nnunetv2.utilities.helpers import dummy_context
+from time import time
+from torch import autocast, distributed as dist, nn
+
+from nnunet_ddpm.diffusion import ddim_sample, sample_training_timesteps
+from nnunet_ddpm.networks import TimeConditionedUNet, build_unet_from_plans
+from nnunet_ddpm.training.ddpm_trainer_base import nnUNetTrainerDDPMBase
+from nnunet_ddpm.training.images_only_dataset import images_only
+from nnunet_ddpm.training.pretrained_checkpoint import denoiser_metadata
+from nnunet_ddpm.training.progress import DenoisingProgressLogger, save_sample_grid
+
+
+class nnUNetTrainerDDPMPretrain(nnUNetTrainerDDPMBase):
+    """Trains the time-conditioned planned U-Net to predict the noise added to an image (MSE on epsilon).
+
+    Labels are never read: the dataset is opened images-only, foreground oversampling is off, augmentation is
+    spatial only. Validation reports the denoising loss; the best checkpoint has the lowest moving average of it.
+    ``network_weights`` in the checkpoints are the EMA weights. At the end a grid of DDIM samples is written to
+    ``samples.png`` beside ``progress.png``. Run it on fold ``all``.
+    """
+
+    ema_decay = 0.999
+    num_preview_samples = 8
+    preview_sampling_steps = 50
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.initial_lr = 2e-4
+        self.weight_decay = 0.0
+        self.enable_deep_supervision = False
+        self.oversample_foreground_percent = 0.0
+        # pretraining has no classes: a background-only label manager keeps nnU-Net's data loader away from labels
+        # (no ignore-label or region handling, no class locations)
+        self.label_manager = self.plans_manager.get_label_manager(
+            {k: v for k, v in dataset_json.items() if k != 'regions_class_order'} | {'labels': {'background': 0}})
+        self.logger.local_logger = DenoisingProgressLogger()
+        self.noise_scheduler = self.diffusion.training_scheduler()
+        self.ema_network = None  # -> initialize
+        self.ema_updates = 0
+        self._reference_images = None
+
+    @classmethod
+    def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels: int,
+                                   num_output_channels: int, enable_deep_supervision: bool = True) -> nn.Module:
+        """The noise predictor: one output channel per input channel; no deep supervision."""
+        unet = build_unet_from_plans(configuration_manager, num_input_channels, num_input_channels,
+                                     deep_supervision=False)
+        return TimeConditionedUNet(unet, cls.timestep_embedding_dim)
+
+    def initialize(self):
+        super().initialize()
+        self.dataset_class = images_only(self.dataset_class)
+        self.ema_network = deepcopy(self.unwrapped_network()).requires_grad_(False).eval()
+
+    def _build_loss(self):
+        return nn.MSELoss()
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(self.network.parameters(), lr=self.initial_lr, weight_decay=self.weight_decay)
+        return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
+
+    @staticmethod
+    def get_training_transforms(patch_size, rotation_for_DA, deep_supervision_scales, mirror_axes,
+                                do_dummy_2d_data_aug, use_mask_for_norm=None, is_cascaded=False,
+                                foreground_labels=None, regions=None, ignore_label=None):
+        """Spatial augmentation only: intensity augmentation would teach the DDPM a distorted image distribution."""
+        spatial = SpatialTransform(patch_size[1:] if do_dummy_2d_data_aug else patch_size,
+                                   patch_center_dist_from_border=0, random_crop=False, p_elastic_deform=0,
+                                   p_rotation=0.2, rotation=rotation_for_DA, p_scaling=0.2, scaling=(0.85, 1.15),
+                                   p_synchronize_scaling_across_axes=1, bg_style_seg_sampling=False)
+        transforms = [Convert3DTo2DTransform(), spatial, Convert2DTo3DTransform()] if do_dummy_2d_data_aug \
+            else [spatial]
+        if mirror_axes is not None and len(mirror_axes) > 0:
+            transforms.append(MirrorTransform(allowed_axes=mirror_axes))
+        return ComposeTransforms(transforms)
+
+    def denoising_loss(self, images: torch.Tensor, generator: torch.Generator = None) -> torch.Tensor:
+        """E_{t, eps} || eps - eps_theta(sqrt(a_t) x + sqrt(1 - a_t) eps, t) ||^2 for a batch (B, C, *spatial)."""
+        timesteps = sample_training_timesteps(images.shape[0], self.diffusion, self.device, generator)
+        noise = torch.randn_like(images) if generator is None else \
+            torch.randn(images.shape, generator=generator).to(self.device)
+        noisy = self.noise_scheduler.add_noise(images, noise, timesteps)
+        with autocast(self.device.type, enabled=True) if self.device.type == 'cuda' else dummy_context():
+            prediction = self.network(noisy, timesteps)
+        return F.mse_loss(prediction.float(), noise)
+
+    def train_step(self, batch: dict) -> dict:
+        images = batch['data'].to(self.device, non_blocking=True)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.denoising_loss(images)
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(loss).backward()
+            self.grad_scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 1.0)
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 1.0)
+            self.optimizer.step()
+        self.update_ema()
+        return {'loss': loss.detach().cpu().numpy()}
+
+    @torch.no_grad()
+    def update_ema(self):
+        """theta_ema <- d * theta_ema + (1 - d) * theta, with d warmed up as min(decay, (1 + n) / (10 + n))."""
+        decay = min(self.ema_decay, (1 + self.ema_updates) / (10 + self.ema_updates))
+        for ema_parameter, parameter in zip(self.ema_network.parameters(), self.unwrapped_network().parameters()):
+            ema_parameter.lerp_(parameter, 1 - decay)
+        self.ema_updates += 1
+
+    def on_validation_epoch_start(self):
+        super().on_validation_epoch_start()
+        # the same timesteps and noise every epoch, so validation losses are comparable across epochs
+        self._validation_generator = torch.Generator().manual_seed(self.random_seed)
+
+    def validation_step(self, batch: dict) -> dict:
+        images = batch['data'].to(self.device, non_blocking=True)
+        return {'loss': self.denoising_loss(images, self._validation_generator).cpu().numpy()}
+
+    def on_validation_epoch_end(self, val_outputs: List[dict]):
+        loss = np.mean(collate_outputs(val_outputs)['loss'])
+        if self.is_ddp:
+            losses = [None] * dist.get_world_size()
+            dist.all_gather_object(losses, loss)
+            loss = float(np.mean(losses))
+        previous = self.logger.get_value('ema_val_losses', step=None)
+        self.logger.log('val_losses', loss, self.current_epoch)
+        self.logger.log('ema_val_losses', loss if not previous else 0.9 * previous[-1] + 0.1 * loss,
+                        self.current_epoch)
+
+    def on_epoch_end(self):
+        """nnU-Net's epoch end with 'best' meaning the lowest moving-average validation denoising loss."""
+        self.logger.log('epoch_end_timestamps', time(), self.current_epoch)
+        for key in ('train_losses', 'val_losses', 'ema_val_losses'):
+            self.print_to_log_file(key, np.round(self.logger.get_value(key, step=-1), decimals=5))
+        epoch_time = self.logger.get_value('epoch_end_timestamps', step=-1) - \
+            self.logger.get_value('epoch_start_timestamps', step=-1)
+        self.print_to_log_file(f"Epoch time: {np.round(epoch_time, decimals=2)} s")
+        if (self.current_epoch + 1) % self.save_every == 0 and self.current_epoch != (self.num_epochs - 1):
+            self.save_checkpoint(join(self.output_folder, 'checkpoint_latest.pth'))
+        ema_val_loss = self.logger.get_value('ema_val_losses', step=-1)
+        if self._best_ema is None or ema_val_loss < self._best_ema:
+            self._best_ema = ema_val_loss
+            self.print_to_log_file(f"New best moving-average validation denoising loss: {np.round(ema_val_loss, 5)}")
+            self.save_checkpoint(join(self.output_folder, 'checkpoint_best.pth'))
+        if self.local_rank == 0:
+            self.logger.plot_progress_png(self.output_folder)
+        self.current_epoch += 1
+
+    def extra_checkpoint_entries(self) -> dict:
+        """EMA weights go to 'network_weights' (what fine-tuning and -pretrained_weights read)."""
+        return {
+            'network_weights': self.ema_network.state_dict(),
+            'training_network_weights': self.unwrapped_network().state_dict(),
+            'ema_updates': self.ema_updates,
+            'ddpm': denoiser_metadata(self, self.diffusion, self.timestep_embedding_dim, self.ema_decay),
+        }
+
+    def load_checkpoint(self, filename_or_checkpoint) -> None:
+        # nnU-Net restores epoch, optimizer and logs (and puts the EMA weights into the network); we then put the raw
+        # weights back into the network and the EMA weights into the EMA copy. nnU-Net's loader takes only a file
+        # name, hence the second read.
+        super().load_checkpoint(filename_or_checkpoint)
+        checkpoint = filename_or_checkpoint if isinstance(filename_or_checkpoint, dict) else \
+            torch.load(filename_or_checkpoint, map_location=self.device, weights_only=False)
+        self.ema_network.load_state_dict(checkpoint['network_weights'])
+        self.unwrapped_network().load_state_dict(checkpoint['training_network_weights'])
+        self.ema_updates = checkpoint['ema_updates']
+
+    def on_train_end(self):
+        # keep a few real validation patches for the sample grid while the data loaders still run
+        self._reference_images = next(self.dataloader_val)['data'][:self.num_preview_samples]
+        super().on_train_end()
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        """There is nothing to segment: write the sample grid of the EMA denoiser instead."""
+        if self.local_rank != 0:
+            return
+        patch_size = self.configuration_manager.patch_size
+        generator = torch.Generator().manual_seed(self.random_seed)
+        samples = ddim_sample(self.ema_network, (self.num_preview_samples, self.num_input_channels, *patch_size),
+                              self.diffusion, self.preview_sampling_steps, generator, self.device)
+        channel_names = [self.dataset_json['channel_names'][k] for k in sorted(self.dataset_json['channel_names'],
+                                                                                key=int)]
+        path = join(self.output_folder, 'samples.png')
+        save_sample_grid(samples, path, channel_names, self._reference_images,
+                         title=f'{self.plans_manager.dataset_name} {self.configuration_name}: '
+                               f'DDIM, {self.preview_sampling_steps} steps, epoch {self.current_epoch}')
+        self.print_to_log_file(f"Wrote {self.num_preview_samples} generated samples to {path}")

@@ -1,0 +1,29 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="nnunet_ddpm",
+    version="0.1.0",
+    description="Diffusion-model (DDPM) pretraining for semi-supervised segmentation as nnU-Net v2 trainers",
+    long_description=open("README.md").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["nnunet_ddpm", "nnunet_ddpm.*"]),
+    install_requires=[
+        "nnunetv2>=2.8.1,<2.9",  # trainer hooks, MetaLogger and the extTrainer search of 2.8
+        "torch>=2.1",
+        "numpy",
+        "SimpleITK",
+        "batchgenerators",
+        "batchgeneratorsv2",
+        "dynamic-network-architectures",
+        "diffusers>=0.30",  # noise schedulers and timestep embeddings
+        "matplotlib",
+        "blosc2",
+    ],
+    extras_require={"test": ["pytest>=7"]},
+    entry_points={
+        "console_scripts": [
+            "nnUNetv2_ddpm_trainer_dir=nnunet_ddpm.cli:trainer_dir_entry",
+        ],
+    },
+)
