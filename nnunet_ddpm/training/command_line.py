@@ -4,24 +4,27 @@ nnU-Net passes ``-pretrained_weights``, ``--c`` and ``--val`` to its own run scr
 trainer must know them before nnU-Net loads anything: to check a given checkpoint's metadata (nnU-Net only compares
 tensor shapes), and to not demand a pretraining checkpoint when a run is resumed or only validated.
 """
-import argparse
 import os
 import sys
+from types import SimpleNamespace
 from typing import Optional, Sequence
 
 
-def nnunet_train_options(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    """Parse ``-pretrained_weights``, ``--c`` and ``--val`` from an ``nnUNetv2_train`` command line.
+def nnunet_train_options(argv: Optional[Sequence[str]] = None) -> SimpleNamespace:
+    """Read ``-pretrained_weights``, ``--c`` and ``--val`` from an ``nnUNetv2_train`` command line.
 
-    With ``argv=None`` the running process's command line is read, but only when it is ``nnUNetv2_train`` (or
-    nnU-Net's ``run_training.py``); for any other program (a notebook, a test harness) all options are unset.
+    Tokens are matched exactly (an argparse parser of only these options would take nnU-Net's ``-p PLANS`` for an
+    abbreviation of ``-pretrained_weights``). With ``argv=None`` the running process's command line is read, but only
+    when it is ``nnUNetv2_train`` (or nnU-Net's ``run_training.py``); for any other program all options are unset.
     """
-    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)  # no abbreviations: '-p' is nnU-Net's plans
-    parser.add_argument('-pretrained_weights', default=None)
-    parser.add_argument('--c', action='store_true')
-    parser.add_argument('--val', action='store_true')
     if argv is None:
         program = os.path.basename(sys.argv[0])
         argv = sys.argv[1:] if program.startswith('nnUNetv2_train') or program == 'run_training.py' else []
-    options, _ = parser.parse_known_args(list(argv))
-    return options
+    argv = list(argv)
+    pretrained_weights = None
+    for i, token in enumerate(argv):
+        if token == '-pretrained_weights' and i + 1 < len(argv):
+            pretrained_weights = argv[i + 1]
+        elif token.startswith('-pretrained_weights='):
+            pretrained_weights = token.split('=', 1)[1]
+    return SimpleNamespace(pretrained_weights=pretrained_weights, c='--c' in argv, val='--val' in argv)

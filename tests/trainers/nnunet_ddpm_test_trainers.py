@@ -1,17 +1,20 @@
 """Tiny-budget variants of the plugin's trainers for the test suite (found through nnUNet_extTrainer).
 
-They change only the budget, exactly as a user would shorten a run (compare nnU-Net's nnUNetTrainer_5epochs).
+They change only the budget, as a user would shorten a run (compare nnU-Net's nnUNetTrainer_5epochs). The number
+of epochs can be raised with NNUNET_DDPM_TEST_EPOCHS to test resuming a finished run with --c.
 """
+import os
+
 import torch
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_ddpm.training.nnUNetTrainerDDPMFinetune import (nnUNetTrainerDDPMFinetune,
                                                             nnUNetTrainerDDPMFinetuneFrozenEncoder)
 from nnunet_ddpm.training.nnUNetTrainerDDPMPretrain import nnUNetTrainerDDPMPretrain
-from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 
 def _tiny(trainer):
-    trainer.num_epochs = 2
+    trainer.num_epochs = int(os.environ.get('NNUNET_DDPM_TEST_EPOCHS', 2))
     trainer.num_iterations_per_epoch = 3
     trainer.num_val_iterations_per_epoch = 2
 
@@ -38,13 +41,6 @@ class nnUNetTrainerDDPMFinetune_tiny(nnUNetTrainerDDPMFinetune):
 class nnUNetTrainerDDPMFinetuneFrozenEncoder_tiny(nnUNetTrainerDDPMFinetuneFrozenEncoder):
     pretraining_trainer_name = "nnUNetTrainerDDPMPretrain_tiny"
 
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device('cuda')):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        _tiny(self)
-
-
-class nnUNetTrainer_tiny(nnUNetTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
         super().__init__(plans, configuration, fold, dataset_json, device)

@@ -1,0 +1,70 @@
+import math
+
+import pytest
+import torch
+
+from nnunet_ddpm.diffusion import DiffusionSettings, ddim_sample, sample_training_timesteps
+
+
+def test_cosine_schedule_matches_nichol_dhariwal():
+    """alpha_bar_t = f(t) / f(0), f(t) = cos^2(((t / T) + s) / (1 + s) * pi / 2), s = 0.008 (their eq. 17).
+
+    diffusers builds it from betas clipped at 0.999, which changes only the last steps.
+    """
+    settings = DiffusionSettings()
+    alphas_cumprod = settings.training_scheduler().alphas_cumprod.double()
+
+    def f(t):
+        return math.cos((t / 1000 + 0.008) / 1.008 * math.pi / 2) ** 2
+
+    for t in (0, 1, 50, 250, 500, 900):
+        # diffusers indexes alpha_bar by t = 0 .. T-1 as the product of the first t + 1 betas
+        assert alphas_cumprod[t].item() == pytest.approx(f(t + 1) / f(0), rel=1e-4)
+    assert torch.all(alphas_cumprod[1:] < alphas_cumprod[:-1])
+    assert settings.alpha_bar(50) == pytest.approx(alphas_cumprod[50].item())
+
+
+def test_settings_round_trip_and_errors():
+    settings = DiffusionSettings(num_train_timesteps=200, beta_schedule="linear")
+    assert DiffusionSettings.from_dict(settings.to_dict()) == settings
+    with pytest.raises(ValueError, match="beta_schedule must be one of"):
+        DiffusionSettings(beta_schedule="cosine")
+    with pytest.raises(ValueError, match="num_train_timesteps must be an integer >= 2, got 1"):
+        DiffusionSettings(num_train_timesteps=1)
+    with pytest.raises(ValueError, match="Unknown diffusion settings \\['eta'\\]"):
+        DiffusionSettings.from_dict({"eta": 0.0})
+    with pytest.raises(ValueError, match=r"timestep must lie in \[0, 999\], got 1000"):
+        DiffusionSettings().alpha_bar(1000)
+
+
+def test_add_noise_is_the_forward_process():
+    settings = DiffusionSettings()
+    scheduler = settings.training_scheduler()
+    x0 = torch.randn(3, 2, 8, 8, 8)  # 3D batch
+    noise = torch.randn_like(x0)
+    t = torch.tensor([0, 500, 999])
+    xt = scheduler.add_noise(x0, noise, t)
+    for i in range(3):
+        a = scheduler.alphas_cumprod[t[i]]
+        assert torch.allclose(xt[i], a.sqrt() * x0[i] + (1 - a).sqrt() * noise[i], atol=1e-5)
+    timesteps = sample_training_timesteps(1000, settings, torch.device("cpu"), torch.Generator().manual_seed(0))
+    assert timesteps.shape == (1000,) and timesteps.min() >= 0 and timesteps.max() <= 999
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 16, 16), (1, 2, 8, 8, 8)])
+def test_ddim_sampling_is_seeded_and_recovers_data_with_an_oracle(shape):
+    """With the exact noise predictor of a data set that is a single point x*, DDIM lands on x*."""
+    settings = DiffusionSettings()
+    alphas_cumprod = settings.training_scheduler().alphas_cumprod
+    target = torch.linspace(-1, 1, int(torch.tensor(shape[1:]).prod())).reshape(shape[1:])
+
+    def oracle(x, t):
+        a = alphas_cumprod[t].reshape(-1, *([1] * (x.ndim - 1)))
+        return (x - a.sqrt() * target) / (1 - a).sqrt()
+
+    first = ddim_sample(oracle, shape, settings, 20, torch.Generator().manual_seed(3))
+    second = ddim_sample(oracle, shape, settings, 20, torch.Generator().manual_seed(3))
+    assert torch.equal(first, second)
+    assert torch.allclose(first, target.expand(shape), atol=1e-3)
+    with pytest.raises(ValueError, match="num_inference_steps must lie in"):
+        ddim_sample(oracle, shape, settings, 0)

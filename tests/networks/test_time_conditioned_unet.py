@@ -1,0 +1,110 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
+
+from nnunet_ddpm.networks import FixedTimestepUNet, TimeConditionedUNet, build_unet_from_plans
+from nnunet_ddpm.training.pretrained_checkpoint import PretrainingCheckpointError, transfer_denoiser_weights
+
+
+def configuration(dim: int, norm: str = None) -> ConfigurationManager:
+    """A small plans configuration of the shape nnU-Net writes, 2D or 3D."""
+    conv = f"torch.nn.modules.conv.Conv{dim}d"
+    norm = norm or f"torch.nn.modules.instancenorm.InstanceNorm{dim}d"
+    return ConfigurationManager({
+        "patch_size": [16] * dim,
+        "architecture": {
+            "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+            "arch_kwargs": {"n_stages": 3, "features_per_stage": [8, 16, 32], "conv_op": conv,
+                            "kernel_sizes": [[3] * dim] * 3, "strides": [[1] * dim, [2] * dim, [2] * dim],
+                            "n_conv_per_stage": [2, 2, 2], "n_conv_per_stage_decoder": [2, 2], "conv_bias": True,
+                            "norm_op": norm, "norm_op_kwargs": {"eps": 1e-5, "affine": True}, "dropout_op": None,
+                            "dropout_op_kwargs": None, "nonlin": "torch.nn.LeakyReLU",
+                            "nonlin_kwargs": {"inplace": True}},
+            "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]}})
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_denoiser_shapes_and_timestep_dependence(dim):
+    torch.manual_seed(0)
+    denoiser = TimeConditionedUNet(build_unet_from_plans(configuration(dim), 3, 3, deep_supervision=False))
+    x = torch.randn(2, 3, *[16] * dim)
+    # fresh network: zero-initialised projections, so the timestep does not matter yet ...
+    assert torch.allclose(denoiser(x, torch.tensor([0, 0])), denoiser(x, torch.tensor([500, 999])), atol=1e-6)
+    for name, p in denoiser.named_parameters():
+        if "time_projection" in name:
+            torch.nn.init.normal_(p, std=0.1)
+    out = denoiser(x, torch.tensor([0, 999]))
+    assert out.shape == x.shape
+    # ... after training it does, per sample
+    assert not torch.allclose(out, denoiser(x, torch.tensor([999, 999])), atol=1e-4)
+    assert torch.allclose(out[1], denoiser(x, torch.tensor([5, 999]))[1], atol=1e-5)
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_fresh_denoiser_equals_the_plain_planned_unet(dim):
+    torch.manual_seed(0)
+    plain = build_unet_from_plans(configuration(dim), 2, 2, deep_supervision=False)
+    reference = {k: v.clone() for k, v in plain.state_dict().items()}
+    denoiser = TimeConditionedUNet(plain)
+    fresh_plain = build_unet_from_plans(configuration(dim), 2, 2, deep_supervision=False)
+    fresh_plain.load_state_dict(reference)
+    x = torch.randn(2, 2, *[16] * dim)
+    assert torch.allclose(denoiser(x, torch.tensor([3, 700])), fresh_plain(x), atol=1e-5)
+    # every key of the plain network is there, under 'unet.'
+    assert {f"unet.{k}" for k in reference} <= set(denoiser.state_dict())
+
+
+def test_folded_modulation_equals_norm_then_scale_shift():
+    torch.manual_seed(0)
+    denoiser = TimeConditionedUNet(build_unet_from_plans(configuration(2), 1, 1, deep_supervision=False))
+    norm = denoiser.unet.encoder.stages[0][0].convs[0].norm
+    torch.nn.init.normal_(norm.time_projection.weight)
+    torch.nn.init.normal_(norm.weight)
+    x = torch.randn(4, 8, 16, 16)
+    embedding = torch.randn(4, norm.time_projection.in_features)
+    denoiser._conditioning.embedding = embedding
+    scale, shift = norm.time_projection(embedding).chunk(2, dim=1)
+    expected = F.instance_norm(x, weight=norm.weight, bias=norm.bias, eps=norm.eps)
+    expected = expected * (1 + scale[..., None, None]) + shift[..., None, None]
+    assert torch.allclose(norm(x), expected, atol=1e-5)
+
+
+def test_unsupported_norm_is_refused_with_the_reason():
+    with pytest.raises(ValueError, match="needs instance normalisation.*BatchNorm2d"):
+        TimeConditionedUNet(build_unet_from_plans(configuration(2, "torch.nn.BatchNorm2d"), 1, 1, False))
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_every_pretrained_tensor_arrives_in_the_segmentation_network(dim):
+    torch.manual_seed(0)
+    denoiser = TimeConditionedUNet(build_unet_from_plans(configuration(dim), 2, 2, deep_supervision=False))
+    for p in denoiser.parameters():
+        torch.nn.init.normal_(p)
+    pretrained = denoiser.state_dict()
+    segmenter = FixedTimestepUNet(build_unet_from_plans(configuration(dim), 2, 4, deep_supervision=True),
+                                  timestep=50, alpha_bar=0.99)
+    transfer_denoiser_weights(segmenter, pretrained)
+    transferred = segmenter.state_dict()
+    shared = [k for k in transferred if ".seg_layers." not in k]
+    assert len(shared) == len([k for k in pretrained if ".seg_layers." not in k])
+    assert all(torch.equal(transferred[k], pretrained[k]) for k in shared)
+    assert transferred["unet.decoder.seg_layers.1.weight"].shape[0] == 4  # new head: 4 classes
+
+    wrong_channels = TimeConditionedUNet(build_unet_from_plans(configuration(dim), 3, 3, deep_supervision=False))
+    with pytest.raises(PretrainingCheckpointError, match="shapes differ.*encoder.stages.0.0.convs.0"):
+        transfer_denoiser_weights(segmenter, wrong_channels.state_dict())
+
+
+def test_fixed_timestep_network_is_deterministic_in_eval_and_noisy_in_training():
+    torch.manual_seed(0)
+    network = FixedTimestepUNet(build_unet_from_plans(configuration(2), 2, 3, deep_supervision=True), 200,
+                                alpha_bar=0.6)
+    x = torch.randn(2, 2, 16, 16)
+    network.eval()
+    with torch.no_grad():
+        first, second = network(x), network(x)
+    assert isinstance(first, list) and first[0].shape == (2, 3, 16, 16)  # deep supervision outputs
+    assert torch.equal(first[0], second[0])
+    network.train()
+    assert not torch.equal(network(x)[0], network(x)[0])

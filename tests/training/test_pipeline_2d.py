@@ -1,0 +1,137 @@
+"""End to end on a 2D phantom through the real console scripts: pretrain, fine-tune, predict, evaluate, resume."""
+import json
+import shutil
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from tests.conftest import PHANTOM_2D
+
+DATASET_ID = PHANTOM_2D[0]
+
+
+def _load(path):
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def test_pretraining_writes_denoiser_checkpoint_progress_and_samples(nnunet, pretrained_2d):
+    checkpoint = _load(pretrained_2d / "checkpoint_final.pth")
+    meta = checkpoint["ddpm"]
+    assert meta["configuration"] == "2d" and meta["plans_name"] == "nnUNetPlans"
+    assert meta["num_input_channels"] == 3 and meta["patch_size"] == [32, 32]
+    assert meta["diffusion"] == {"num_train_timesteps": 1000, "beta_schedule": "squaredcos_cap_v2"}
+    assert meta["network_arch_class_name"].endswith("PlainConvUNet")
+    # EMA weights for fine-tuning, raw weights for resuming; after a few steps they differ
+    ema, raw = checkpoint["network_weights"], checkpoint["training_network_weights"]
+    assert ema.keys() == raw.keys()
+    assert any(not torch.equal(ema[k], raw[k]) for k in ema)
+    assert checkpoint["ema_updates"] == 2 * 3
+    # denoising head: as many outputs as input channels
+    assert ema["unet.decoder.seg_layers.2.weight"].shape[0] == 3
+    for png in ("progress.png", "samples.png"):
+        assert (pretrained_2d / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    log = "".join(p.read_text() for p in pretrained_2d.glob("training_log_*.txt"))
+    assert "val_losses" in log and "Pseudo dice" not in log
+    assert len(checkpoint["logging"]["val_losses"]) == 2
+
+
+def test_pretraining_never_reads_labels(nnunet, pretrained_2d, tmp_path):
+    """Same images, labels replaced by random ones: bit-identical pretrained weights on CPU with a fixed seed.
+
+    The random labels stay inside the image's nonzero region: outside it nnU-Net's preprocessing (not the trainer)
+    uses the labels to build the normalisation mask.
+    """
+    from nnunet_ddpm.dataset_conversion.synthetic_phantom import write_phantom_dataset
+    source = nnunet.raw / PHANTOM_2D[1]
+    target = write_phantom_dataset(str(nnunet.raw), 992, "PhantomRandomLabels", num_cases=0, size=(40, 40),
+                                   num_channels=3)
+    shutil.copytree(source / "imagesTr", f"{target}/imagesTr", dirs_exist_ok=True)
+    shutil.copy(source / "dataset.json", f"{target}/dataset.json")
+    rng = np.random.default_rng(1)
+    changed = 0
+    for label_file in sorted((source / "labelsTr").glob("*.nii.gz")):
+        labels = sitk.ReadImage(str(label_file))
+        image = sitk.GetArrayFromImage(sitk.ReadImage(str(label_file).replace("labelsTr", "imagesTr")
+                                                      .replace(".nii.gz", "_0000.nii.gz")))
+        random_labels = np.where(image != 0, rng.integers(0, 4, image.shape), 0).astype(np.uint8)
+        changed += int((random_labels != sitk.GetArrayFromImage(labels)).sum())
+        out = sitk.GetImageFromArray(random_labels)
+        out.CopyInformation(labels)
+        sitk.WriteImage(out, f"{target}/labelsTr/{label_file.name}")
+    assert changed > 1000
+    nnunet.plan_and_preprocess(992, "2d")
+    nnunet.train(992, "2d", "all", "nnUNetTrainerDDPMPretrain_tiny")
+    other = nnunet.trainer_folder("Dataset992_PhantomRandomLabels", "nnUNetTrainerDDPMPretrain_tiny", "2d", "all")
+    a = _load(pretrained_2d / "checkpoint_final.pth")
+    b = _load(other / "checkpoint_final.pth")
+    for key in ("network_weights", "training_network_weights"):
+        assert a[key].keys() == b[key].keys()
+        for k in a[key]:
+            assert torch.equal(a[key][k], b[key][k]), f"{key}/{k} differs"
+
+
+def test_finetune_predict_evaluate_and_determinism(nnunet, pretrained_2d, tmp_path):
+    result = nnunet.train(DATASET_ID, "2d", 0, "nnUNetTrainerDDPMFinetune_tiny")
+    assert "Initialised from the DDPM pretraining checkpoint" in result.output
+    folder = nnunet.trainer_folder(PHANTOM_2D[1], "nnUNetTrainerDDPMFinetune_tiny", "2d", 0)
+    checkpoint = _load(folder / "checkpoint_final.pth")
+    assert checkpoint["ddpm_pretraining_checkpoint"] == str(pretrained_2d / "checkpoint_final.pth")
+    assert checkpoint["network_weights"]["unet.decoder.seg_layers.2.weight"].shape[0] == 4  # background + 3 labels
+    assert json.loads((folder / "validation" / "summary.json").read_text())["foreground_mean"]["Dice"] >= 0
+
+    images = nnunet.raw / PHANTOM_2D[1] / "imagesTr"
+    outputs = []
+    for run in ("a", "b"):
+        out = tmp_path / run
+        nnunet.run("nnUNetv2_predict", "-i", images, "-o", out, "-d", DATASET_ID, "-c", "2d", "-f", 0,
+                   "-tr", "nnUNetTrainerDDPMFinetune_tiny", "-device", "cpu", "-npp", "1", "-nps", "1")
+        outputs.append(out)
+    cases = sorted(p.name for p in outputs[0].glob("*.nii.gz"))
+    assert len(cases) == 8
+    for case in cases:
+        first = sitk.ReadImage(str(outputs[0] / case))
+        second = sitk.ReadImage(str(outputs[1] / case))
+        assert np.array_equal(sitk.GetArrayFromImage(first), sitk.GetArrayFromImage(second)), case
+        reference = sitk.ReadImage(str(images / case.replace(".nii.gz", "_0000.nii.gz")))
+        assert first.GetSize() == reference.GetSize() and first.GetSpacing() == reference.GetSpacing()
+
+    nnunet.run("nnUNetv2_evaluate_folder", nnunet.raw / PHANTOM_2D[1] / "labelsTr", outputs[0],
+               "-djfile", folder.parent / "dataset.json", "-pfile", folder.parent / "plans.json", training=False)
+    summary = json.loads((outputs[0] / "summary.json").read_text())
+    assert set(summary["mean"]) == {"1", "2", "3"}
+    assert 0 <= summary["foreground_mean"]["Dice"] <= 1
+
+
+def test_frozen_encoder_keeps_pretrained_encoder(nnunet, pretrained_2d):
+    nnunet.train(DATASET_ID, "2d", 0, "nnUNetTrainerDDPMFinetuneFrozenEncoder_tiny")
+    folder = nnunet.trainer_folder(PHANTOM_2D[1], "nnUNetTrainerDDPMFinetuneFrozenEncoder_tiny", "2d", 0)
+    tuned = _load(folder / "checkpoint_final.pth")["network_weights"]
+    pretrained = _load(pretrained_2d / "checkpoint_final.pth")["network_weights"]
+    frozen = [k for k in tuned if k.startswith(("unet.encoder.", "time_embedding."))]
+    trainable = [k for k in tuned if k.startswith("unet.decoder.stages.")]
+    assert frozen and trainable
+    assert all(torch.equal(tuned[k], pretrained[k]) for k in frozen)
+    assert any(not torch.equal(tuned[k], pretrained[k]) for k in trainable)
+
+
+def test_continue_training_for_both_trainers(nnunet, pretrained_2d):
+    """--c on a finished run with one more epoch allowed: trains only the missing epoch, from the saved state.
+
+    The pretraining to resume is a separate one (fold 0) so that the shared fold-all pretraining stays as it is.
+    """
+    more = {"NNUNET_DDPM_TEST_EPOCHS": "3"}
+    nnunet.train(DATASET_ID, "2d", 0, "nnUNetTrainerDDPMPretrain_tiny")
+    result = nnunet.train(DATASET_ID, "2d", 0, "nnUNetTrainerDDPMPretrain_tiny", "--c", extra_env=more)
+    assert "Epoch 2" in result.output and "Epoch 0\n" not in result.output
+    resumed = nnunet.trainer_folder(PHANTOM_2D[1], "nnUNetTrainerDDPMPretrain_tiny", "2d", 0)
+    checkpoint = _load(resumed / "checkpoint_final.pth")
+    assert checkpoint["current_epoch"] == 3 and checkpoint["ema_updates"] == 3 * 3
+    assert len(checkpoint["logging"]["val_losses"]) == 3
+
+    nnunet.train(DATASET_ID, "2d", 1, "nnUNetTrainerDDPMFinetune_tiny")
+    result = nnunet.train(DATASET_ID, "2d", 1, "nnUNetTrainerDDPMFinetune_tiny", "--c", extra_env=more)
+    assert "Initialised from the DDPM pretraining checkpoint" not in result.output
+    assert "Epoch 2" in result.output
+    folder = nnunet.trainer_folder(PHANTOM_2D[1], "nnUNetTrainerDDPMFinetune_tiny", "2d", 1)
+    assert _load(folder / "checkpoint_final.pth")["current_epoch"] == 3
