@@ -24,6 +24,7 @@ setup(
     entry_points={
         "console_scripts": [
             "nnUNetv2_ddpm_trainer_dir=nnunet_ddpm.cli:trainer_dir_entry",
+            "nnUNetv2_ddpm_demo=nnunet_ddpm.benchmark.demo:demo_entry",
         ],
     },
 )

@@ -7,7 +7,6 @@ import pytest
 
 from nnunet_ddpm.nnunet_trainers import TRAINER_DIR
 
-TEST_TRAINER_DIR = str(Path(__file__).parent / "trainers")
 REAL_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "brats2015_deepmedic_sample"
 
 
@@ -23,8 +22,10 @@ class NNUNetFolders:
     def env(self, training: bool = True) -> dict:
         env = dict(os.environ)
         env.update(nnUNet_raw=str(self.raw), nnUNet_preprocessed=str(self.preprocessed),
-                   nnUNet_results=str(self.results), nnUNet_extTrainer=os.pathsep.join((TRAINER_DIR, TEST_TRAINER_DIR)),
-                   nnUNet_compile="false", nnUNet_def_n_proc="1", OMP_NUM_THREADS="2")
+                   nnUNet_results=str(self.results), nnUNet_extTrainer=TRAINER_DIR,
+                   nnUNet_compile="false", nnUNet_def_n_proc="1", OMP_NUM_THREADS="2",
+                   # the *_demo trainers with a test budget: 2 epochs of 3 iterations (see demo_budget.py)
+                   nnUNet_ddpm_demo_epochs="2", nnUNet_ddpm_demo_pretrain_epochs="2", nnUNet_ddpm_demo_iterations="3")
         if training:  # in-process augmentation: reproducible; plan_and_preprocess refuses 0 (DESIGN.md)
             env["nnUNet_n_proc_DA"] = "0"
         return env
@@ -74,6 +75,6 @@ def phantom_2d(nnunet) -> str:
 
 @pytest.fixture(scope="session")
 def pretrained_2d(nnunet, phantom_2d) -> Path:
-    """Folder of the finished tiny DDPM pretraining on the 2D phantom (fold all)."""
-    nnunet.train(PHANTOM_2D[0], "2d", "all", "nnUNetTrainerDDPMPretrain_tiny")
-    return nnunet.trainer_folder(phantom_2d, "nnUNetTrainerDDPMPretrain_tiny", "2d", "all")
+    """Folder of the finished test-budget DDPM pretraining on the 2D phantom (fold all)."""
+    nnunet.train(PHANTOM_2D[0], "2d", "all", "nnUNetTrainerDDPMPretrain_demo")
+    return nnunet.trainer_folder(phantom_2d, "nnUNetTrainerDDPMPretrain_demo", "2d", "all")

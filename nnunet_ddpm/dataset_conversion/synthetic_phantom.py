@@ -5,7 +5,7 @@ necrotic core. Each channel shows the regions with a different contrast, with a 
 case varies in shape, position, size and contrast; everything is seeded.
 """
 import os
-from typing import Dict, Optional
+from typing import Dict
 
 import numpy as np
 import SimpleITK as sitk
@@ -58,26 +58,23 @@ def _write(array: np.ndarray, path: str, is_2d: bool):
 
 
 def write_phantom_dataset(raw_folder: str, dataset_id: int, name: str = "Phantom", num_cases: int = 8,
-                          size=(48, 48), num_channels: int = 3, seed: int = 0,
-                          label_override: Optional[np.random.Generator] = None) -> str:
-    """Write ``Dataset{id:03d}_{name}`` with ``num_cases`` labelled cases; returns the dataset folder.
-
-    ``label_override``: if given, the labels are replaced by uniformly random labels drawn from it (images unchanged),
-    to show that something does not depend on labels.
-    """
+                          size=(48, 48), num_channels: int = 3, seed: int = 0, num_test_cases: int = 0) -> str:
+    """Write ``Dataset{id:03d}_{name}`` with ``num_cases`` labelled training cases (imagesTr/labelsTr) and
+    ``num_test_cases`` held-out cases (imagesTs/labelsTs); returns the dataset folder."""
     is_2d = len(size) == 2
     folder = os.path.join(raw_folder, f"Dataset{dataset_id:03d}_{name}")
-    maybe_mkdir_p(os.path.join(folder, "imagesTr"))
-    maybe_mkdir_p(os.path.join(folder, "labelsTr"))
     rng = np.random.default_rng(seed)
-    for i in range(num_cases):
-        images, labels = phantom_case(tuple(size), num_channels, rng)
-        if label_override is not None:
-            labels = label_override.integers(0, len(LABELS), labels.shape).astype(np.uint8)
-        case = f"phantom_{i:03d}"
-        for c in range(num_channels):
-            _write(images[c], os.path.join(folder, "imagesTr", f"{case}_{c:04d}.nii.gz"), is_2d)
-        _write(labels, os.path.join(folder, "labelsTr", f"{case}.nii.gz"), is_2d)
+    for part, count, offset in (("Tr", num_cases, 0), ("Ts", num_test_cases, num_cases)):
+        if part == "Ts" and count == 0:
+            continue
+        maybe_mkdir_p(os.path.join(folder, f"images{part}"))
+        maybe_mkdir_p(os.path.join(folder, f"labels{part}"))
+        for i in range(offset, offset + count):
+            images, labels = phantom_case(tuple(size), num_channels, rng)
+            case = f"phantom_{i:03d}"
+            for c in range(num_channels):
+                _write(images[c], os.path.join(folder, f"images{part}", f"{case}_{c:04d}.nii.gz"), is_2d)
+            _write(labels, os.path.join(folder, f"labels{part}", f"{case}.nii.gz"), is_2d)
     channel_names: Dict[str, str] = {str(c): CHANNEL_CONTRASTS[c % len(CHANNEL_CONTRASTS)][0]
                                      for c in range(num_channels)}
     save_json({"channel_names": channel_names, "labels": LABELS, "numTraining": num_cases,

@@ -2,3 +2,7 @@
 from nnunet_ddpm.training.nnUNetTrainerDDPMFinetune import (nnUNetTrainerDDPMFinetune,  # noqa: F401
                                                             nnUNetTrainerDDPMFinetuneFrozenEncoder)
 from nnunet_ddpm.training.nnUNetTrainerDDPMPretrain import nnUNetTrainerDDPMPretrain  # noqa: F401
+from nnunet_ddpm.training.variants.demo_budget import (nnUNetTrainer_demo,  # noqa: F401
+                                                       nnUNetTrainerDDPMFinetune_demo,
+                                                       nnUNetTrainerDDPMFinetuneFrozenEncoder_demo,
+                                                       nnUNetTrainerDDPMPretrain_demo)

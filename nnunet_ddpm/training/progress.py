@@ -84,6 +84,6 @@ def save_sample_grid(generated: torch.Tensor, path: str, channel_names: Optional
                 ax.set_ylabel(kind, fontsize=8)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.97) if title else None)
     fig.savefig(path)
     plt.close(fig)

@@ -18,7 +18,7 @@ def _assert_no_training(nnunet, result, trainer, fold=0):
 
 
 def test_finetune_without_pretraining_says_which_command_to_run(nnunet, phantom_2d):
-    # the stock name looks for nnUNetTrainerDDPMPretrain, which the tests never run (they use the _tiny variants)
+    # the stock name looks for nnUNetTrainerDDPMPretrain, which the tests never run (they use the _demo variants)
     result = nnunet.train(DATASET_ID, "2d", 0, "nnUNetTrainerDDPMFinetune", ok=False)
     assert "No DDPM pretraining checkpoint found" in result.output
     assert f"Pretrain first with: nnUNetv2_train {DATASET_NAME} 2d all -tr nnUNetTrainerDDPMPretrain" in result.output
@@ -28,10 +28,10 @@ def test_finetune_without_pretraining_says_which_command_to_run(nnunet, phantom_
 def test_truncated_pretrained_weights_are_refused(nnunet, pretrained_2d, tmp_path):
     truncated = tmp_path / "truncated.pth"
     truncated.write_bytes((pretrained_2d / "checkpoint_final.pth").read_bytes()[:5000])
-    result = nnunet.train(DATASET_ID, "2d", 2, "nnUNetTrainerDDPMFinetune_tiny", "-pretrained_weights", truncated,
+    result = nnunet.train(DATASET_ID, "2d", 2, "nnUNetTrainerDDPMFinetune_demo", "-pretrained_weights", truncated,
                           ok=False)
     assert f"Cannot read pretraining checkpoint {truncated}" in result.output
-    _assert_no_training(nnunet, result, "nnUNetTrainerDDPMFinetune_tiny", 2)
+    _assert_no_training(nnunet, result, "nnUNetTrainerDDPMFinetune_demo", 2)
 
 
 def test_mismatching_pretrained_weights_are_refused(nnunet, pretrained_2d, tmp_path):
@@ -40,19 +40,19 @@ def test_mismatching_pretrained_weights_are_refused(nnunet, pretrained_2d, tmp_p
     checkpoint["ddpm"]["plans_name"] = "nnUNetResEncUNetMPlans"
     other = tmp_path / "other_plans.pth"
     torch.save(checkpoint, other)
-    result = nnunet.train(DATASET_ID, "2d", 2, "nnUNetTrainerDDPMFinetune_tiny", "-pretrained_weights", other,
+    result = nnunet.train(DATASET_ID, "2d", 2, "nnUNetTrainerDDPMFinetune_demo", "-pretrained_weights", other,
                           ok=False)
     assert "does not fit this run" in result.output
     assert "patch_size: checkpoint has [64, 64], this run needs [32, 32]" in result.output
     assert "plans_name: checkpoint has 'nnUNetResEncUNetMPlans', this run needs 'nnUNetPlans'" in result.output
-    assert f"nnUNetv2_train {DATASET_NAME} 2d all -tr nnUNetTrainerDDPMPretrain_tiny" in result.output
-    _assert_no_training(nnunet, result, "nnUNetTrainerDDPMFinetune_tiny", 2)
+    assert f"nnUNetv2_train {DATASET_NAME} 2d all -tr nnUNetTrainerDDPMPretrain_demo" in result.output
+    _assert_no_training(nnunet, result, "nnUNetTrainerDDPMFinetune_demo", 2)
 
 
 def test_pretrained_weights_option_trains_from_the_given_checkpoint(nnunet, pretrained_2d, tmp_path):
     given = tmp_path / "given.pth"
     shutil.copy(pretrained_2d / "checkpoint_final.pth", given)
-    result = nnunet.train(DATASET_ID, "2d", 3, "nnUNetTrainerDDPMFinetune_tiny", "-pretrained_weights", given)
+    result = nnunet.train(DATASET_ID, "2d", 3, "nnUNetTrainerDDPMFinetune_demo", "-pretrained_weights", given)
     assert f"Initialised from the DDPM pretraining checkpoint {given}" in result.output
 
 
@@ -68,14 +68,14 @@ def test_trainers_are_found_in_a_fresh_shell_after_one_setting(nnunet, pretraine
     train = shell(f"nnUNetv2_train {DATASET_ID} 2d 4 -tr nnUNetTrainerDDPMFinetuneFrozenEncoder -device cpu")
     assert train.returncode != 0 and "No DDPM pretraining checkpoint found" in train.stdout + train.stderr
 
-    # a trained model under the stock trainer name (the tiny run, relabelled) predicts through nnUNetv2_predict
-    nnunet.train(DATASET_ID, "2d", 4, "nnUNetTrainerDDPMFinetune_tiny")
-    tiny = nnunet.trainer_folder(DATASET_NAME, "nnUNetTrainerDDPMFinetune_tiny", "2d", 4).parent
-    stock = tiny.parent / "nnUNetTrainerDDPMFinetune__nnUNetPlans__2d"
+    # a trained model under the stock trainer name (the _demo run, relabelled) predicts through nnUNetv2_predict
+    nnunet.train(DATASET_ID, "2d", 4, "nnUNetTrainerDDPMFinetune_demo")
+    demo_model = nnunet.trainer_folder(DATASET_NAME, "nnUNetTrainerDDPMFinetune_demo", "2d", 4).parent
+    stock = demo_model.parent / "nnUNetTrainerDDPMFinetune__nnUNetPlans__2d"
     (stock / "fold_4").mkdir(parents=True)
     for name in ("plans.json", "dataset.json"):
-        shutil.copy(tiny / name, stock / name)
-    checkpoint = torch.load(tiny / "fold_4" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+        shutil.copy(demo_model / name, stock / name)
+    checkpoint = torch.load(demo_model / "fold_4" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     checkpoint["trainer_name"] = "nnUNetTrainerDDPMFinetune"
     torch.save(checkpoint, stock / "fold_4" / "checkpoint_final.pth")
     images = nnunet.raw / DATASET_NAME / "imagesTr"

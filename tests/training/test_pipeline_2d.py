@@ -61,8 +61,8 @@ def test_pretraining_never_reads_labels(nnunet, pretrained_2d, tmp_path):
         sitk.WriteImage(out, f"{target}/labelsTr/{label_file.name}")
     assert changed > 1000
     nnunet.plan_and_preprocess(992, "2d")
-    nnunet.train(992, "2d", "all", "nnUNetTrainerDDPMPretrain_tiny")
-    other = nnunet.trainer_folder("Dataset992_PhantomRandomLabels", "nnUNetTrainerDDPMPretrain_tiny", "2d", "all")
+    nnunet.train(992, "2d", "all", "nnUNetTrainerDDPMPretrain_demo")
+    other = nnunet.trainer_folder("Dataset992_PhantomRandomLabels", "nnUNetTrainerDDPMPretrain_demo", "2d", "all")
     a = _load(pretrained_2d / "checkpoint_final.pth")
     b = _load(other / "checkpoint_final.pth")
     for key in ("network_weights", "training_network_weights"):
@@ -72,9 +72,9 @@ def test_pretraining_never_reads_labels(nnunet, pretrained_2d, tmp_path):
 
 
 def test_finetune_predict_evaluate_and_determinism(nnunet, pretrained_2d, tmp_path):
-    result = nnunet.train(DATASET_ID, "2d", 0, "nnUNetTrainerDDPMFinetune_tiny")
+    result = nnunet.train(DATASET_ID, "2d", 0, "nnUNetTrainerDDPMFinetune_demo")
     assert "Initialised from the DDPM pretraining checkpoint" in result.output
-    folder = nnunet.trainer_folder(PHANTOM_2D[1], "nnUNetTrainerDDPMFinetune_tiny", "2d", 0)
+    folder = nnunet.trainer_folder(PHANTOM_2D[1], "nnUNetTrainerDDPMFinetune_demo", "2d", 0)
     checkpoint = _load(folder / "checkpoint_final.pth")
     assert checkpoint["ddpm_pretraining_checkpoint"] == str(pretrained_2d / "checkpoint_final.pth")
     assert checkpoint["network_weights"]["unet.decoder.seg_layers.2.weight"].shape[0] == 4  # background + 3 labels
@@ -85,7 +85,7 @@ def test_finetune_predict_evaluate_and_determinism(nnunet, pretrained_2d, tmp_pa
     for run in ("a", "b"):
         out = tmp_path / run
         nnunet.run("nnUNetv2_predict", "-i", images, "-o", out, "-d", DATASET_ID, "-c", "2d", "-f", 0,
-                   "-tr", "nnUNetTrainerDDPMFinetune_tiny", "-device", "cpu", "-npp", "1", "-nps", "1")
+                   "-tr", "nnUNetTrainerDDPMFinetune_demo", "-device", "cpu", "-npp", "1", "-nps", "1")
         outputs.append(out)
     cases = sorted(p.name for p in outputs[0].glob("*.nii.gz"))
     assert len(cases) == 8
@@ -104,8 +104,8 @@ def test_finetune_predict_evaluate_and_determinism(nnunet, pretrained_2d, tmp_pa
 
 
 def test_frozen_encoder_keeps_pretrained_encoder(nnunet, pretrained_2d):
-    nnunet.train(DATASET_ID, "2d", 0, "nnUNetTrainerDDPMFinetuneFrozenEncoder_tiny")
-    folder = nnunet.trainer_folder(PHANTOM_2D[1], "nnUNetTrainerDDPMFinetuneFrozenEncoder_tiny", "2d", 0)
+    nnunet.train(DATASET_ID, "2d", 0, "nnUNetTrainerDDPMFinetuneFrozenEncoder_demo")
+    folder = nnunet.trainer_folder(PHANTOM_2D[1], "nnUNetTrainerDDPMFinetuneFrozenEncoder_demo", "2d", 0)
     tuned = _load(folder / "checkpoint_final.pth")["network_weights"]
     pretrained = _load(pretrained_2d / "checkpoint_final.pth")["network_weights"]
     frozen = [k for k in tuned if k.startswith(("unet.encoder.", "time_embedding."))]
@@ -120,18 +120,18 @@ def test_continue_training_for_both_trainers(nnunet, pretrained_2d):
 
     The pretraining to resume is a separate one (fold 0) so that the shared fold-all pretraining stays as it is.
     """
-    more = {"NNUNET_DDPM_TEST_EPOCHS": "3"}
-    nnunet.train(DATASET_ID, "2d", 0, "nnUNetTrainerDDPMPretrain_tiny")
-    result = nnunet.train(DATASET_ID, "2d", 0, "nnUNetTrainerDDPMPretrain_tiny", "--c", extra_env=more)
+    more = {"nnUNet_ddpm_demo_epochs": "3", "nnUNet_ddpm_demo_pretrain_epochs": "3"}
+    nnunet.train(DATASET_ID, "2d", 0, "nnUNetTrainerDDPMPretrain_demo")
+    result = nnunet.train(DATASET_ID, "2d", 0, "nnUNetTrainerDDPMPretrain_demo", "--c", extra_env=more)
     assert "Epoch 2" in result.output and "Epoch 0\n" not in result.output
-    resumed = nnunet.trainer_folder(PHANTOM_2D[1], "nnUNetTrainerDDPMPretrain_tiny", "2d", 0)
+    resumed = nnunet.trainer_folder(PHANTOM_2D[1], "nnUNetTrainerDDPMPretrain_demo", "2d", 0)
     checkpoint = _load(resumed / "checkpoint_final.pth")
     assert checkpoint["current_epoch"] == 3 and checkpoint["ema_updates"] == 3 * 3
     assert len(checkpoint["logging"]["val_losses"]) == 3
 
-    nnunet.train(DATASET_ID, "2d", 1, "nnUNetTrainerDDPMFinetune_tiny")
-    result = nnunet.train(DATASET_ID, "2d", 1, "nnUNetTrainerDDPMFinetune_tiny", "--c", extra_env=more)
+    nnunet.train(DATASET_ID, "2d", 1, "nnUNetTrainerDDPMFinetune_demo")
+    result = nnunet.train(DATASET_ID, "2d", 1, "nnUNetTrainerDDPMFinetune_demo", "--c", extra_env=more)
     assert "Initialised from the DDPM pretraining checkpoint" not in result.output
     assert "Epoch 2" in result.output
-    folder = nnunet.trainer_folder(PHANTOM_2D[1], "nnUNetTrainerDDPMFinetune_tiny", "2d", 1)
+    folder = nnunet.trainer_folder(PHANTOM_2D[1], "nnUNetTrainerDDPMFinetune_demo", "2d", 1)
     assert _load(folder / "checkpoint_final.pth")["current_epoch"] == 3

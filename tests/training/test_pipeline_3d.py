@@ -1,0 +1,35 @@
+"""The same trainers on a 3D configuration (3d_fullres), and a 3D checkpoint refused by a 2D run."""
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from tests.conftest import PHANTOM_2D
+
+DATASET_ID, DATASET_NAME = 993, "Dataset993_Phantom3D"
+
+
+def test_3d_pretrain_finetune_predict(nnunet, pretrained_2d, tmp_path):
+    from nnunet_ddpm.dataset_conversion.synthetic_phantom import write_phantom_dataset
+    write_phantom_dataset(str(nnunet.raw), DATASET_ID, "Phantom3D", num_cases=5, size=(20, 24, 24), num_channels=2)
+    nnunet.plan_and_preprocess(DATASET_ID, "3d_fullres")
+    nnunet.train(DATASET_ID, "3d_fullres", "all", "nnUNetTrainerDDPMPretrain_demo")
+    pretrained = nnunet.trainer_folder(DATASET_NAME, "nnUNetTrainerDDPMPretrain_demo", "3d_fullres", "all")
+    checkpoint = torch.load(pretrained / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert checkpoint["ddpm"]["configuration"] == "3d_fullres" and len(checkpoint["ddpm"]["patch_size"]) == 3
+    assert checkpoint["network_weights"]["unet.encoder.stages.0.0.convs.0.conv.weight"].ndim == 5
+    assert (pretrained / "samples.png").is_file()
+
+    result = nnunet.train(DATASET_ID, "3d_fullres", 0, "nnUNetTrainerDDPMFinetune_demo")
+    assert "Initialised from the DDPM pretraining checkpoint" in result.output
+    images = nnunet.raw / DATASET_NAME / "imagesTr"
+    nnunet.run("nnUNetv2_predict", "-i", images, "-o", tmp_path / "pred", "-d", DATASET_ID, "-c", "3d_fullres",
+               "-f", 0, "-tr", "nnUNetTrainerDDPMFinetune_demo", "-device", "cpu", "-npp", "1", "-nps", "1")
+    prediction = sitk.ReadImage(str(tmp_path / "pred" / "phantom_000.nii.gz"))
+    assert prediction.GetSize() == (24, 24, 20)
+    assert set(np.unique(sitk.GetArrayFromImage(prediction))) <= {0, 1, 2, 3}
+
+    # a 3D pretraining checkpoint given to a 2D run is refused, naming each difference
+    result = nnunet.train(PHANTOM_2D[0], "2d", 2, "nnUNetTrainerDDPMFinetune_demo", "-pretrained_weights",
+                          pretrained / "checkpoint_final.pth", ok=False)
+    assert "configuration: checkpoint has '3d_fullres', this run needs '2d'" in result.output
+    assert "num_input_channels: checkpoint has 2, this run needs 3" in result.output
