@@ -76,7 +76,8 @@ def test_finetune_predict_evaluate_and_determinism(nnunet, pretrained_2d, tmp_pa
     assert "Initialised from the DDPM pretraining checkpoint" in result.output
     folder = nnunet.trainer_folder(PHANTOM_2D[1], "nnUNetTrainerDDPMFinetune_demo", "2d", 0)
     checkpoint = _load(folder / "checkpoint_final.pth")
-    assert checkpoint["ddpm_pretraining_checkpoint"] == str(pretrained_2d / "checkpoint_final.pth")
+    assert checkpoint["ddpm_pretraining"]["checkpoint"] == str(pretrained_2d / "checkpoint_final.pth")
+    assert json.loads((folder / "ddpm_pretraining.json").read_text()) == checkpoint["ddpm_pretraining"]
     assert checkpoint["network_weights"]["unet.decoder.seg_layers.2.weight"].shape[0] == 4  # background + 3 labels
     assert json.loads((folder / "validation" / "summary.json").read_text())["foreground_mean"]["Dice"] >= 0
 
@@ -134,4 +135,6 @@ def test_continue_training_for_both_trainers(nnunet, pretrained_2d):
     assert "Initialised from the DDPM pretraining checkpoint" not in result.output
     assert "Epoch 2" in result.output
     folder = nnunet.trainer_folder(PHANTOM_2D[1], "nnUNetTrainerDDPMFinetune_demo", "2d", 1)
-    assert _load(folder / "checkpoint_final.pth")["current_epoch"] == 3
+    checkpoint = _load(folder / "checkpoint_final.pth")
+    assert checkpoint["current_epoch"] == 3
+    assert checkpoint["ddpm_pretraining"]["checkpoint"] == str(pretrained_2d / "checkpoint_final.pth")
