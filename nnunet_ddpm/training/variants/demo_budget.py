@@ -24,48 +24,35 @@ def _positive_int(name: str, default: int) -> int:
     return int(value)
 
 
-def set_demo_budget(trainer, pretraining: bool = False) -> None:
-    epochs = _positive_int('nnUNet_ddpm_demo_epochs', 20)
-    trainer.num_epochs = _positive_int('nnUNet_ddpm_demo_pretrain_epochs', 2 * epochs) if pretraining else epochs
-    trainer.num_iterations_per_epoch = _positive_int('nnUNet_ddpm_demo_iterations', 25)
-    trainer.num_val_iterations_per_epoch = max(2, trainer.num_iterations_per_epoch // 5)
-    trainer.save_every = max(1, trainer.num_epochs // 4)
+class DemoBudget:
+    """Mixin (first base) that gives any trainer the demo budget; nothing else changes."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        epochs = _positive_int('nnUNet_ddpm_demo_epochs', 20)
+        self.num_iterations_per_epoch = _positive_int('nnUNet_ddpm_demo_iterations', 25)
+        self.num_val_iterations_per_epoch = max(2, self.num_iterations_per_epoch // 5)
+        if isinstance(self, nnUNetTrainerDDPMPretrain):
+            epochs = _positive_int('nnUNet_ddpm_demo_pretrain_epochs', 2 * epochs)
+            # a short schedule needs a larger step: over the demo's 750 iterations 1e-3 reached a denoising loss of
+            # 0.18-0.22 where 2e-4 stayed at 0.25-0.30 (documentation/demo.md)
+            self.initial_lr = 1e-3
+        self.num_epochs = epochs
+        self.save_every = max(1, epochs // 4)
 
 
-class nnUNetTrainerDDPMPretrain_demo(nnUNetTrainerDDPMPretrain):
+class nnUNetTrainerDDPMPretrain_demo(DemoBudget, nnUNetTrainerDDPMPretrain):
     preview_sampling_steps = 25
 
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device('cuda')):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        set_demo_budget(self, pretraining=True)
-        # a short schedule needs a larger step: over the demo's 750 iterations 1e-3 reached a denoising loss of
-        # 0.18-0.22 where 2e-4 stayed at 0.25-0.30 (documentation/demo.md)
-        self.initial_lr = 1e-3
 
-
-class nnUNetTrainerDDPMFinetune_demo(nnUNetTrainerDDPMFinetune):
+class nnUNetTrainerDDPMFinetune_demo(DemoBudget, nnUNetTrainerDDPMFinetune):
     pretraining_trainer_name = "nnUNetTrainerDDPMPretrain_demo"
 
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device('cuda')):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        set_demo_budget(self)
 
-
-class nnUNetTrainerDDPMFinetuneFrozenEncoder_demo(nnUNetTrainerDDPMFinetuneFrozenEncoder):
+class nnUNetTrainerDDPMFinetuneFrozenEncoder_demo(DemoBudget, nnUNetTrainerDDPMFinetuneFrozenEncoder):
     pretraining_trainer_name = "nnUNetTrainerDDPMPretrain_demo"
 
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device('cuda')):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        set_demo_budget(self)
 
-
-class nnUNetTrainer_demo(nnUNetTrainer):
+class nnUNetTrainer_demo(DemoBudget, nnUNetTrainer):
     """The supervised nnU-Net baseline with the demo's budget; otherwise stock."""
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device('cuda')):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        set_demo_budget(self)
