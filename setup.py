@@ -19,12 +19,15 @@ setup(
         "diffusers>=0.30",  # noise schedulers and timestep embeddings
         "matplotlib",
         "blosc2",
+        "scikit-learn>=1.6",  # GroupKFold(shuffle=True) for patient-grouped folds
     ],
     extras_require={"test": ["pytest>=7"]},
     entry_points={
         "console_scripts": [
             "nnUNetv2_ddpm_trainer_dir=nnunet_ddpm.cli:trainer_dir_entry",
             "nnUNetv2_ddpm_demo=nnunet_ddpm.benchmark.demo:demo_entry",
+            "nnUNetv2_ddpm_make_splits=nnunet_ddpm.cli:make_splits_entry",
+            "nnUNetv2_ddpm_preprocess_unlabeled=nnunet_ddpm.cli:preprocess_unlabeled_entry",
         ],
     },
 )

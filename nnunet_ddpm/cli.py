@@ -1,5 +1,6 @@
 """Thin command-line entry points; each wraps a plain function that the tests call."""
 import argparse
+import sys
 
 from nnunet_ddpm.nnunet_trainers import TRAINER_DIR
 
@@ -9,3 +10,52 @@ def trainer_dir_entry():
     argparse.ArgumentParser(description="Print the folder that holds nnunet_ddpm's trainers. Use it as "
                                         "export nnUNet_extTrainer=$(nnUNetv2_ddpm_trainer_dir)").parse_args()
     print(TRAINER_DIR)
+
+
+def make_splits_entry():
+    """nnUNetv2_ddpm_make_splits: patient-grouped folds as nnU-Net's splits_final.json."""
+    from batchgenerators.utilities.file_and_folder_operations import load_json
+
+    from nnunet_ddpm.splits.grouped_folds import make_splits
+    parser = argparse.ArgumentParser(description="Write splits_final.json for a preprocessed dataset so that no "
+                                                 "patient (group) is in training and validation of one fold. Without "
+                                                 "groups it writes nnU-Net's own 5-fold split.")
+    parser.add_argument("-d", required=True, help="dataset name or id")
+    groups = parser.add_mutually_exclusive_group()
+    groups.add_argument("--groups", help="JSON file {case identifier: patient}, e.g. the slice converter's "
+                                         "case_groups.json")
+    groups.add_argument("--group-regex", help="regular expression whose first group (or whole match) in a case "
+                                              "identifier names its patient, e.g. '^(BraTS2021_\\d+)_'")
+    parser.add_argument("--folds", type=int, default=5, help="number of folds (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=12345, help="default: %(default)s (nnU-Net's)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing splits_final.json")
+    args = parser.parse_args()
+    if args.folds < 2:
+        parser.error(f"--folds must be at least 2, got {args.folds}")
+    try:
+        path = make_splits(args.d, args.groups, args.group_regex, args.folds, args.seed, args.overwrite)
+    except (ValueError, FileExistsError, FileNotFoundError) as e:
+        sys.exit(f"nnUNetv2_ddpm_make_splits: {e}")
+    for k, fold in enumerate(load_json(path)):
+        print(f"fold {k}: {len(fold['train'])} training, {len(fold['val'])} validation cases")
+    print(f"Wrote {path}")
+
+
+def preprocess_unlabeled_entry():
+    """nnUNetv2_ddpm_preprocess_unlabeled: images without labels, preprocessed for DDPM pretraining."""
+    from nnunet_ddpm.dataset_conversion.unlabeled_images import UNLABELED_IMAGES, preprocess_unlabeled
+    parser = argparse.ArgumentParser(description="Preprocess images that have no labels with the dataset's plans, so "
+                                                 "that nnUNetTrainerDDPMPretrain adds them to its training images.")
+    parser.add_argument("-d", required=True, help="dataset name or id")
+    parser.add_argument("-c", required=True, help="configuration, e.g. 2d")
+    parser.add_argument("-i", default=None, help=f"image folder (default: $nnUNet_raw/DATASET/{UNLABELED_IMAGES}); "
+                                                 "files named like imagesTr: CASE_0000<file_ending>, ...")
+    parser.add_argument("-p", default="nnUNetPlans", help="plans identifier (default: %(default)s)")
+    parser.add_argument("--allow-test-images", action="store_true",
+                        help="allow imagesTs as input (then the test images are part of pretraining)")
+    args = parser.parse_args()
+    try:
+        folder = preprocess_unlabeled(args.d, args.c, args.i, args.p, args.allow_test_images)
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(f"nnUNetv2_ddpm_preprocess_unlabeled: {e}")
+    print(f"Preprocessed unlabeled images are in {folder}")

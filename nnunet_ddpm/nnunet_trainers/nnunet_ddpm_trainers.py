@@ -6,3 +6,6 @@ from nnunet_ddpm.training.variants.demo_budget import (nnUNetTrainer_demo,  # no
                                                        nnUNetTrainerDDPMFinetune_demo,
                                                        nnUNetTrainerDDPMFinetuneFrozenEncoder_demo,
                                                        nnUNetTrainerDDPMPretrain_demo)
+from nnunet_ddpm.training.variants.label_budget import LABEL_BUDGET_TRAINERS
+
+globals().update(LABEL_BUDGET_TRAINERS)  # nnUNetTrainer_20labels, nnUNetTrainerDDPMFinetune_20labels, ...

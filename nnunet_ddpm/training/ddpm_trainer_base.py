@@ -9,6 +9,7 @@ from torch import nn
 from torch._dynamo import OptimizedModule
 
 from nnunet_ddpm.diffusion import DiffusionSettings
+from nnunet_ddpm.splits.grouped_folds import check_fold_against_groups
 
 
 class nnUNetTrainerDDPMBase(nnUNetTrainer):
@@ -25,6 +26,12 @@ class nnUNetTrainerDDPMBase(nnUNetTrainer):
             np.random.seed(self.random_seed)
             torch.manual_seed(self.random_seed)
         super().initialize()
+
+    def do_split(self):
+        """nnU-Net's split, refused if it puts a patient of ``case_groups.json`` in training and validation."""
+        train_cases, val_cases = super().do_split()
+        check_fold_against_groups(self.preprocessed_dataset_folder_base, self.fold, train_cases, val_cases)
+        return train_cases, val_cases
 
     def unwrapped_network(self) -> nn.Module:
         """The network without DDP and torch.compile wrappers (their state-dict keys carry prefixes)."""

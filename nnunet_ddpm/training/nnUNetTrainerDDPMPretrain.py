@@ -9,7 +9,7 @@ from typing import List
 import numpy as np
 import torch
 import torch.nn.functional as F
-from batchgenerators.utilities.file_and_folder_operations import join, load_json
+from batchgenerators.utilities.file_and_folder_operations import isdir, join, save_json
 from batchgeneratorsv2.transforms.spatial.mirroring import MirrorTransform
 from batchgeneratorsv2.transforms.spatial.spatial import SpatialTransform
 from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
@@ -20,10 +20,11 @@ from nnunetv2.utilities.helpers import dummy_context
 from time import time
 from torch import autocast, distributed as dist, nn
 
+from nnunet_ddpm.dataset_conversion.unlabeled_images import unlabeled_preprocessed_folder
 from nnunet_ddpm.diffusion import ddim_sample, sample_training_timesteps
 from nnunet_ddpm.networks import TimeConditionedUNet, build_unet_from_plans
 from nnunet_ddpm.training.ddpm_trainer_base import nnUNetTrainerDDPMBase
-from nnunet_ddpm.training.images_only_dataset import images_only
+from nnunet_ddpm.training.images_only_dataset import CombinedImagesDataset, images_only
 from nnunet_ddpm.training.pretrained_checkpoint import denoiser_metadata
 from nnunet_ddpm.training.progress import DenoisingProgressLogger, save_sample_grid
 
@@ -38,6 +39,7 @@ class nnUNetTrainerDDPMPretrain(nnUNetTrainerDDPMBase):
     """
 
     ema_decay = 0.999
+    use_unlabeled_images = True  # add <data_identifier>_unlabeled/ (nnUNetv2_ddpm_preprocess_unlabeled) to training
     num_preview_samples = 8
     preview_sampling_steps = 50
 
@@ -73,6 +75,27 @@ class nnUNetTrainerDDPMPretrain(nnUNetTrainerDDPMBase):
 
     def _build_loss(self):
         return nn.MSELoss()
+
+    def get_tr_and_val_datasets(self):
+        """The fold's training images, plus the dataset's preprocessed unlabeled images if there are any.
+
+        The identifiers of both are written to ``pretraining_cases.json`` in the output folder.
+        """
+        dataset_tr, dataset_val = super().get_tr_and_val_datasets()
+        folder = unlabeled_preprocessed_folder(self.preprocessed_dataset_folder_base,
+                                               self.configuration_manager.data_identifier)
+        unlabeled = []
+        if self.use_unlabeled_images and isdir(folder):
+            unlabeled_dataset = self.dataset_class(folder)
+            unlabeled = unlabeled_dataset.identifiers
+            dataset_tr = CombinedImagesDataset([dataset_tr, unlabeled_dataset])
+        self.print_to_log_file(f"DDPM pretraining on {len(dataset_tr.identifiers) - len(unlabeled)} training images "
+                               f"and {len(unlabeled)} unlabeled images" + (f" from {folder}" if unlabeled else ""))
+        if self.local_rank == 0:
+            save_json({"training_images": [i for i in dataset_tr.identifiers if i not in set(unlabeled)],
+                       "unlabeled_images": list(unlabeled), "unlabeled_folder": folder if unlabeled else None},
+                      join(self.output_folder, "pretraining_cases.json"), sort_keys=False)
+        return dataset_tr, dataset_val
 
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(self.network.parameters(), lr=self.initial_lr, weight_decay=self.weight_decay)

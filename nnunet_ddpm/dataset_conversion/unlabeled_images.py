@@ -1,0 +1,97 @@
+"""Images without any labels, preprocessed with a dataset's plans, for DDPM pretraining.
+
+Convention: put them beside ``imagesTr`` as ``$nnUNet_raw/DatasetXXX/imagesUnlabeled/CASE_0000.nii.gz`` (one file per
+channel, named and formatted like ``imagesTr``) and run ``nnUNetv2_ddpm_preprocess_unlabeled -d XXX -c CONFIG``.
+They are preprocessed exactly like the training images (the plans' preprocessor) into
+``$nnUNet_preprocessed/DatasetXXX/<data_identifier>_unlabeled/``, where ``nnUNetTrainerDDPMPretrain`` adds them to
+its training images. No other trainer looks there, and no split file lists them.
+"""
+import os
+import re
+import shutil
+from collections import defaultdict
+from typing import Dict, List, Optional
+
+from batchgenerators.utilities.file_and_folder_operations import isdir, join, load_json, subfiles
+from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
+from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+from tqdm import tqdm
+
+UNLABELED_IMAGES = "imagesUnlabeled"
+
+
+def unlabeled_preprocessed_folder(preprocessed_dataset_folder: str, data_identifier: str) -> str:
+    return join(preprocessed_dataset_folder, f"{data_identifier}_unlabeled")
+
+
+def unlabeled_cases(image_folder: str, dataset_json: dict) -> Dict[str, List[str]]:
+    """{case: [channel files]} of a folder of ``CASE_XXXX<file_ending>`` images, checked against dataset.json."""
+    ending = dataset_json["file_ending"]
+    num_channels = len(dataset_json.get("channel_names", dataset_json.get("modality", {})))
+    files = subfiles(image_folder, join=False)
+    wrong_ending = [f for f in files if not f.endswith(ending)]
+    if wrong_ending:
+        raise ValueError(f"{len(wrong_ending)} files in {image_folder} do not end in the dataset's file ending "
+                         f"'{ending}' (first: {wrong_ending[:3]}); convert them like imagesTr.")
+    pattern = re.compile(rf"^(.+)_(\d{{4}}){re.escape(ending)}$")
+    channels = defaultdict(dict)
+    for f in files:
+        match = pattern.match(f)
+        if match is None:
+            raise ValueError(f"{f} in {image_folder} is not named CASE_XXXX{ending} (XXXX: 4-digit channel index)")
+        channels[match.group(1)][int(match.group(2))] = join(image_folder, f)
+    bad = {case: sorted(c) for case, c in channels.items() if sorted(c) != list(range(num_channels))}
+    if bad:
+        first = next(iter(bad))
+        raise ValueError(f"The dataset has {num_channels} channels (_0000 to _{num_channels - 1:04d}), but "
+                         f"{len(bad)} cases in {image_folder} have other channels (e.g. {first}: {bad[first]}).")
+    if not channels:
+        raise ValueError(f"No images in {image_folder}.")
+    return {case: [c[i] for i in range(num_channels)] for case, c in sorted(channels.items())}
+
+
+def preprocess_unlabeled(dataset: str, configuration: str, image_folder: Optional[str] = None,
+                         plans_identifier: str = "nnUNetPlans", allow_test_images: bool = False) -> str:
+    """Preprocess a folder of unlabeled images with the dataset's plans; returns the output folder.
+
+    The output is written to a temporary folder and moved into place at the end, so an interrupted run leaves
+    nothing the pretrainer would pick up.
+    """
+    dataset_name = maybe_convert_to_dataset_name(dataset)
+    raw_folder = join(nnUNet_raw, dataset_name)
+    image_folder = os.path.abspath(image_folder or join(raw_folder, UNLABELED_IMAGES))
+    if not isdir(image_folder):
+        raise FileNotFoundError(f"{image_folder} does not exist. Put the unlabeled images there (named like "
+                                f"imagesTr) or pass the folder with -i.")
+    test_folder = join(raw_folder, "imagesTs")
+    if isdir(test_folder) and os.path.samefile(image_folder, test_folder) and not allow_test_images:
+        raise ValueError(f"{image_folder} holds the held-out test images. Pretraining on them makes the test set "
+                         f"part of training; pass --allow-test-images if that is what you want.")
+    preprocessed = join(nnUNet_preprocessed, dataset_name)
+    plans_manager = PlansManager(join(preprocessed, plans_identifier + ".json"))
+    configuration_manager = plans_manager.get_configuration(configuration)
+    dataset_json = load_json(join(preprocessed, "dataset.json"))
+    labelled_folder = join(preprocessed, configuration_manager.data_identifier)
+    if not isdir(labelled_folder):
+        raise FileNotFoundError(f"{labelled_folder} does not exist: run nnUNetv2_plan_and_preprocess -d {dataset} "
+                                f"-c {configuration} first.")
+    cases = unlabeled_cases(image_folder, dataset_json)
+    dataset_class = infer_dataset_class(labelled_folder)
+    clashes = sorted(set(cases) & set(dataset_class.get_identifiers(labelled_folder)))
+    if clashes:
+        raise ValueError(f"{len(clashes)} unlabeled cases have the identifier of a training case "
+                         f"(first: {clashes[:3]}); rename them.")
+    output = unlabeled_preprocessed_folder(preprocessed, configuration_manager.data_identifier)
+    partial = output + ".partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    os.makedirs(partial)
+    preprocessor = configuration_manager.preprocessor_class(verbose=False)
+    for case, files in tqdm(cases.items(), desc="Preprocessing unlabeled images"):
+        # nnU-Net's own preprocessing and file format; its "segmentation" is only the nonzero mask, no label
+        preprocessor.run_case_save(join(partial, case), files, None, plans_manager, configuration_manager,
+                                   dataset_json)
+    shutil.rmtree(output, ignore_errors=True)
+    os.replace(partial, output)
+    return output

@@ -1,0 +1,55 @@
+"""Label-budget variants ``<Trainer>_<N>labels`` of every segmentation trainer, the stock nnUNetTrainer included.
+
+Fold k trains on N of its training cases (``nnunet_ddpm.splits.label_budget``: deterministic, nested across N) and
+validates on its validation cases as usual; the chosen cases are written to ``labelled_cases.json`` in the output
+folder. Nothing else differs from the base trainer, so ``nnUNetTrainer_20labels`` is the supervised baseline of
+``nnUNetTrainerDDPMFinetune_20labels``. The DDPM pretraining is not budgeted: it sees all images, never labels.
+
+Add a budget in one line, in a module of a folder on ``nnUNet_extTrainer``::
+
+    nnUNetTrainerDDPMFinetune_15labels = label_budget_variant(nnUNetTrainerDDPMFinetune, 15)
+"""
+from batchgenerators.utilities.file_and_folder_operations import join, save_json
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+from nnunet_ddpm.splits.grouped_folds import check_fold_against_groups
+from nnunet_ddpm.splits.label_budget import choose_labelled_cases
+from nnunet_ddpm.training.nnUNetTrainerDDPMFinetune import (nnUNetTrainerDDPMFinetune,
+                                                            nnUNetTrainerDDPMFinetuneFrozenEncoder)
+from nnunet_ddpm.training.variants.demo_budget import (nnUNetTrainer_demo, nnUNetTrainerDDPMFinetune_demo,
+                                                       nnUNetTrainerDDPMFinetuneFrozenEncoder_demo)
+
+LABEL_BUDGETS = (1, 2, 5, 10, 20, 30, 40, 50, 100)
+BUDGETED_TRAINERS = (nnUNetTrainer, nnUNetTrainerDDPMFinetune, nnUNetTrainerDDPMFinetuneFrozenEncoder,
+                     nnUNetTrainer_demo, nnUNetTrainerDDPMFinetune_demo, nnUNetTrainerDDPMFinetuneFrozenEncoder_demo)
+
+
+class LabelBudget:
+    """Mixin (first base): keep ``num_labelled_cases`` of the fold's training cases."""
+
+    num_labelled_cases: int = None
+
+    def do_split(self):
+        train_cases, val_cases = super().do_split()
+        check_fold_against_groups(self.preprocessed_dataset_folder_base, self.fold, train_cases, val_cases)  # stock
+        labelled = choose_labelled_cases(train_cases, self.num_labelled_cases, self.fold)
+        if self.local_rank == 0:
+            save_json({"num_labelled_cases": self.num_labelled_cases, "fold": self.fold,
+                       "drawn_from_training_cases": len(train_cases), "cases": labelled},
+                      join(self.output_folder, "labelled_cases.json"), sort_keys=False)
+        self.print_to_log_file(f"Label budget: training on {len(labelled)} of the fold's {len(train_cases)} "
+                               f"training cases (labelled_cases.json); validating on {len(val_cases)} cases.")
+        return labelled, val_cases
+
+
+def label_budget_variant(trainer_class: type, num_labelled_cases: int) -> type:
+    """``<trainer_class>_<N>labels``: ``trainer_class`` trained on N labelled cases of each fold."""
+    name = f"{trainer_class.__name__}_{num_labelled_cases}labels"
+    return type(name, (LabelBudget, trainer_class), {
+        "num_labelled_cases": num_labelled_cases, "__module__": __name__,
+        "__doc__": f"{trainer_class.__name__} trained on {num_labelled_cases} labelled cases of each fold."})
+
+
+LABEL_BUDGET_TRAINERS = {cls.__name__: cls for cls in (label_budget_variant(base, n)
+                                                       for base in BUDGETED_TRAINERS for n in LABEL_BUDGETS)}
+globals().update(LABEL_BUDGET_TRAINERS)  # importable by name, as nnU-Net's trainer search needs

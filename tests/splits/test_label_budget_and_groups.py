@@ -1,0 +1,65 @@
+import pytest
+from nnunetv2.utilities.crossval_split import generate_crossval_split
+
+from nnunet_ddpm.splits.grouped_folds import (check_no_group_leakage, grouped_crossval_split, groups_from_regex)
+from nnunet_ddpm.splits.label_budget import choose_labelled_cases
+from nnunet_ddpm.training.variants.label_budget import LABEL_BUDGETS, LABEL_BUDGET_TRAINERS
+
+CASES = [f"pat{p:02d}_slice{s:03d}" for p in range(12) for s in range(0, 50, 5)]  # 12 patients x 10 slices
+
+
+def test_label_subsets_are_nested_deterministic_and_per_fold():
+    for fold in (0, 1, 4, "all"):
+        subsets = [choose_labelled_cases(CASES, n, fold) for n in LABEL_BUDGETS]
+        for n, subset in zip(LABEL_BUDGETS, subsets):
+            assert len(subset) == n == len(set(subset)) and set(subset) <= set(CASES)
+        for smaller, larger in zip(subsets, subsets[1:]):
+            assert set(smaller) < set(larger)
+        assert subsets == [choose_labelled_cases(list(reversed(CASES)), n, fold) for n in LABEL_BUDGETS]
+    assert choose_labelled_cases(CASES, 10, 0) != choose_labelled_cases(CASES, 10, 1)
+
+
+def test_too_large_a_budget_is_refused_with_the_numbers():
+    with pytest.raises(ValueError, match="budget of 121 labelled cases .* fold 3 has only 120 training cases"):
+        choose_labelled_cases(CASES, 121, 3)
+    with pytest.raises(ValueError, match="at least 1 case"):
+        choose_labelled_cases(CASES, 0, 0)
+
+
+def test_every_trainer_has_every_budget():
+    for base in ("nnUNetTrainer", "nnUNetTrainerDDPMFinetune", "nnUNetTrainerDDPMFinetuneFrozenEncoder",
+                 "nnUNetTrainer_demo", "nnUNetTrainerDDPMFinetune_demo"):
+        for n in (1, 2, 5, 10, 20, 30, 40, 50, 100):
+            cls = LABEL_BUDGET_TRAINERS[f"{base}_{n}labels"]
+            assert cls.num_labelled_cases == n and cls.__mro__[2].__name__ == base
+
+
+def test_grouped_folds_never_split_a_patient():
+    groups = groups_from_regex(CASES, r"^(pat\d+)_")
+    assert len(set(groups.values())) == 12
+    splits = grouped_crossval_split(CASES, groups, n_splits=5)
+    assert sorted(c for fold in splits for c in fold["val"]) == sorted(CASES)  # each case validated once
+    for fold in splits:
+        assert not {groups[c] for c in fold["train"]} & {groups[c] for c in fold["val"]}
+        assert sorted(fold["train"] + fold["val"]) == sorted(CASES)
+    check_no_group_leakage(splits, groups)
+    assert splits == grouped_crossval_split(list(reversed(CASES)), groups, n_splits=5)  # deterministic
+
+
+def test_without_groups_the_split_is_nnunets_own():
+    assert grouped_crossval_split(CASES) == generate_crossval_split(sorted(CASES), seed=12345, n_splits=5)
+
+
+def test_bad_groups_and_leaking_splits_are_refused():
+    with pytest.raises(ValueError, match="matches no part of 120 case identifiers"):
+        groups_from_regex(CASES, r"^patient(\d+)")
+    partial = {c: c[:5] for c in CASES[:100]}
+    with pytest.raises(ValueError, match="no group for 20 of 120 cases"):
+        grouped_crossval_split(CASES, partial)
+    groups = groups_from_regex(CASES, r"^(pat\d+)_")
+    leaking = generate_crossval_split(CASES, n_splits=5)  # case-level folds split patients
+    with pytest.raises(ValueError, match="(?s)puts patients in two places:\n  fold 0: 12 patients in training and "
+                                         "validation.*nnUNetv2_ddpm_make_splits"):
+        check_no_group_leakage(leaking, groups)
+    with pytest.raises(ValueError, match="2 groups cannot fill 5 folds"):
+        grouped_crossval_split(CASES[:20], groups)
