@@ -3,7 +3,7 @@
 We build the network exactly as nnU-Net does (``get_network_from_plans``: stages, features, kernels, strides, conv and
 norm ops; 2D or 3D follows from ``conv_op``) and add the diffusion timestep to it: a sinusoidal embedding and an MLP
 (diffusers' ``Timesteps`` / ``TimestepEmbedding``), projected to a per-sample scale and shift that modulates every
-instance normalisation of encoder and decoder ("scale-shift norm", Dhariwal & Nichol 2021, sec. 3 / Perez et al. 2018).
+instance normalisation of encoder and decoder (AdaGN of Dhariwal & Nichol 2021; FiLM of Perez et al. 2018).
 
 The modulation is folded into the normalisation's affine parameters: instance norm of a (B, C, *spatial) tensor is a
 batch norm of its (1, B*C, *spatial) view, so per-sample scales are per-channel weights there. That costs what a plain

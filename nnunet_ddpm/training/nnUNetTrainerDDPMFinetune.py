@@ -1,4 +1,4 @@
-"""Segmentation by fine-tuning the DDPM noise predictor (Alshenoudy et al. 2023, sec. 3.3).
+"""Segmentation by fine-tuning the DDPM noise predictor (Alshenoudy et al. 2023).
 
 The pretrained denoiser, run at one fixed timestep, gets a new segmentation head (nnU-Net's ``seg_layers`` with deep
 supervision) and is trained with nnU-Net's own loss, data pipeline and schedule; everything else is nnUNetTrainer.

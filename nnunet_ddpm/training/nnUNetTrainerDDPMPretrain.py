@@ -1,9 +1,10 @@
 """DDPM pretraining of nnU-Net's planned U-Net on images only.
 
 Ho et al. 2020 (epsilon-prediction loss, Algorithm 1), Nichol & Dhariwal 2021 (cosine schedule), as used by
-Alshenoudy et al. 2023 ("Semi-supervised Brain Tumor Segmentation Using Diffusion Models", sec. 3.1).
+Alshenoudy et al. 2023 ("Semi-supervised Brain Tumor Segmentation Using Diffusion Models").
 """
 from copy import deepcopy
+from time import time
 from typing import List
 
 import numpy as np
@@ -17,7 +18,6 @@ from batchgeneratorsv2.transforms.utils.pseudo2d import Convert2DTo3DTransform, 
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.utilities.collate_outputs import collate_outputs
 from nnunetv2.utilities.helpers import dummy_context
-from time import time
 from torch import autocast, distributed as dist, nn
 
 from nnunet_ddpm.dataset_conversion.unlabeled_images import unlabeled_preprocessed_folder
@@ -199,13 +199,12 @@ class nnUNetTrainerDDPMPretrain(nnUNetTrainerDDPMBase):
             'ddpm': denoiser_metadata(self, self.diffusion, self.timestep_embedding_dim, self.ema_decay),
         }
 
-    def load_checkpoint(self, filename_or_checkpoint) -> None:
+    def load_checkpoint(self, filename: str) -> None:
         # nnU-Net restores epoch, optimizer and logs (and puts the EMA weights into the network); we then put the raw
         # weights back into the network and the EMA weights into the EMA copy. nnU-Net's loader takes only a file
         # name, hence the second read.
-        super().load_checkpoint(filename_or_checkpoint)
-        checkpoint = filename_or_checkpoint if isinstance(filename_or_checkpoint, dict) else \
-            torch.load(filename_or_checkpoint, map_location=self.device, weights_only=False)
+        super().load_checkpoint(filename)
+        checkpoint = torch.load(filename, map_location=self.device, weights_only=False)
         self.ema_network.load_state_dict(checkpoint['network_weights'])
         self.unwrapped_network().load_state_dict(checkpoint['training_network_weights'])
         self.ema_updates = checkpoint['ema_updates']
