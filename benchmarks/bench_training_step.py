@@ -1,0 +1,166 @@
+"""Training-step cost of the plugin's networks against stock nnU-Net and the paper's denoiser.
+
+Every comparison is a ratio measured in one process with the variants interleaved (A B C D A B C D ...), reported as
+medians after warm-up. Runs on CPU or GPU (``--device cuda``). Writes a JSON file and prints a Markdown table.
+
+The plans are those nnU-Net makes for 4-channel 128 x 128 slices (BraTS-like, 2d): 6 stages, features 32..512,
+batch 12. The paper's denoiser (improved-DDPM U-Net: 64 channels, multipliers 1,1,2,2,4,4, three residual blocks
+per level, attention with 4 heads at 32 x 32) is rebuilt with diffusers' UNet2DModel from those published settings.
+
+    python benchmarks/bench_training_step.py --repeats 5 --out documentation/benchmarks/training_step_cpu.json
+"""
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
+from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
+from tqdm import tqdm
+
+from nnunet_ddpm.training.nnUNetTrainerDDPMFinetune import nnUNetTrainerDDPMFinetune
+from nnunet_ddpm.training.nnUNetTrainerDDPMPretrain import nnUNetTrainerDDPMPretrain
+
+CHANNELS, CLASSES, SIZE, BATCH = 4, 4, 128, 12
+PLANS_2D = ConfigurationManager({
+    "patch_size": [SIZE, SIZE], "batch_size": BATCH, "pool_op_kernel_sizes": [[1, 1]] + [[2, 2]] * 5,
+    "architecture": {
+        "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+        "arch_kwargs": {"n_stages": 6, "features_per_stage": [32, 64, 128, 256, 512, 512],
+                        "conv_op": "torch.nn.modules.conv.Conv2d", "kernel_sizes": [[3, 3]] * 6,
+                        "strides": [[1, 1]] + [[2, 2]] * 5, "n_conv_per_stage": [2] * 6,
+                        "n_conv_per_stage_decoder": [2] * 5, "conv_bias": True,
+                        "norm_op": "torch.nn.modules.instancenorm.InstanceNorm2d",
+                        "norm_op_kwargs": {"eps": 1e-5, "affine": True}, "dropout_op": None,
+                        "dropout_op_kwargs": None, "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True}},
+        "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]}})
+
+
+def paper_denoiser():
+    from diffusers import UNet2DModel
+    levels = (64, 64, 128, 128, 256, 256)  # 64 x (1, 1, 2, 2, 4, 4) at 128, 64, 32, 16, 8, 4 pixels
+    down = tuple("AttnDownBlock2D" if SIZE // 2 ** i == 32 else "DownBlock2D" for i in range(len(levels)))
+    return UNet2DModel(sample_size=SIZE, in_channels=CHANNELS, out_channels=CHANNELS, block_out_channels=levels,
+                       layers_per_block=3, down_block_types=down,
+                       up_block_types=tuple(b.replace("Down", "Up") for b in reversed(down)),
+                       attention_head_dim=32, norm_num_groups=32)  # 128 channels at 32 px / 4 heads
+
+
+def segmentation_step(network, device):
+    """nnU-Net's step: forward, DC+CE loss with deep supervision, backward, clip, SGD step."""
+    scales = [[1.0, 1.0]] + [[0.5 ** i] * 2 for i in range(1, 5)]
+    weights = torch.tensor([1 / 2 ** i for i in range(len(scales))])
+    weights[-1] = 0
+    loss = DeepSupervisionWrapper(DC_and_CE_loss({'batch_dice': True, 'smooth': 1e-5, 'do_bg': False, 'ddp': False},
+                                                 {}, weight_ce=1, weight_dice=1, dice_class=MemoryEfficientSoftDiceLoss),
+                                  (weights / weights.sum()).tolist())
+    optimizer = torch.optim.SGD(network.parameters(), 1e-2, momentum=0.99, nesterov=True, weight_decay=3e-5)
+    x = torch.randn(BATCH, CHANNELS, SIZE, SIZE, device=device)
+    targets = [torch.randint(0, CLASSES, (BATCH, 1, int(SIZE * s[0]), int(SIZE * s[1])), device=device).float()
+               for s in scales]
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        value = loss(network(x), targets)
+        value.backward()
+        torch.nn.utils.clip_grad_norm_(network.parameters(), 12)
+        optimizer.step()
+    return step
+
+
+def denoising_step(network, device, call, ema=None):
+    """DDPM step: forward on x_t, MSE on the noise, backward, clip, AdamW step, (EMA update)."""
+    optimizer = torch.optim.AdamW(network.parameters(), 2e-4, weight_decay=0)
+    x = torch.randn(BATCH, CHANNELS, SIZE, SIZE, device=device)
+    timesteps = torch.randint(0, 1000, (BATCH,), device=device)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        noise = torch.randn_like(x)
+        value = F.mse_loss(call(network, x + noise, timesteps), noise)
+        value.backward()
+        torch.nn.utils.clip_grad_norm_(network.parameters(), 1.0)
+        optimizer.step()
+        if ema is not None:
+            with torch.no_grad():
+                for e, p in zip(ema.parameters(), network.parameters()):
+                    e.lerp_(p, 0.001)
+    return step
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--skip-paper", action="store_true", help="leave out the (slow) paper denoiser")
+    parser.add_argument("--out", default=None, help="JSON file for the results")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+
+    stock = nnUNetTrainer.build_network_architecture(None, PLANS_2D, CHANNELS, CLASSES, True).to(device)
+    finetune = nnUNetTrainerDDPMFinetune.build_network_architecture(None, PLANS_2D, CHANNELS, CLASSES, True).to(device)
+    denoiser = nnUNetTrainerDDPMPretrain.build_network_architecture(None, PLANS_2D, CHANNELS, CHANNELS).to(device)
+    ema = nnUNetTrainerDDPMPretrain.build_network_architecture(None, PLANS_2D, CHANNELS, CHANNELS).to(device)
+    variants = {
+        "stock nnU-Net (fine-tune cost reference)": segmentation_step(stock, device),
+        "DDPM fine-tune": segmentation_step(finetune, device),
+        "DDPM pretraining (plan-derived denoiser, with EMA)": denoising_step(denoiser, device, lambda n, x, t: n(x, t),
+                                                                              ema),
+    }
+    parameters = {"stock nnU-Net (fine-tune cost reference)": stock, "DDPM fine-tune": finetune,
+                  "DDPM pretraining (plan-derived denoiser, with EMA)": denoiser}
+    if not args.skip_paper:
+        paper = paper_denoiser().to(device)
+        variants["paper's denoiser (improved DDPM, diffusers)"] = denoising_step(
+            paper, device, lambda n, x, t: n(x, t).sample)
+        parameters["paper's denoiser (improved DDPM, diffusers)"] = paper
+
+    times = {name: [] for name in variants}
+    for repeat in tqdm(range(args.warmup + args.repeats), desc="interleaved repeats"):
+        for name, step in variants.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            step()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if repeat >= args.warmup:
+                times[name].append(time.perf_counter() - start)
+
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    reference = medians["stock nnU-Net (fine-tune cost reference)"]
+    plugin_denoiser = medians["DDPM pretraining (plan-derived denoiser, with EMA)"]
+    rows = []
+    for name, median in medians.items():
+        rows.append({"variant": name, "median_s": median, "ratio_to_stock": median / reference,
+                     "parameters_M": sum(p.numel() for p in parameters[name].parameters()) / 1e6,
+                     "times_s": times[name]})
+    result = {"device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
+              "torch_threads": torch.get_num_threads(), "batch": BATCH, "input": [CHANNELS, SIZE, SIZE],
+              "repeats": args.repeats, "warmup": args.warmup, "rows": rows}
+    if "paper's denoiser (improved DDPM, diffusers)" in medians:
+        result["paper_denoiser_over_plugin_denoiser"] = \
+            medians["paper's denoiser (improved DDPM, diffusers)"] / plugin_denoiser
+    print(f"\n{result['device']}, {result['torch_threads']} threads, batch {BATCH}, input {CHANNELS}x{SIZE}x{SIZE}, "
+          f"median of {args.repeats} after {args.warmup} warm-up")
+    print("| variant | parameters (M) | s / step | x stock |\n|---|---|---|---|")
+    for row in rows:
+        print(f"| {row['variant']} | {row['parameters_M']:.1f} | {row['median_s']:.2f} | {row['ratio_to_stock']:.2f} |")
+    if "paper_denoiser_over_plugin_denoiser" in result:
+        print(f"paper's denoiser / plugin denoiser: {result['paper_denoiser_over_plugin_denoiser']:.1f} x")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
