@@ -8,11 +8,15 @@ batch 12. The paper's denoiser (improved-DDPM U-Net: 64 channels, multipliers 1,
 per level, attention with 4 heads at 32 x 32) is rebuilt with diffusers' UNet2DModel from those published settings.
 
     python benchmarks/bench_training_step.py --repeats 5 --out documentation/benchmarks/training_step_cpu.json
+    python benchmarks/bench_training_step.py --memory --skip-paper     # peak memory, one process per variant
 """
 import argparse
 import json
 import platform
+import resource
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -102,27 +106,48 @@ def main():
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--skip-paper", action="store_true", help="leave out the (slow) paper denoiser")
     parser.add_argument("--out", default=None, help="JSON file for the results")
+    parser.add_argument("--memory", action="store_true",
+                        help="measure peak memory instead: each variant alone in a fresh process (RSS on CPU, max "
+                             "allocated on GPU) over warm-up + repeats steps")
+    parser.add_argument("--only", default=None, help=argparse.SUPPRESS)  # internal: one variant, print its peak
     args = parser.parse_args()
+    if args.memory:
+        return measure_memory(args)
     device = torch.device(args.device)
     torch.manual_seed(0)
 
-    stock = nnUNetTrainer.build_network_architecture(None, PLANS_2D, CHANNELS, CLASSES, True).to(device)
-    finetune = nnUNetTrainerDDPMFinetune.build_network_architecture(None, PLANS_2D, CHANNELS, CLASSES, True).to(device)
-    denoiser = nnUNetTrainerDDPMPretrain.build_network_architecture(None, PLANS_2D, CHANNELS, CHANNELS).to(device)
-    ema = nnUNetTrainerDDPMPretrain.build_network_architecture(None, PLANS_2D, CHANNELS, CHANNELS).to(device)
-    variants = {
-        "stock nnU-Net (fine-tune cost reference)": segmentation_step(stock, device),
-        "DDPM fine-tune": segmentation_step(finetune, device),
-        "DDPM pretraining (plan-derived denoiser, with EMA)": denoising_step(denoiser, device, lambda n, x, t: n(x, t),
-                                                                              ema),
-    }
-    parameters = {"stock nnU-Net (fine-tune cost reference)": stock, "DDPM fine-tune": finetune,
-                  "DDPM pretraining (plan-derived denoiser, with EMA)": denoiser}
-    if not args.skip_paper:
+    def build_segmentation(trainer):
+        network = trainer.build_network_architecture(None, PLANS_2D, CHANNELS, CLASSES, True).to(device)
+        return segmentation_step(network, device), network
+
+    def build_pretraining():
+        denoiser = nnUNetTrainerDDPMPretrain.build_network_architecture(None, PLANS_2D, CHANNELS, CHANNELS).to(device)
+        ema = nnUNetTrainerDDPMPretrain.build_network_architecture(None, PLANS_2D, CHANNELS, CHANNELS).to(device)
+        return denoising_step(denoiser, device, lambda n, x, t: n(x, t), ema), denoiser
+
+    def build_paper():
         paper = paper_denoiser().to(device)
-        variants["paper's denoiser (improved DDPM, diffusers)"] = denoising_step(
-            paper, device, lambda n, x, t: n(x, t).sample)
-        parameters["paper's denoiser (improved DDPM, diffusers)"] = paper
+        return denoising_step(paper, device, lambda n, x, t: n(x, t).sample), paper
+
+    builders = {"stock nnU-Net (fine-tune cost reference)": lambda: build_segmentation(nnUNetTrainer),
+                "DDPM fine-tune": lambda: build_segmentation(nnUNetTrainerDDPMFinetune),
+                "DDPM pretraining (plan-derived denoiser, with EMA)": build_pretraining}
+    if not args.skip_paper:
+        builders["paper's denoiser (improved DDPM, diffusers)"] = build_paper
+    if args.only is not None:  # build only this variant, so that the peak is its own
+        builders = {args.only: builders[args.only]}
+    built = {name: build() for name, build in builders.items()}
+    variants = {name: step for name, (step, _) in built.items()}
+    parameters = {name: network for name, (_, network) in built.items()}
+
+    if args.only is not None:
+        step = variants[args.only]
+        for _ in range(args.warmup + args.repeats):
+            step()
+        peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else \
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        print(json.dumps({"variant": args.only, "peak_bytes": peak}))
+        return
 
     times = {name: [] for name in variants}
     for repeat in tqdm(range(args.warmup + args.repeats), desc="interleaved repeats"):
@@ -160,6 +185,30 @@ def main():
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=2))
+
+
+def measure_memory(args):
+    """Peak memory of each variant's training step, each in a process of its own (peaks do not mix)."""
+    names = ["stock nnU-Net (fine-tune cost reference)", "DDPM fine-tune",
+             "DDPM pretraining (plan-derived denoiser, with EMA)"]
+    if not args.skip_paper:
+        names.append("paper's denoiser (improved DDPM, diffusers)")
+    peaks = {}
+    for name in tqdm(names, desc="variants"):
+        output = subprocess.run([sys.executable, __file__, "--only", name, "--device", args.device,
+                                 "--repeats", str(args.repeats), "--warmup", str(args.warmup)]
+                                + (["--skip-paper"] if args.skip_paper else []),
+                                capture_output=True, text=True, check=True).stdout
+        peaks[name] = json.loads(output.strip().splitlines()[-1])["peak_bytes"]
+    kind = "max allocated (GPU)" if args.device.startswith("cuda") else "peak RSS (CPU)"
+    reference = peaks[names[0]]
+    print(f"\n{kind}, batch {BATCH}, input {CHANNELS}x{SIZE}x{SIZE}, {args.warmup + args.repeats} steps")
+    print("| variant | peak (GiB) | x stock |\n|---|---|---|")
+    for name, peak in peaks.items():
+        print(f"| {name} | {peak / 2 ** 30:.2f} | {peak / reference:.2f} |")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps({"kind": kind, "batch": BATCH, "peaks_bytes": peaks}, indent=2))
 
 
 if __name__ == "__main__":
