@@ -79,10 +79,13 @@ def run_demo(output: str = "nnunet_ddpm_demo", size: int = 64, train_cases: int 
             steps.append((title, _train_command(trainer, fold, results)))
     for method, trainer in METHODS.items():
         predictions = root / "predictions" / trainer
+        model = results / DATASET_NAME / f"{trainer}__nnUNetPlans__2d"
+        checkpoint, summary = model / "fold_0" / "checkpoint_final.pth", predictions / "summary.json"
+        if summary.is_file() and checkpoint.is_file() and summary.stat().st_mtime > checkpoint.stat().st_mtime:
+            continue  # evaluated with the current model already
         steps.append((f"predict the test cases with {method}",
                       ["nnUNetv2_predict", "-i", raw / "imagesTs", "-o", predictions, "-d", str(DATASET_ID), "-c",
                        "2d", "-f", "0", "-tr", trainer, "-device", "cpu", "-npp", "1", "-nps", "1"]))
-        model = results / DATASET_NAME / f"{trainer}__nnUNetPlans__2d"
         steps.append((f"evaluate {method}", ["nnUNetv2_evaluate_folder", raw / "labelsTs", predictions,
                                               "-djfile", model / "dataset.json", "-pfile", model / "plans.json",
                                               "-np", "1"]))
