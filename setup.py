@@ -28,6 +28,7 @@ setup(
             "nnUNetv2_ddpm_demo=nnunet_ddpm.benchmark.demo:demo_entry",
             "nnUNetv2_ddpm_make_splits=nnunet_ddpm.cli:make_splits_entry",
             "nnUNetv2_ddpm_preprocess_unlabeled=nnunet_ddpm.cli:preprocess_unlabeled_entry",
+            "nnUNetv2_ddpm_uncertainty=nnunet_ddpm.cli:uncertainty_entry",
         ],
     },
 )

@@ -1,5 +1,6 @@
 """Thin command-line entry points; each wraps a plain function that the tests call."""
 import argparse
+import os
 import sys
 
 from nnunet_ddpm.nnunet_trainers import TRAINER_DIR
@@ -59,3 +60,20 @@ def preprocess_unlabeled_entry():
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"nnUNetv2_ddpm_preprocess_unlabeled: {e}")
     print(f"Preprocessed unlabeled images are in {folder}")
+
+
+def uncertainty_entry():
+    """nnUNetv2_ddpm_uncertainty: entropy maps from nnUNetv2_predict --save_probabilities."""
+    from nnunet_ddpm.inference.uncertainty import UNCERTAINTY_FOLDER, export_uncertainty
+    parser = argparse.ArgumentParser(description="Write a per-case uncertainty map (entropy of the predicted "
+                                                 "probabilities, in percent of its maximum) beside the segmentations "
+                                                 "of nnUNetv2_predict ... --save_probabilities. For the pixel "
+                                                 "classifier it is the entropy of the ensemble's mean probability.")
+    parser.add_argument("-i", required=True, help="output folder of nnUNetv2_predict (with .npz and .pkl files)")
+    parser.add_argument("-o", default=None, help=f"where to write the maps (default: -i/{UNCERTAINTY_FOLDER})")
+    args = parser.parse_args()
+    try:
+        written = export_uncertainty(args.i, args.o)
+    except FileNotFoundError as e:
+        sys.exit(f"nnUNetv2_ddpm_uncertainty: {e}")
+    print(f"Wrote {len(written)} uncertainty maps to {os.path.dirname(written[0])}")

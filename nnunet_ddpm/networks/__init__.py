@@ -1,4 +1,6 @@
+from nnunet_ddpm.networks.pixel_classifier import EnsembleLoss, MLPEnsembleHead, PixelClassifierNetwork
 from nnunet_ddpm.networks.time_conditioned_unet import (FixedTimestepUNet, TimeConditionedUNet,
                                                         TimestepModulatedInstanceNorm, build_unet_from_plans)
 
-__all__ = ["FixedTimestepUNet", "TimeConditionedUNet", "TimestepModulatedInstanceNorm", "build_unet_from_plans"]
+__all__ = ["EnsembleLoss", "FixedTimestepUNet", "MLPEnsembleHead", "PixelClassifierNetwork", "TimeConditionedUNet",
+           "TimestepModulatedInstanceNorm", "build_unet_from_plans"]

@@ -14,7 +14,7 @@ State-dict keys are those of the plain nnU-Net network under ``unet.`` plus ``ti
 weights move between them (and through nnU-Net's ``-pretrained_weights``) by key; only ``.seg_layers.`` differ.
 """
 import math
-from typing import Optional
+from typing import List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -113,6 +113,31 @@ class TimeConditionedUNet(nn.Module):
         self._conditioning.embedding = self.time_embedding(timesteps)
         try:
             return self.unet(x)
+        finally:
+            self._conditioning.embedding = None
+
+    @property
+    def decoder_stage_channels(self) -> List[int]:
+        """Output channels of each decoder stage, lowest resolution first (dynamic-network-architectures order)."""
+        encoder_channels = list(self.unet.encoder.output_channels)
+        return [encoder_channels[-(s + 2)] for s in range(len(self.unet.decoder.stages))]
+
+    def decoder_features(self, x: torch.Tensor, timesteps: torch.Tensor, stages: Sequence[int]) -> List[torch.Tensor]:
+        """Outputs of the given decoder stages (indices into ``decoder.stages``, lowest resolution first).
+
+        Runs the encoder and the decoder stages up to the last one asked for, the loop of dynamic-network-
+        architectures' ``UNetDecoder.forward`` without its segmentation layers.
+        """
+        timesteps = torch.as_tensor(timesteps, device=x.device).reshape(-1)
+        decoder = self.unet.decoder
+        self._conditioning.embedding = self.time_embedding(timesteps)
+        try:
+            skips = self.unet.encoder(x)
+            features, lower = {}, skips[-1]
+            for s in range(max(stages) + 1):
+                lower = decoder.stages[s](torch.cat((decoder.transpconvs[s](lower), skips[-(s + 2)]), 1))
+                features[s] = lower
+            return [features[s] for s in stages]
         finally:
             self._conditioning.embedding = None
 

@@ -1,10 +1,12 @@
 """Every trainer of nnunet_ddpm, for nnU-Net's trainer search (see ``__init__.py`` of this folder)."""
 from nnunet_ddpm.training.nnUNetTrainerDDPMFinetune import (nnUNetTrainerDDPMFinetune,  # noqa: F401
                                                             nnUNetTrainerDDPMFinetuneFrozenEncoder)
+from nnunet_ddpm.training.nnUNetTrainerDDPMPixelClassifier import nnUNetTrainerDDPMPixelClassifier  # noqa: F401
 from nnunet_ddpm.training.nnUNetTrainerDDPMPretrain import nnUNetTrainerDDPMPretrain  # noqa: F401
 from nnunet_ddpm.training.variants.demo_budget import (nnUNetTrainer_demo,  # noqa: F401
                                                        nnUNetTrainerDDPMFinetune_demo,
                                                        nnUNetTrainerDDPMFinetuneFrozenEncoder_demo,
+                                                       nnUNetTrainerDDPMPixelClassifier_demo,
                                                        nnUNetTrainerDDPMPretrain_demo)
 from nnunet_ddpm.training.variants.label_budget import LABEL_BUDGET_TRAINERS
 

@@ -1,15 +1,23 @@
-"""What the DDPM pretraining and fine-tuning trainers share: diffusion settings, seeding, checkpoint extras."""
+"""What the DDPM trainers share: diffusion settings, seeding, checkpoint extras, loading the pretrained denoiser."""
 import os
 import random
+from typing import Optional
 
 import numpy as np
 import torch
+from batchgenerators.utilities.file_and_folder_operations import isfile, join, load_json, save_json
+from nnunetv2.paths import nnUNet_results
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from torch import nn
 from torch._dynamo import OptimizedModule
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from nnunet_ddpm.diffusion import DiffusionSettings
 from nnunet_ddpm.splits.grouped_folds import check_fold_against_groups
+from nnunet_ddpm.training.command_line import nnunet_train_options
+from nnunet_ddpm.training.pretrained_checkpoint import (check_compatible, denoiser_metadata,
+                                                        find_pretraining_checkpoint, load_checkpoint_file,
+                                                        pretraining_command)
 
 
 class nnUNetTrainerDDPMBase(nnUNetTrainer):
@@ -35,7 +43,7 @@ class nnUNetTrainerDDPMBase(nnUNetTrainer):
 
     def unwrapped_network(self) -> nn.Module:
         """The network without DDP and torch.compile wrappers (their state-dict keys carry prefixes)."""
-        network = self.network.module if self.is_ddp else self.network
+        network = self.network.module if isinstance(self.network, DDP) else self.network
         return network._orig_mod if isinstance(network, OptimizedModule) else network
 
     def extra_checkpoint_entries(self) -> dict:
@@ -65,3 +73,54 @@ class nnUNetTrainerDDPMBase(nnUNetTrainer):
         temporary = filename + '.tmp'
         torch.save(checkpoint, temporary)
         os.replace(temporary, filename)
+
+
+class UsesPretrainedDenoiser(nnUNetTrainerDDPMBase):
+    """Base of the segmentation trainers that start from the DDPM pretraining (fine-tune, pixel classifier).
+
+    The denoiser's EMA weights come from ``-pretrained_weights`` if given, else from the ``pretraining_trainer_name``
+    run of the same dataset, plans and configuration (fold ``all``); either is checked for compatibility before
+    training. Subclasses say what to do with the weights in ``apply_pretrained_weights``.
+    """
+
+    def initialize(self):
+        super().initialize()
+        self.pretraining_source = self.load_pretrained_denoiser()
+
+    def apply_pretrained_weights(self, weights: dict) -> str:
+        """Put the pretrained denoiser's state dict into ``self.network``; returns how it is used, for the log."""
+        raise NotImplementedError
+
+    def load_pretrained_denoiser(self) -> Optional[dict]:
+        """Check and load the pretrained denoiser's EMA weights.
+
+        Returns where they came from, also written to ``ddpm_pretraining.json`` in the output folder so that a
+        resumed run (whose weights come from its own checkpoint) still knows it.
+        """
+        record = join(self.output_folder, 'ddpm_pretraining.json')
+        options = nnunet_train_options()
+        resuming = options.c and any(isfile(join(self.output_folder, f'checkpoint_{k}.pth'))
+                                     for k in ('final', 'latest', 'best'))
+        if options.val or (resuming and options.pretrained_weights is None):
+            # nnU-Net loads this run's own checkpoint next
+            return load_json(record) if isfile(record) else None
+        dataset_name = self.plans_manager.dataset_name
+        command = pretraining_command(dataset_name, self.configuration_name, self.plans_manager.plans_name,
+                                      self.pretraining_trainer_name)
+        path = options.pretrained_weights or find_pretraining_checkpoint(
+            nnUNet_results, dataset_name, self.plans_manager.plans_name, self.configuration_name,
+            self.pretraining_trainer_name)
+        checkpoint = load_checkpoint_file(path)
+        expected = denoiser_metadata(self, self.diffusion, self.timestep_embedding_dim, ema_decay=None)
+        check_compatible(checkpoint['ddpm'], expected, path, command)
+        use = self.apply_pretrained_weights(checkpoint['network_weights'])
+        source = {'checkpoint': os.path.abspath(path), 'dataset_name': checkpoint['ddpm']['dataset_name'],
+                  'epochs': checkpoint['current_epoch'], 'use': use}
+        if self.local_rank == 0:
+            save_json(source, record)
+        self.print_to_log_file(f"Initialised from the DDPM pretraining checkpoint {path} "
+                               f"(dataset {source['dataset_name']}, {source['epochs']} epochs, EMA weights); {use}.")
+        return source
+
+    def extra_checkpoint_entries(self) -> dict:
+        return {'ddpm_pretraining': self.pretraining_source}

@@ -14,6 +14,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_ddpm.training.nnUNetTrainerDDPMFinetune import (nnUNetTrainerDDPMFinetune,
                                                             nnUNetTrainerDDPMFinetuneFrozenEncoder)
+from nnunet_ddpm.training.nnUNetTrainerDDPMPixelClassifier import nnUNetTrainerDDPMPixelClassifier
 from nnunet_ddpm.training.nnUNetTrainerDDPMPretrain import nnUNetTrainerDDPMPretrain
 
 
@@ -51,6 +52,10 @@ class nnUNetTrainerDDPMFinetune_demo(DemoBudget, nnUNetTrainerDDPMFinetune):
 
 
 class nnUNetTrainerDDPMFinetuneFrozenEncoder_demo(DemoBudget, nnUNetTrainerDDPMFinetuneFrozenEncoder):
+    pretraining_trainer_name = "nnUNetTrainerDDPMPretrain_demo"
+
+
+class nnUNetTrainerDDPMPixelClassifier_demo(DemoBudget, nnUNetTrainerDDPMPixelClassifier):
     pretraining_trainer_name = "nnUNetTrainerDDPMPretrain_demo"
 
 

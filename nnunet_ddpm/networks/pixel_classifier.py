@@ -1,0 +1,141 @@
+"""Pixel-level classification on frozen diffusion activations (Baranchuk et al., ICLR 2022; Alshenoudy et al. 2023).
+
+The frozen denoiser is run on the input noised to a few timesteps; the outputs of some decoder stages are upsampled
+to the input resolution, concatenated and classified pixel by pixel (voxel by voxel) by an ensemble of small MLPs.
+The MLPs are 1x1 convolutions, so the whole thing is a segmentation network like any other to nnU-Net: patch
+sampling, loss and sliding-window prediction apply unchanged.
+
+Two exact rewrites keep it cheap:
+
+* the first MLP layer is linear and so is (bi/tri)linear upsampling, and both act on different axes, so the layer is
+  applied to each stage's features at that stage's own resolution and the results are upsampled and summed; the
+  concatenated full-resolution feature tensor (hundreds of channels) is never built;
+* the K members are one network: the first layer is one convolution with K x 128 outputs (all members read the same
+  features), the later layers are grouped convolutions with K groups.
+"""
+import math
+from typing import List, Sequence
+
+import torch
+import torch.nn.functional as F
+from dynamic_network_architectures.building_blocks.helper import convert_conv_op_to_dim
+from torch import nn
+
+from nnunet_ddpm.networks.time_conditioned_unet import TimeConditionedUNet
+
+
+class MLPEnsembleHead(nn.Module):
+    """K pixel-wise MLPs, features -> 128 -> 64 -> classes, each hidden layer Linear -> ReLU -> BatchNorm (the layer
+    order of the paper's code and of Baranchuk et al.). Input: one feature map per stage; output (B, K, classes, ...).
+    """
+
+    def __init__(self, stage_channels: Sequence[int], num_classes: int, ensemble_size: int,
+                 hidden: Sequence[int] = (128, 64), dim: int = 2):
+        super().__init__()
+        conv, norm = (nn.Conv2d, nn.BatchNorm2d) if dim == 2 else (nn.Conv3d, nn.BatchNorm3d)
+        self.ensemble_size, self.num_classes = ensemble_size, num_classes
+        self.interpolation = "bilinear" if dim == 2 else "trilinear"
+        k = ensemble_size
+        # first layer split by stage (see module docstring); one bias for the sum
+        self.first_layer = nn.ModuleList(conv(c, k * hidden[0], 1, bias=(i == 0))
+                                         for i, c in enumerate(stage_channels))
+        layers: List[nn.Module] = [nn.ReLU(inplace=True), norm(k * hidden[0])]
+        for width_in, width_out in zip(hidden[:-1], hidden[1:]):
+            layers += [conv(k * width_in, k * width_out, 1, groups=k), nn.ReLU(inplace=True), norm(k * width_out)]
+        layers.append(conv(k * hidden[-1], k * num_classes, 1, groups=k))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, stage_features: Sequence[torch.Tensor], size: Sequence[int]) -> torch.Tensor:
+        hidden = None
+        for layer, features in zip(self.first_layer, stage_features):
+            projected = layer(features)
+            if tuple(projected.shape[2:]) != tuple(size):
+                projected = F.interpolate(projected, size=tuple(size), mode=self.interpolation, align_corners=False)
+            hidden = projected if hidden is None else hidden + projected
+        logits = self.layers(hidden)
+        return logits.reshape(logits.shape[0], self.ensemble_size, self.num_classes, *logits.shape[2:])
+
+
+class PixelClassifierNetwork(nn.Module):
+    """Frozen noise predictor + MLP ensemble head.
+
+    Training mode returns the members' logits, (B, K, classes, *spatial), so that each member gets its own loss.
+    Eval mode returns the log of the members' mean probability (B, classes, *spatial): nnU-Net's softmax (or sigmoid
+    for regions) of it is exactly that mean, so nnU-Net's predictor averages probabilities, not logits.
+
+    The noise that brings the input to each timestep is drawn from a generator seeded with ``noise_seed`` at every
+    call: the features, hence training targets and predictions, are deterministic (one fixed noise image, as in
+    Baranchuk et al.'s feature extractor).
+    """
+
+    def __init__(self, denoiser: TimeConditionedUNet, stages: Sequence[int], timesteps: Sequence[int],
+                 alpha_bars: Sequence[float], num_classes: int, ensemble_size: int = 5,
+                 hidden: Sequence[int] = (128, 64), noise_seed: int = 0):
+        super().__init__()
+        num_stages = len(denoiser.unet.decoder.stages)
+        if not stages or any(not -num_stages <= s < num_stages for s in stages):
+            raise ValueError(f"Decoder stages {list(stages)} do not exist: this network has {num_stages} decoder "
+                             f"stages (0 = lowest resolution, -1 = full resolution).")
+        if not timesteps:
+            raise ValueError("The pixel classifier needs at least one feature timestep.")
+        self.denoiser = denoiser.requires_grad_(False).eval()
+        self.stages, self.timesteps = sorted({s % num_stages for s in stages}), [int(t) for t in timesteps]
+        self.register_buffer("signal_scales", torch.tensor([math.sqrt(a) for a in alpha_bars]), persistent=False)
+        self.register_buffer("noise_scales", torch.tensor([math.sqrt(1 - a) for a in alpha_bars]), persistent=False)
+        # set by the trainer from the label manager; a buffer so that nnUNetv2_predict gets it from the checkpoint
+        self.register_buffer("region_based", torch.tensor(False))
+        self.noise_seed = noise_seed
+        dim = convert_conv_op_to_dim(denoiser.unet.encoder.conv_op)
+        channels = denoiser.decoder_stage_channels
+        self.head = MLPEnsembleHead([len(self.timesteps) * channels[s] for s in self.stages], num_classes,
+                                    ensemble_size, hidden, dim)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.denoiser.eval()  # frozen: no dropout or running statistics may change
+        return self
+
+    @torch.no_grad()
+    def features(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """Decoder features of all timesteps in one batched pass; per stage (B, T x C_stage, *stage_spatial)."""
+        generator = torch.Generator(device=x.device).manual_seed(self.noise_seed)
+        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        num_t, batch = len(self.timesteps), x.shape[0]
+        view = (num_t, 1) + (1,) * (x.ndim - 1)
+        noisy = (self.signal_scales.to(x.dtype).view(view) * x + self.noise_scales.to(x.dtype).view(view) * noise)
+        timesteps = torch.tensor(self.timesteps, device=x.device).repeat_interleave(batch)
+        stage_outputs = self.denoiser.decoder_features(noisy.reshape(num_t * batch, *x.shape[1:]), timesteps,
+                                                       self.stages)
+        # (T * B, C, ...) -> (B, T * C, ...): timestep-major channel blocks
+        return [f.reshape(num_t, batch, *f.shape[1:]).transpose(0, 1).reshape(batch, -1, *f.shape[2:])
+                for f in stage_outputs]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        member_logits = self.head(self.features(x), x.shape[2:])
+        if self.training:
+            return member_logits
+        return self.mean_probability_logits(member_logits)
+
+    def mean_probability_logits(self, member_logits: torch.Tensor) -> torch.Tensor:
+        """Logits whose softmax (sigmoid for regions) is the members' mean probability."""
+        member_logits = member_logits.float()
+        k = member_logits.shape[1]
+        if bool(self.region_based):
+            log_p = torch.logsumexp(F.logsigmoid(member_logits), 1) - math.log(k)
+            log_not_p = torch.logsumexp(F.logsigmoid(-member_logits), 1) - math.log(k)
+            return log_p - log_not_p
+        return torch.logsumexp(torch.log_softmax(member_logits, 2), 1) - math.log(k)
+
+
+class EnsembleLoss(nn.Module):
+    """nnU-Net's loss for every member: mean over members of ``loss(member_logits, target)``; a plain tensor (the
+    eval-mode ensemble output) goes straight to ``loss``."""
+
+    def __init__(self, loss: nn.Module):
+        super().__init__()
+        self.loss = loss
+
+    def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if output.ndim == target.ndim + 1:
+            return torch.stack([self.loss(output[:, k], target) for k in range(output.shape[1])]).mean()
+        return self.loss(output, target)

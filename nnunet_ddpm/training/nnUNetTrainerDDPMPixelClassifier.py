@@ -1,0 +1,76 @@
+"""Segmentation by pixel-level MLPs on frozen DDPM activations (Baranchuk et al. 2022, as used by Alshenoudy et al.).
+
+The pretrained denoiser (EMA weights) stays frozen; an ensemble of small MLPs, written as 1x1 convolutions, classifies
+every pixel from decoder activations at a few timesteps (``nnunet_ddpm.networks.pixel_classifier``). nnU-Net's patch
+sampling, augmentation, Dice + CE loss (per member), validation and sliding-window prediction are used unchanged.
+"""
+from typing import Tuple
+
+import torch
+from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
+from torch import nn
+
+from nnunet_ddpm.networks import EnsembleLoss, PixelClassifierNetwork, TimeConditionedUNet, build_unet_from_plans
+from nnunet_ddpm.training.ddpm_trainer_base import UsesPretrainedDenoiser
+
+
+class nnUNetTrainerDDPMPixelClassifier(UsesPretrainedDenoiser):
+    """Trains only the MLP ensemble head; every denoiser parameter keeps its pretrained value.
+
+    Defaults and why:
+
+    * ``feature_stages = (-3, -2, -1)``: the three highest-resolution decoder stages. The paper's code and Baranchuk
+      et al. take the later decoder blocks: fine spatial detail plus the semantics gathered on the way up.
+    * ``feature_timesteps = (50, 150, 250)`` of 1000: small-to-middle noise levels, where Baranchuk et al. found the
+      most informative activations; large t mostly sees noise.
+    * ``ensemble_size = 5`` MLPs of shape features -> 128 -> 64 -> classes (Baranchuk et al. use 10; 5 halves the
+      head's cost; the mean probability of the members is the prediction, their entropy the uncertainty).
+    * Adam at 1e-3 (the optimiser of both papers' MLPs) with nnU-Net's poly schedule, for 100 epochs: only the small
+      head learns, on fixed features, and it needs far fewer steps than a whole U-Net.
+    """
+
+    feature_stages: Tuple[int, ...] = (-3, -2, -1)  # decoder stages, 0 = lowest resolution, -1 = full resolution
+    feature_timesteps: Tuple[int, ...] = (50, 150, 250)
+    ensemble_size = 5
+    mlp_hidden: Tuple[int, ...] = (128, 64)
+    noise_seed = 0  # seeds the noise that brings inputs to the feature timesteps: deterministic features
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.enable_deep_supervision = False  # the head predicts at full resolution only
+        self.initial_lr = 1e-3
+        self.weight_decay = 0.0
+        self.num_epochs = 100
+
+    @classmethod
+    def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels: int,
+                                   num_output_channels: int, enable_deep_supervision: bool = True) -> nn.Module:
+        # the denoiser exactly as pretrained (one output per input channel), then the head
+        denoiser = TimeConditionedUNet(build_unet_from_plans(configuration_manager, num_input_channels,
+                                                             num_input_channels, deep_supervision=False),
+                                       cls.timestep_embedding_dim)
+        alpha_bars = [cls.diffusion.alpha_bar(t) for t in cls.feature_timesteps]
+        return PixelClassifierNetwork(denoiser, cls.feature_stages, cls.feature_timesteps, alpha_bars,
+                                      num_output_channels, cls.ensemble_size, cls.mlp_hidden, cls.noise_seed)
+
+    def initialize(self):
+        super().initialize()
+        self.unwrapped_network().region_based.fill_(self.label_manager.has_regions)
+
+    def apply_pretrained_weights(self, weights: dict) -> str:
+        network = self.unwrapped_network()
+        network.denoiser.load_state_dict(weights)
+        return (f"frozen; features of decoder stages {network.stages} at timesteps {network.timesteps}, "
+                f"ensemble of {self.ensemble_size} MLPs")
+
+    def _build_loss(self):
+        return EnsembleLoss(super()._build_loss())
+
+    def configure_optimizers(self):
+        head = self.unwrapped_network().head.parameters()
+        optimizer = torch.optim.Adam(head, lr=self.initial_lr, weight_decay=self.weight_decay)
+        return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
+
+    def set_deep_supervision_enabled(self, enabled: bool):
+        """Nothing to switch: the head has no deep supervision and the frozen decoder's heads are never run."""

@@ -1,0 +1,127 @@
+"""The pixel classifier network: features, the exact rewrites of the MLP ensemble, determinism, ensemble averaging."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nnunet_ddpm.networks import EnsembleLoss, MLPEnsembleHead, PixelClassifierNetwork, TimeConditionedUNet, \
+    build_unet_from_plans
+from tests.networks.test_time_conditioned_unet import configuration
+
+
+def make_network(dim=2, stages=(-2, -1), timesteps=(50, 150), ensemble_size=3, num_classes=4):
+    torch.manual_seed(0)
+    denoiser = TimeConditionedUNet(build_unet_from_plans(configuration(dim), 2, 2, deep_supervision=False))
+    for name, p in denoiser.named_parameters():  # a "trained" denoiser: the timestep matters
+        if "time_projection" in name:
+            torch.nn.init.normal_(p, std=0.1)
+    alpha_bars = [math.cos(t / 1000 * math.pi / 2) ** 2 for t in timesteps]
+    return PixelClassifierNetwork(denoiser, stages, timesteps, alpha_bars, num_classes, ensemble_size)
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_shapes_in_training_and_eval(dim):
+    network = make_network(dim)
+    x = torch.randn(2, 2, *[16] * dim)
+    assert network.train()(x).shape == (2, 3, 4, *[16] * dim)  # members' logits
+    assert network.eval()(x).shape == (2, 4, *[16] * dim)  # one ensemble output
+    # stages 1 and 2 of the 3-stage test plans' 2 decoder stages: 16 + 8 channels, times 2 timesteps
+    assert [layer.in_channels for layer in network.head.first_layer] == [2 * 16, 2 * 8]
+
+
+def test_features_are_the_decoder_stage_outputs_of_each_noised_input():
+    network = make_network(stages=(0, 1), timesteps=(50, 150))
+    x = torch.randn(2, 2, 16, 16)
+    features = network.features(x)
+    generator = torch.Generator().manual_seed(network.noise_seed)
+    noise = torch.randn(x.shape, generator=generator)
+    captured = []
+    hooks = [stage.register_forward_hook(lambda m, i, o: captured.append(o))
+             for stage in network.denoiser.unet.decoder.stages]
+    for t_index, t in enumerate(network.timesteps):
+        noisy = network.signal_scales[t_index] * x + network.noise_scales[t_index] * noise
+        network.denoiser(noisy, torch.tensor([t, t]))
+    for h in hooks:
+        h.remove()
+    # captured: t0 stage0, t0 stage1, t1 stage0, t1 stage1; features put timestep blocks along channels
+    for stage in (0, 1):
+        expected = torch.cat([captured[stage], captured[2 + stage]], 1)
+        assert torch.allclose(features[stage], expected, atol=1e-5)
+
+
+def test_features_are_deterministic_and_frozen():
+    network = make_network()
+    x = torch.randn(1, 2, 16, 16)
+    assert all(torch.equal(a, b) for a, b in zip(network.features(x), network.features(x)))
+    assert not any(p.requires_grad for p in network.denoiser.parameters())
+    network.train()
+    assert not network.denoiser.training and network.head.training
+    loss = network(x).sum()
+    loss.backward()
+    assert all(p.grad is None for p in network.denoiser.parameters())
+    assert all(p.grad is not None for p in network.head.parameters())
+
+
+def test_split_first_layer_equals_mlp_on_concatenated_upsampled_features():
+    """Upsample-then-concatenate-then-MLP (the method as written) equals the head's cheaper order."""
+    torch.manual_seed(0)
+    head = MLPEnsembleHead([6, 5], num_classes=3, ensemble_size=2, hidden=(8, 4)).eval()
+    for m in head.modules():  # non-trivial batch-norm statistics
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_()
+            m.running_var.uniform_(0.5, 2)
+    features = [torch.randn(2, 6, 4, 4), torch.randn(2, 5, 8, 8)]
+    out = head(features, (8, 8))
+    upsampled = torch.cat([F.interpolate(features[0], size=(8, 8), mode="bilinear", align_corners=False),
+                           features[1]], 1)
+    for k in range(2):  # member k as a plain MLP over the concatenated features
+        w1 = torch.cat([layer.weight[8 * k:8 * (k + 1)] for layer in head.first_layer], 1)
+        h = F.conv2d(upsampled, w1, head.first_layer[0].bias[8 * k:8 * (k + 1)])
+        bn1, conv2, bn2, conv3 = head.layers[1], head.layers[2], head.layers[4], head.layers[5]
+
+        def member_bn(bn, h, width):
+            sl = slice(width * k, width * (k + 1))
+            return F.batch_norm(h, bn.running_mean[sl], bn.running_var[sl], bn.weight[sl], bn.bias[sl], False,
+                                0.0, bn.eps)
+        h = member_bn(bn1, F.relu(h), 8)
+        h = F.conv2d(h, conv2.weight[4 * k:4 * (k + 1)], conv2.bias[4 * k:4 * (k + 1)])
+        h = member_bn(bn2, F.relu(h), 4)
+        h = F.conv2d(h, conv3.weight[3 * k:3 * (k + 1)], conv3.bias[3 * k:3 * (k + 1)])
+        assert torch.allclose(out[:, k], h, atol=1e-5)
+
+
+@pytest.mark.parametrize("region_based", [False, True])
+def test_eval_output_is_the_mean_member_probability(region_based):
+    network = make_network()
+    network.region_based.fill_(region_based)
+    members = torch.randn(2, 3, 4, 5, 5)
+    combined = network.mean_probability_logits(members)
+    if region_based:
+        assert torch.allclose(torch.sigmoid(combined), torch.sigmoid(members).mean(1), atol=1e-6)
+    else:
+        assert torch.allclose(torch.softmax(combined, 1), torch.softmax(members, 2).mean(1), atol=1e-6)
+
+
+def test_region_flag_travels_in_the_state_dict():
+    trained = make_network()
+    trained.region_based.fill_(True)
+    fresh = make_network()
+    fresh.load_state_dict(trained.state_dict())
+    assert bool(fresh.region_based)
+
+
+def test_ensemble_loss_is_the_mean_member_loss():
+    loss = EnsembleLoss(lambda output, target: (output - target).abs().mean())
+    target = torch.randn(2, 1, 4, 4)
+    members = torch.randn(2, 3, 1, 4, 4)
+    expected = sum((members[:, k] - target).abs().mean() for k in range(3)) / 3
+    assert torch.allclose(loss(members, target), expected)
+    assert torch.allclose(loss(members[:, 0], target), (members[:, 0] - target).abs().mean())
+
+
+def test_bad_stages_and_timesteps_are_refused():
+    with pytest.raises(ValueError, match="has 2 decoder stages"):
+        make_network(stages=(5,))
+    with pytest.raises(ValueError, match="at least one feature timestep"):
+        make_network(timesteps=())
