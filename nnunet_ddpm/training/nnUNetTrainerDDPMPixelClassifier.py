@@ -4,7 +4,7 @@ The pretrained denoiser (EMA weights) stays frozen; an ensemble of small MLPs, w
 every pixel from decoder activations at a few timesteps (``nnunet_ddpm.networks.pixel_classifier``). nnU-Net's patch
 sampling, augmentation, Dice + CE loss (per member), validation and sliding-window prediction are used unchanged.
 """
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
@@ -19,8 +19,9 @@ class nnUNetTrainerDDPMPixelClassifier(UsesPretrainedDenoiser):
 
     Defaults and why:
 
-    * ``feature_stages = (-3, -2, -1)``: the three highest-resolution decoder stages. The paper's code and Baranchuk
-      et al. take the later decoder blocks: fine spatial detail plus the semantics gathered on the way up.
+    * ``feature_stages = None``: the three highest-resolution decoder stages (all of them in a shallower network), i.e.
+      (-3, -2, -1). The paper's code and Baranchuk et al. take the later decoder blocks: fine spatial detail plus the
+      semantics gathered on the way up.
     * ``feature_timesteps = (50, 150, 250)`` of 1000: small-to-middle noise levels, where Baranchuk et al. found the
       most informative activations; large t mostly sees noise.
     * ``ensemble_size = 5`` MLPs of shape features -> 128 -> 64 -> classes (Baranchuk et al. use 10; 5 halves the
@@ -29,7 +30,7 @@ class nnUNetTrainerDDPMPixelClassifier(UsesPretrainedDenoiser):
       head learns, on fixed features, and it needs far fewer steps than a whole U-Net.
     """
 
-    feature_stages: Tuple[int, ...] = (-3, -2, -1)  # decoder stages, 0 = lowest resolution, -1 = full resolution
+    feature_stages: Optional[Tuple[int, ...]] = None  # decoder stages, 0 = lowest resolution, -1 = full resolution
     feature_timesteps: Tuple[int, ...] = (50, 150, 250)
     ensemble_size = 5
     mlp_hidden: Tuple[int, ...] = (128, 64)
@@ -51,7 +52,8 @@ class nnUNetTrainerDDPMPixelClassifier(UsesPretrainedDenoiser):
                                                              num_input_channels, deep_supervision=False),
                                        cls.timestep_embedding_dim)
         alpha_bars = [cls.diffusion.alpha_bar(t) for t in cls.feature_timesteps]
-        return PixelClassifierNetwork(denoiser, cls.feature_stages, cls.feature_timesteps, alpha_bars,
+        stages = cls.feature_stages or tuple(range(-min(3, len(denoiser.unet.decoder.stages)), 0))
+        return PixelClassifierNetwork(denoiser, stages, cls.feature_timesteps, alpha_bars,
                                       num_output_channels, cls.ensemble_size, cls.mlp_hidden, cls.noise_seed)
 
     def initialize(self):

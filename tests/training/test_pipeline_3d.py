@@ -1,4 +1,4 @@
-"""The same trainers on a 3D configuration (3d_fullres), and a 3D checkpoint refused by a 2D run."""
+"""The same trainers (pretraining, fine-tuning, pixel classifier) on a 3D configuration (3d_fullres), and a 3D checkpoint refused by a 2D run."""
 import numpy as np
 import SimpleITK as sitk
 import torch
@@ -27,6 +27,14 @@ def test_3d_pretrain_finetune_predict(nnunet, pretrained_2d, tmp_path):
     prediction = sitk.ReadImage(str(tmp_path / "pred" / "phantom_000.nii.gz"))
     assert prediction.GetSize() == (24, 24, 20)
     assert set(np.unique(sitk.GetArrayFromImage(prediction))) <= {0, 1, 2, 3}
+
+    # the pixel classifier on 3D activations (trilinear upsampling); its final validation runs nnU-Net's 3D sliding
+    # window prediction
+    nnunet.train(DATASET_ID, "3d_fullres", 0, "nnUNetTrainerDDPMPixelClassifier_demo")
+    folder = nnunet.trainer_folder(DATASET_NAME, "nnUNetTrainerDDPMPixelClassifier_demo", "3d_fullres", 0)
+    weights = torch.load(folder / "checkpoint_final.pth", map_location="cpu", weights_only=False)["network_weights"]
+    assert weights["head.first_layer.0.weight"].ndim == 5
+    assert (folder / "validation" / "summary.json").is_file()
 
     # a 3D pretraining checkpoint given to a 2D run is refused, naming each difference
     result = nnunet.train(PHANTOM_2D[0], "2d", 2, "nnUNetTrainerDDPMFinetune_demo", "-pretrained_weights",
