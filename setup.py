@@ -20,6 +20,7 @@ setup(
         "matplotlib",
         "blosc2",
         "scikit-learn>=1.6",  # GroupKFold(shuffle=True) for patient-grouped folds
+        "monai>=1.3",  # surface distances (HD95) in the benchmark report
     ],
     extras_require={"test": ["pytest>=7"]},
     entry_points={
@@ -29,6 +30,7 @@ setup(
             "nnUNetv2_ddpm_make_splits=nnunet_ddpm.cli:make_splits_entry",
             "nnUNetv2_ddpm_preprocess_unlabeled=nnunet_ddpm.cli:preprocess_unlabeled_entry",
             "nnUNetv2_ddpm_uncertainty=nnunet_ddpm.cli:uncertainty_entry",
+            "nnUNetv2_ddpm_benchmark=nnunet_ddpm.benchmark.runner:benchmark_entry",
         ],
     },
 )

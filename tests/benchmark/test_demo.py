@@ -2,28 +2,29 @@
 import json
 
 
-def test_demo_runs_end_to_end_and_resumes(nnunet, tmp_path):
+def test_demo_runs_the_comparison_end_to_end_and_resumes(nnunet, tmp_path):
     out = tmp_path / "demo"
     args = ("nnUNetv2_ddpm_demo", "-o", out, "--size", "32", "--train-cases", "6", "--test-cases", "2",
-            "--epochs", "1", "--pretrain-epochs", "1", "--iterations", "2")
+            "--epochs", "1", "--pretrain-epochs", "1", "--iterations", "2", "--budgets", "2",
+            "--methods", "baseline", "finetune")
     first = nnunet.run(*args, training=False)
-    assert "DDPM pretraining on all training images" in first.output
-    assert "| DDPM fine-tune |" in first.output and "| supervised nnU-Net |" in first.output
-    report = json.loads((out / "demo_results.json").read_text())
-    assert report["test_cases"] == 2 and report["budget"]["epochs"] == 1
-    for method in ("DDPM fine-tune", "supervised nnU-Net"):
-        assert set(report["dice"][method]) == {"edema", "necrosis", "enhancing", "mean"}
-        assert all(0 <= v <= 1 for v in report["dice"][method].values())
+    assert "train nnUNetTrainerDDPMPretrain_demo fold all" in first.output
+    assert "| labelled cases | nnU-Net (supervised): edema" in first.output
+    report = json.loads((out / "benchmark" / "results.json").read_text())
+    assert report["test_cases"] == 2 and report["budgets"] == [2]
+    assert report["settings"]["finetune"]["num_epochs"] == "1"
+    assert {r["method"] for r in report["results"]} == {"baseline", "finetune"}
+    assert all(0 <= r["dice_mean"] <= 1 for r in report["results"] if r["dice_mean"] == r["dice_mean"])
+    assert (out / "benchmark" / "dice_vs_labels.png").is_file()
     samples = out / "nnUNet_results" / "Dataset990_DemoPhantom" / \
         "nnUNetTrainerDDPMPretrain_demo__nnUNetPlans__2d" / "fold_all" / "samples.png"
     assert samples.is_file()
 
     # re-running skips finished work; removing one evaluation redoes just that
-    (out / "predictions" / "nnUNetTrainer_demo" / "summary.json").unlink()
+    (out / "benchmark" / "predictions" / "baseline" / "2labels" / "fold_0" / "evaluation.json").unlink()
     second = nnunet.run(*args, training=False)
-    assert "$ nnUNetv2_train" not in second.output and "plan and preprocess" not in second.output
-    assert "[1/2] predict the test cases with supervised nnU-Net" in second.output
-    assert "| DDPM fine-tune |" in second.output
+    assert "plan and preprocess" not in second.output
+    assert "6 already done, 1 to run" in second.output and "[1/1] evaluate baseline 2 labels fold 0" in second.output
 
     bad = nnunet.run("nnUNetv2_ddpm_demo", "-o", out, "--train-cases", "3", training=False, ok=False)
     assert "--train-cases must be at least 5" in bad.output

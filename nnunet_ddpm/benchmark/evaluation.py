@@ -1,0 +1,66 @@
+"""Dice (nnU-Net's evaluator) and HD95 (MONAI's surface distances) per test case and label or region."""
+import os
+from typing import Dict, List, Union
+
+import numpy as np
+from batchgenerators.utilities.file_and_folder_operations import join, load_json, save_json
+from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder
+from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+EVALUATION_FILE = "evaluation.json"
+
+
+def region_names(dataset_json: dict, regions_or_labels: List[Union[int, tuple]]) -> Dict[str, str]:
+    """nnU-Net's summary key of each label or region -> its name in dataset.json."""
+    names = {}
+    for name, value in dataset_json["labels"].items():
+        value = tuple(value) if isinstance(value, (list, tuple)) and len(value) > 1 else \
+            (value[0] if isinstance(value, (list, tuple)) else value)
+        names[str(value)] = name
+    return {str(r): names.get(str(r), str(r)) for r in regions_or_labels}
+
+
+def hd95(prediction: np.ndarray, reference: np.ndarray, spacing) -> float:
+    """95th percentile symmetric Hausdorff distance in mm; 0 if both are empty, NaN if only one is."""
+    if not prediction.any() and not reference.any():
+        return 0.0
+    if not prediction.any() or not reference.any():
+        return float("nan")
+    import torch
+    from monai.metrics import compute_hausdorff_distance
+    value = compute_hausdorff_distance(torch.from_numpy(prediction[None, None]), torch.from_numpy(reference[None, None]),
+                                       include_background=True, percentile=95, spacing=list(spacing))
+    return float(value.item())
+
+
+def _mask(segmentation: np.ndarray, region) -> np.ndarray:
+    return np.isin(segmentation, region) if isinstance(region, (list, tuple)) else segmentation == region
+
+
+def evaluate_prediction_folder(prediction_folder: str, labels_folder: str, preprocessed_dataset_folder: str,
+                               plans: str = "nnUNetPlans", num_processes: int = 2) -> dict:
+    """Write ``summary.json`` (nnU-Net's evaluator) and ``evaluation.json`` (Dice and HD95 per case and region)."""
+    dataset_json = load_json(join(preprocessed_dataset_folder, "dataset.json"))
+    plans_manager = PlansManager(join(preprocessed_dataset_folder, f"{plans}.json"))
+    label_manager = plans_manager.get_label_manager(dataset_json)
+    regions = label_manager.foreground_regions if label_manager.has_regions else label_manager.foreground_labels
+    reader = plans_manager.image_reader_writer_class()
+    summary = compute_metrics_on_folder(labels_folder, prediction_folder, join(prediction_folder, "summary.json"),
+                                        reader, dataset_json["file_ending"], regions, label_manager.ignore_label,
+                                        num_processes)
+    names = region_names(dataset_json, regions)
+    per_case = []
+    for case_result in summary["metric_per_case"]:
+        prediction, properties = reader.read_seg(case_result["prediction_file"])
+        reference, _ = reader.read_seg(case_result["reference_file"])
+        for region in regions:
+            key = str(tuple(region)) if isinstance(region, (list, tuple)) else str(region)
+            metrics = case_result["metrics"][key] if key in case_result["metrics"] else \
+                case_result["metrics"][region]
+            per_case.append({
+                "case": os.path.basename(case_result["reference_file"])[:-len(dataset_json["file_ending"])],
+                "region": names[key], "dice": metrics["Dice"],
+                "hd95": hd95(_mask(prediction[0], region), _mask(reference[0], region), properties["spacing"])})
+    result = {"regions": [names[k] for k in names], "per_case": per_case}
+    save_json(result, join(prediction_folder, EVALUATION_FILE), sort_keys=False)
+    return result
