@@ -70,7 +70,7 @@ def test_benchmark_runs_what_the_dry_run_prints_and_reports_the_evaluation(nnune
     assert len(planned) == 2 and planned[0].endswith("--c") and planned[1].startswith("nnUNetv2_predict")
     before = (out / "commands.txt").read_text().splitlines()
     result = nnunet.run(*benchmark_args(nnunet, test_set, out))
-    assert "9 already done, 3 to run" in result.output
+    assert "10 already done, 3 to run" in result.output
     assert (out / "commands.txt").read_text().splitlines() == before + planned
     assert nnunet.run(*benchmark_args(nnunet, test_set, out, "--dry-run")).stdout.strip() == ""
 
