@@ -42,10 +42,11 @@ def whole_tumour_dice(train_cases: List[Tuple[np.ndarray, np.ndarray]], test_cas
     from threadpoolctl import threadpool_limits
     x = np.concatenate([pixel_features(images) for images, _ in train_cases])
     y = np.concatenate([(labels > 0).ravel() for _, labels in train_cases])
-    with threadpool_limits(limits=1):  # OpenMP would start a thread per reported core: 20 x slower on 2 cores
+    # one thread: OpenMP threads that spin-wait for each other are many times slower on a busy 2-core machine
+    with threadpool_limits(limits=1):
         model = HistGradientBoostingClassifier(max_iter=60, random_state=seed).fit(x, y)
-    return float(np.mean([dice(model.predict(pixel_features(images)).reshape(labels.shape).astype(bool), labels > 0)
-                          for images, labels in test_cases]))
+        return float(np.mean([dice(model.predict(pixel_features(images)).reshape(labels.shape).astype(bool),
+                                   labels > 0) for images, labels in test_cases]))
 
 
 def best_threshold_dice(test_cases) -> Dict[str, float]:

@@ -334,9 +334,9 @@ def resolve_source(source: str) -> str:
         raise DatasetConversionError(f"{source} is not a folder and nnUNet_raw is not set to look it up.")
     try:
         return join(str(nnUNet_raw), maybe_convert_to_dataset_name(source))
-    except RuntimeError:
+    except RuntimeError as e:
         raise DatasetConversionError(f"{source} is neither a folder nor a dataset name or id in $nnUNet_raw "
-                                     f"({nnUNet_raw}).") from None
+                                     f"({nnUNet_raw}): {e}") from None
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

@@ -76,6 +76,22 @@ def _blur(image: np.ndarray, sigma: float) -> np.ndarray:
     return image
 
 
+def _dilate(mask: np.ndarray) -> np.ndarray:
+    """Binary dilation with the face neighbours (4 in 2D, 6 in 3D); nothing wraps around the border."""
+    out = mask.copy()
+    for axis in range(mask.ndim):
+        lead = [slice(None)] * mask.ndim
+        trail = [slice(None)] * mask.ndim
+        lead[axis], trail[axis] = slice(1, None), slice(None, -1)
+        out[tuple(lead)] |= mask[tuple(trail)]
+        out[tuple(trail)] |= mask[tuple(lead)]
+    return out
+
+
+def _erode(mask: np.ndarray) -> np.ndarray:
+    return ~_dilate(~mask)
+
+
 def _distance(grid: np.ndarray, centre, radii) -> np.ndarray:
     """Ellipsoidal distance: 1 on the surface of the ellipsoid with these centre and radii."""
     dims = (slice(None),) + (None,) * (grid.ndim - 1)
@@ -114,8 +130,15 @@ def _tissue_map(grid: np.ndarray, rng: np.random.Generator) -> Tuple[np.ndarray,
     tumour_distance *= 1 + 0.12 * _smooth_field(grid, rng, frequency=4)
     necrosis_extent = rng.uniform(0.3, 0.75) if rng.uniform() < 0.8 else 0.0
     oedema_extent = rng.uniform(1.25, 2.4)
-    core = brain & (tumour_distance <= 1)
-    oedema = brain & ((tumour_distance * (1 + 0.25 * _smooth_field(grid, rng, frequency=3)) <= oedema_extent) | core)
+    # nested at the voxel level, whatever the resolution: the core stays one voxel inside the brain, the necrosis
+    # one voxel inside the core (an enhancing rim), and at least one voxel of oedema surrounds the core
+    inner_brain = _erode(brain)
+    core = inner_brain & (tumour_distance <= 1)
+    if not core.any():  # a blob smaller than a voxel
+        core[np.unravel_index(np.argmin(np.where(inner_brain, tumour_distance, np.inf)), core.shape)] = True
+    oedema_distance = tumour_distance * (1 + 0.25 * _smooth_field(grid, rng, frequency=3))
+    oedema = brain & ((oedema_distance <= oedema_extent) | _dilate(core))
+    necrosis = _erode(core) & (tumour_distance <= necrosis_extent)
 
     # distractors: small lesions outside the tumour, oedema-like in FLAIR or enhancing-like in T1c
     for _ in range(rng.integers(0, 4)):
@@ -127,7 +150,7 @@ def _tissue_map(grid: np.ndarray, rng: np.random.Generator) -> Tuple[np.ndarray,
     labels = np.zeros(tissue.shape, dtype=np.uint8)
     labels[oedema] = LABELS["edema"]
     labels[core] = LABELS["enhancing"]
-    labels[brain & (tumour_distance <= necrosis_extent)] = LABELS["necrosis"]
+    labels[necrosis] = LABELS["necrosis"]
     for label, tissue_index in ((1, EDEMA), (2, NECROSIS), (3, ENHANCING)):
         tissue[labels == label] = tissue_index
     return tissue, labels
