@@ -173,12 +173,17 @@ def slice_case(job: dict) -> dict:
     images, labels = np.moveaxis(images, axis + 1, 1), np.moveaxis(labels, axis + 1, 1)  # (C, slices, H, W)
     spacing = [s for i, s in enumerate(properties["spacing"]) if i != axis]
     foreground = (labels[0] > 0).sum(axis=(1, 2))
-    chosen = job["rule"].select(foreground, (images != 0).any(axis=(0, 2, 3)))
+    has_content = (images != 0).any(axis=(0, 2, 3))
+    chosen = job["rule"].select(foreground, has_content)
     outside = [i for i in chosen if i >= images.shape[1]]
     if outside:
         raise DatasetConversionError(f"{job['case']}: slice indices {outside} outside the volume ({images.shape[1]} "
                                      f"slices along axis {axis}).")
-    result = {"case": job["case"], "slices": chosen, "pixels": 0, "label_pixels": {}, "label_slices": {}}
+    # an all-zero slice has nothing to normalise (nnU-Net's z-score inside the nonzero mask would divide by zero)
+    empty = [i for i in chosen if not has_content[i]]
+    chosen = [i for i in chosen if has_content[i]]
+    result = {"case": job["case"], "slices": chosen, "empty_skipped": empty, "pixels": 0, "label_pixels": {},
+              "label_slices": {}}
     if not chosen:
         return result
     images, labels = images[:, chosen].astype(np.float32), labels[:, chosen]
@@ -304,6 +309,7 @@ def _summary(target: str, results: List[dict], part_of: Dict[str, str], members:
             "cases": sum(len(r["slices"]) for r in mine),
             "patients": sum(1 for r in mine if r["slices"]),
             "patients_without_slices": [r["case"] for r in mine if not r["slices"]],
+            "empty_slices_skipped": sum(len(r["empty_skipped"]) for r in mine),
             "labels": {name: {"pixel_fraction": sum(r["label_pixels"].get(name, 0) for r in mine) / max(pixels, 1),
                               "cases_with": sum(r["label_slices"].get(name, 0) for r in mine)} for name in members}}
     return summary
@@ -316,8 +322,10 @@ def format_summary(summary: dict) -> str:
         if part["cases"] == 0 and not part["patients_without_slices"]:
             continue
         lines.append(f"{title}: {part['cases']} cases from {part['patients']} patients"
-                     + (f" ({len(part['patients_without_slices'])} patients without a chosen slice)"
-                        if part["patients_without_slices"] else ""))
+                     + (f"; {len(part['patients_without_slices'])} patients without a chosen slice"
+                        if part["patients_without_slices"] else "")
+                     + (f"; {part['empty_slices_skipped']} all-zero slices skipped"
+                        if part["empty_slices_skipped"] else ""))
         for label, numbers in part["labels"].items():
             lines.append(f"  {label:<24} {numbers['pixel_fraction']:7.2%} of pixels, in {numbers['cases_with']} "
                          f"of {part['cases']} cases")

@@ -163,12 +163,14 @@ def test_resampling_nearest_labels_linear_images_spacing_and_axis(tmp_path):
     assert set(np.unique(resized_labels)) == {0, 1, 2}  # nearest: no in-between values
     assert (resized_labels == 1).sum() + (resized_labels == 2).sum() == pytest.approx(10 * 12 / 6, abs=6)
 
-    slice_dataset(source, str(tmp_path), 2, "Sagittal", SliceRule("every", step=10), axis=2, size=None,
-                  progress=False)
+    summary = slice_dataset(source, str(tmp_path), 2, "Sagittal", SliceRule("every", step=10), axis=2, size=None,
+                            progress=False)
     sagittal = sitk.ReadImage(str(tmp_path / "Dataset002_Sagittal" / "imagesTr" / "p1_s010_0000.nii.gz"))
     assert sagittal.GetSize() == (20, 6, 1) and sagittal.GetSpacing() == pytest.approx((1.0, 3.0, 999.0))
     assert np.all(sitk.GetArrayFromImage(sagittal) == 10)
-    assert _cases(tmp_path / "Dataset002_Sagittal", "labelsTr") == ["p1_s000", "p1_s010", "p1_s020"]
+    # sagittal slice 0 of the ramp is all zero: skipped, nothing there for nnU-Net to normalise
+    assert _cases(tmp_path / "Dataset002_Sagittal", "labelsTr") == ["p1_s010", "p1_s020"]
+    assert summary["training"]["empty_slices_skipped"] == 1
 
 
 def _no_target(raw: Path, dataset_id: int):
