@@ -52,13 +52,15 @@ def arrange_brats2015_sample(sample_folder: str, raw_folder: str, dataset_id: in
             mask = sitk.ReadImage(str(patient / f"{MASK_FILE}.nii.gz")) > 0
             for c, channel in enumerate(CHANNEL_FILES):
                 image = sitk.ReadImage(str(patient / f"{channel}.nii.gz"), sitk.sitkFloat32)
-                sitk.WriteImage(sitk.Mask(image, mask), join(partial, "imagesTr", f"{patient.name}_{c:04d}{file_ending}"))
+                sitk.WriteImage(sitk.Mask(image, mask),
+                                join(partial, "imagesTr", f"{patient.name}_{c:04d}{file_ending}"))
             labels = sitk.ReadImage(str(patient / f"{LABEL_FILE}.nii.gz"))
             values = np.unique(sitk.GetArrayViewFromImage(labels))
             if not set(values.tolist()) <= set(LABELS.values()):
                 raise DatasetConversionError(f"{patient.name}: label values {values.tolist()} are not BraTS 2015's "
                                              f"{sorted(LABELS.values())}.")
-            sitk.WriteImage(sitk.Cast(labels, sitk.sitkUInt8), join(partial, "labelsTr", f"{patient.name}{file_ending}"))
+            sitk.WriteImage(sitk.Cast(labels, sitk.sitkUInt8),
+                            join(partial, "labelsTr", f"{patient.name}{file_ending}"))
         from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
         generate_dataset_json(partial, dict(CHANNELS), dict(REGIONS if regions else LABELS), len(patients),
                               file_ending, regions_class_order=REGIONS_CLASS_ORDER if regions else None,

@@ -122,7 +122,8 @@ def choose_test_patients(patients: Sequence[str], test_patients: Optional[Sequen
     if test_patients:
         unknown = sorted(set(test_patients) - set(patients))
         if unknown:
-            raise DatasetConversionError(f"Test patients {unknown[:5]} are not source cases (e.g. {list(patients)[:3]}).")
+            raise DatasetConversionError(f"Test patients {unknown[:5]} are not source cases "
+                                         f"(e.g. {list(patients)[:3]}).")
         chosen = sorted(set(test_patients))
     else:
         if not 0 <= num_test_patients < len(patients):
@@ -256,7 +257,8 @@ def slice_dataset(source_folder: str, raw_folder: str, dataset_id: int, name: st
             jobs.append({"case": case, "images": files["images"], "label": files["label"],
                          "reader_writer": reader_writer, "axis": axis, "rule": rule, "size": size, "order": order,
                          "label_members": members, "part": part,
-                         "image_folder": join(partial, f"images{part}"), "label_folder": join(partial, f"labels{part}")})
+                         "image_folder": join(partial, f"images{part}"),
+                         "label_folder": join(partial, f"labels{part}")})
         for part in {job["part"] for job in jobs}:
             maybe_mkdir_p(join(partial, f"images{part}"))
             maybe_mkdir_p(join(partial, f"labels{part}"))
@@ -272,7 +274,8 @@ def slice_dataset(source_folder: str, raw_folder: str, dataset_id: int, name: st
                               regions_class_order=regions_class_order, dataset_name=name,
                               description=f"2D slices ({rule.describe()}, axis {axis}) of {source_folder}, "
                                           f"written by nnUNetv2_ddpm_slice_dataset",
-                              converted_by="nnunet_ddpm", license=dataset_json.get("licence", dataset_json.get("license", "see the source dataset")))
+                              converted_by="nnunet_ddpm",
+                              license=dataset_json.get("licence", dataset_json.get("license", "see the source")))
         save_json(dict(sorted(groups.items())), join(partial, GROUPS_FILE), sort_keys=False)
         summary = _summary(target, results, part_of, members)
         save_json({"source": source_folder, "rule": asdict(rule), "axis": axis, "size": list(size) if size else None,
