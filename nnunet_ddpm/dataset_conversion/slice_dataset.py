@@ -1,0 +1,424 @@
+"""``nnUNetv2_ddpm_slice_dataset``: the paper's 2D slice dataset from any 3D nnU-Net raw dataset.
+
+Alshenoudy et al. (AIAI 2023) train and test on axial slices of BraTS 2021 resized to 128 x 128. This command makes
+such a dataset from any 3D nnU-Net raw dataset (BraTS 2021 after nnU-Net's Dataset137_BraTS21 conversion, MSD Task01
+after ``nnUNetv2_convert_MSD_dataset``, your own): every chosen slice becomes a case ``<source case>_sNNN`` in
+standard nnU-Net format, a one-slice volume with out-of-plane spacing 999 so that nnU-Net plans 2D patches.
+Images are resampled with nnU-Net's own resampling (spline order 1 by default, like the paper's bilinear resize),
+labels with nearest neighbour; in-plane spacing becomes old extent / new size. Channel names, labels and regions
+(``regions_class_order``) are carried over. Slices of one patient stay together: ``case_groups.json`` maps every
+training case to its source volume for ``nnUNetv2_ddpm_make_splits --groups``, and held-out patients go whole to
+imagesTs/labelsTs.
+
+Everything is checked before anything is written; the dataset is built in ``<target>.partial`` and moved into place
+when complete.
+"""
+import argparse
+import multiprocessing
+import os
+import sys
+from dataclasses import asdict
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import SimpleITK as sitk
+from batchgenerators.utilities.file_and_folder_operations import isdir, isfile, join, load_json, maybe_mkdir_p, \
+    save_json
+
+from nnunet_ddpm.dataset_conversion.raw_dataset import (DatasetConversionError, atomic_dataset_folder,
+                                                         check_target_free, write_slice)
+from nnunet_ddpm.dataset_conversion.slice_rules import PAPER_SLICES, SliceRule
+from nnunet_ddpm.splits.grouped_folds import GROUPS_FILE
+
+SLICING_RECORD = "slicing.json"
+# nnU-Net's Dataset137_BraTS21 regions over its labels 1 oedema, 2 necrosis / non-enhancing, 3 enhancing; MSD
+# Task01 (1 edema, 2 non-enhancing tumor, 3 enhancing tumour) has the same values
+BRATS_REGIONS = {"background": 0, "whole tumor": (1, 2, 3), "tumor core": (2, 3), "enhancing tumor": (3,)}
+BRATS_REGIONS_CLASS_ORDER = (1, 2, 3)
+_HEADER_READABLE = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# checks: all of them run before anything is written
+
+
+def read_source(source_folder: str) -> Tuple[dict, Dict[str, dict]]:
+    """The source's dataset.json and its training cases {case: {'images': [...], 'label': file}}."""
+    from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
+    if not isdir(source_folder):
+        raise DatasetConversionError(f"The source {source_folder} is not a folder. Give an nnU-Net raw dataset "
+                                     f"(a DatasetXXX_Name folder, or its name or id in $nnUNet_raw).")
+    missing = [p for p in ("dataset.json", "imagesTr", "labelsTr") if not os.path.exists(join(source_folder, p))]
+    if missing:
+        raise DatasetConversionError(
+            f"{source_folder} is not an nnU-Net raw dataset: {', '.join(missing)} missing (expected dataset.json, "
+            f"imagesTr/CASE_XXXX<ending>, labelsTr/CASE<ending>). Convert it first, e.g. with nnU-Net's "
+            f"dataset_conversion scripts or nnUNetv2_convert_MSD_dataset.")
+    dataset_json = load_json(join(source_folder, "dataset.json"))
+    absent = [k for k in ("labels", "file_ending") if k not in dataset_json]
+    if "channel_names" not in dataset_json and "modality" not in dataset_json:
+        absent.append("channel_names")
+    if absent:
+        raise DatasetConversionError(f"{source_folder}/dataset.json has no {', '.join(absent)}; it is not an nnU-Net "
+                                     f"v2 dataset.json (see nnU-Net's generate_dataset_json).")
+    cases = get_filenames_of_train_images_and_targets(source_folder, dataset_json)
+    if not cases:
+        raise DatasetConversionError(f"No training cases in {source_folder}/imagesTr with file ending "
+                                     f"{dataset_json['file_ending']}.")
+    return dataset_json, dict(sorted(cases.items()))
+
+
+def check_cases(cases: Dict[str, dict], num_channels: int, file_ending: str, axis: int,
+                fixed_indices: Optional[Sequence[int]]) -> Dict[str, Tuple[int, ...]]:
+    """Every case has all channels and a label of one 3D shape, and the fixed slice indices lie inside it.
+
+    Reads only file headers (SimpleITK) where the format allows; other formats are checked while converting.
+    Returns {case: array shape}.
+    """
+    shapes, problems = {}, []
+    for case, files in cases.items():
+        if len(files["images"]) != num_channels:
+            problems.append(f"{case}: {len(files['images'])} image files, the dataset has {num_channels} channels")
+            continue
+        if not isfile(files["label"]):
+            problems.append(f"{case}: label file {files['label']} missing")
+            continue
+        if not file_ending.lower().endswith(_HEADER_READABLE):
+            continue
+        file_shapes = {f: _header_shape(f) for f in files["images"] + [files["label"]]}
+        dimensions = {len(s) for s in file_shapes.values()}
+        if dimensions != {3}:
+            problems.append(f"{case}: {sorted(dimensions)}-dimensional files; the slicer needs 3D volumes (split 4D "
+                            f"MSD images with nnUNetv2_convert_MSD_dataset first)")
+        elif len(set(file_shapes.values())) > 1:
+            problems.append(f"{case}: image and label shapes differ: " +
+                            ", ".join(f"{os.path.basename(f)} {s}" for f, s in file_shapes.items()))
+        else:
+            shape = next(iter(file_shapes.values()))
+            shapes[case] = shape
+            outside = [i for i in (fixed_indices or ()) if i >= shape[axis]]
+            if outside:
+                problems.append(f"{case}: slice indices {outside} outside the volume, which has {shape[axis]} slices "
+                                f"along axis {axis} (valid: 0 to {shape[axis] - 1})")
+    if problems:
+        raise DatasetConversionError(f"{len(problems)} of {len(cases)} source cases cannot be sliced:\n  " +
+                                     "\n  ".join(problems[:10]) + ("\n  ..." if len(problems) > 10 else ""))
+    return shapes
+
+
+def _header_shape(path: str) -> Tuple[int, ...]:
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(path)
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as e:
+        raise DatasetConversionError(f"Cannot read {path}: {str(e).strip().splitlines()[-1]}") from None
+    return tuple(reader.GetSize()[::-1])
+
+
+def choose_test_patients(patients: Sequence[str], test_patients: Optional[Sequence[str]], num_test_patients: int,
+                         seed: int) -> List[str]:
+    """Whole patients held out for imagesTs/labelsTs: the named ones, or ``num_test_patients`` drawn with ``seed``."""
+    if test_patients:
+        unknown = sorted(set(test_patients) - set(patients))
+        if unknown:
+            raise DatasetConversionError(f"Test patients {unknown[:5]} are not source cases "
+                                         f"(e.g. {list(patients)[:3]}).")
+        chosen = sorted(set(test_patients))
+    else:
+        if not 0 <= num_test_patients < len(patients):
+            raise DatasetConversionError(f"Cannot hold out {num_test_patients} of {len(patients)} patients: at least "
+                                         f"one must remain for training.")
+        chosen = sorted(np.random.default_rng(seed).permutation(sorted(patients))[:num_test_patients].tolist())
+    if len(chosen) >= len(patients):
+        raise DatasetConversionError("All patients are held out; at least one must remain for training.")
+    return chosen
+
+
+def target_labels(dataset_json: dict, brats_regions: bool) -> Tuple[dict, Optional[tuple]]:
+    """Labels and regions_class_order of the slice dataset: the source's, or the BraTS regions on request."""
+    labels = dataset_json["labels"]
+    if not brats_regions:
+        return labels, dataset_json.get("regions_class_order")
+    values = sorted(int(v) for v in labels.values() if not isinstance(v, (list, tuple)))
+    if len(values) != len(labels) or values != [0, 1, 2, 3]:
+        raise DatasetConversionError(f"--brats-regions needs plain labels 0, 1, 2, 3 (oedema, necrosis / "
+                                     f"non-enhancing, enhancing, as in MSD Task01); the source has {labels}.")
+    return dict(BRATS_REGIONS), BRATS_REGIONS_CLASS_ORDER
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# conversion of one case (runs in worker processes)
+
+
+def _label_members(labels: dict) -> Dict[str, Tuple[int, ...]]:
+    """{label or region name: label values in it}, background left out."""
+    members = {}
+    for name, value in labels.items():
+        values = tuple(int(v) for v in value) if isinstance(value, (list, tuple)) else (int(value),)
+        if values != (0,):
+            members[name] = values
+    return members
+
+
+def slice_case(job: dict) -> dict:
+    """Read one source case, cut the chosen slices, resample them and write them; returns counts for the summary."""
+    from nnunetv2.preprocessing.resampling.default_resampling import resample_data_or_seg
+    io = job["reader_writer"]()
+    images, properties = io.read_images(job["images"])
+    labels, _ = io.read_seg(job["label"])
+    if images.shape[1:] != labels.shape[1:] or images.ndim != 4:
+        raise DatasetConversionError(f"{job['case']}: image shape {images.shape[1:]} and label shape "
+                                     f"{labels.shape[1:]} differ (or are not 3D); fix the source case.")
+    axis = job["axis"]
+    images, labels = np.moveaxis(images, axis + 1, 1), np.moveaxis(labels, axis + 1, 1)  # (C, slices, H, W)
+    spacing = [s for i, s in enumerate(properties["spacing"]) if i != axis]
+    foreground = (labels[0] > 0).sum(axis=(1, 2))
+    has_content = (images != 0).any(axis=(0, 2, 3))
+    chosen = job["rule"].select(foreground, has_content)
+    outside = [i for i in chosen if i >= images.shape[1]]
+    if outside:
+        raise DatasetConversionError(f"{job['case']}: slice indices {outside} outside the volume ({images.shape[1]} "
+                                     f"slices along axis {axis}).")
+    # an all-zero slice has nothing to normalise (nnU-Net's z-score inside the nonzero mask would divide by zero)
+    empty = [i for i in chosen if not has_content[i]]
+    chosen = [i for i in chosen if has_content[i]]
+    result = {"case": job["case"], "slices": chosen, "empty_skipped": empty, "pixels": 0, "label_pixels": {},
+              "label_slices": {}}
+    if not chosen:
+        return result
+    images, labels = images[:, chosen].astype(np.float32), labels[:, chosen]
+    old_size, size = images.shape[2:], tuple(job["size"] or images.shape[2:])
+    if size != old_size:
+        new_shape = (len(chosen), *size)
+        images = resample_data_or_seg(images, new_shape, is_seg=False, axis=0, order=job["order"],
+                                      do_separate_z=True).astype(np.float32)
+        labels = resample_data_or_seg(labels, new_shape, is_seg=True, axis=0, order=0, do_separate_z=True)
+        spacing = [s * old / new for s, old, new in zip(spacing, old_size, size)]  # same physical extent
+    label_dtype = np.uint8 if labels.max() < 256 else np.uint16
+    for k, index in enumerate(chosen):
+        name = f"{job['case']}_s{index:03d}"
+        for c in range(images.shape[0]):
+            write_slice(images[c, k], join(job["image_folder"], f"{name}_{c:04d}.nii.gz"), spacing)
+        write_slice(labels[0, k], join(job["label_folder"], f"{name}.nii.gz"), spacing, label_dtype)
+    result["pixels"] = int(labels[0].size)
+    for name, values in job["label_members"].items():
+        member = np.isin(labels[0], values)
+        result["label_pixels"][name] = int(member.sum())
+        result["label_slices"][name] = int(member.any(axis=(1, 2)).sum())
+    return result
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the whole dataset
+
+
+def slice_dataset(source_folder: str, raw_folder: str, dataset_id: int, name: str, rule: SliceRule = SliceRule(),
+                  axis: int = 0, size: Optional[Sequence[int]] = (128, 128), order: int = 1,
+                  test_patients: Optional[Sequence[str]] = None, num_test_patients: int = 0, seed: int = 0,
+                  brats_regions: bool = False, overwrite: bool = False, num_processes: int = 1,
+                  progress: bool = True) -> dict:
+    """Write ``raw_folder/Dataset{dataset_id:03d}_{name}``, the 2D slice dataset of ``source_folder``; returns the
+    summary (also stored in the dataset's ``slicing.json``).
+
+    ``axis``: the array axis to slice, as nnU-Net's readers return volumes (0 = the slowest-varying file axis,
+    axial for BraTS and MSD). ``size``: (rows, columns) after resampling, or None to keep the source's.
+    ``order``: spline order for images (labels always nearest). Held-out patients: ``test_patients`` by source case
+    name, or ``num_test_patients`` drawn with ``seed``.
+    """
+    if axis not in (0, 1, 2):
+        raise DatasetConversionError(f"axis must be 0, 1 or 2 (an array axis of the 3D volume), got {axis}.")
+    if size is not None and (len(size) != 2 or min(size) < 1):
+        raise DatasetConversionError(f"size must be two positive numbers (rows, columns), got {list(size)}.")
+    if not 0 <= order <= 5:
+        raise DatasetConversionError(f"order must be a spline order 0..5, got {order}.")
+    source_folder = os.path.abspath(source_folder)
+    dataset_json, cases = read_source(source_folder)
+    maybe_mkdir_p(raw_folder)
+    target = check_target_free(raw_folder, dataset_id, name, overwrite)
+    if os.path.abspath(target) == source_folder:
+        raise DatasetConversionError("The target is the source dataset; choose another id or name.")
+    channels = dataset_json.get("channel_names", dataset_json.get("modality"))
+    check_cases(cases, len(channels), dataset_json["file_ending"], axis, rule.fixed_indices())
+    held_out = set(choose_test_patients(list(cases), test_patients, num_test_patients, seed))
+    labels, regions_class_order = target_labels(dataset_json, brats_regions)
+    members = _label_members(labels)
+    from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
+    first_case = next(iter(cases.values()))
+    try:
+        reader_writer = determine_reader_writer_from_dataset_json(dataset_json, first_case["images"][0], verbose=False)
+    except RuntimeError as e:
+        raise DatasetConversionError(f"nnU-Net has no reader for {first_case['images'][0]}: {e}") from None
+
+    with atomic_dataset_folder(target) as partial:
+        jobs = []
+        for case, files in cases.items():
+            part = "Ts" if case in held_out else "Tr"
+            jobs.append({"case": case, "images": files["images"], "label": files["label"],
+                         "reader_writer": reader_writer, "axis": axis, "rule": rule, "size": size, "order": order,
+                         "label_members": members, "part": part,
+                         "image_folder": join(partial, f"images{part}"),
+                         "label_folder": join(partial, f"labels{part}")})
+        for part in {job["part"] for job in jobs}:
+            maybe_mkdir_p(join(partial, f"images{part}"))
+            maybe_mkdir_p(join(partial, f"labels{part}"))
+        results = _run(jobs, num_processes, progress)
+        part_of = {job["case"]: job["part"] for job in jobs}
+        groups = {f"{r['case']}_s{i:03d}": r["case"] for r in results if part_of[r["case"]] == "Tr"
+                  for i in r["slices"]}
+        if not groups:
+            raise DatasetConversionError(f"The rule ({rule.describe()}) chose no slice of any training patient; "
+                                         f"choose other slices.")
+        from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
+        generate_dataset_json(partial, dict(channels), dict(labels), len(groups), ".nii.gz",
+                              regions_class_order=regions_class_order, dataset_name=name,
+                              description=f"2D slices ({rule.describe()}, axis {axis}) of {source_folder}, "
+                                          f"written by nnUNetv2_ddpm_slice_dataset",
+                              converted_by="nnunet_ddpm",
+                              license=dataset_json.get("licence", dataset_json.get("license", "see the source")))
+        save_json(dict(sorted(groups.items())), join(partial, GROUPS_FILE), sort_keys=False)
+        summary = _summary(target, results, part_of, members)
+        save_json({"source": source_folder, "rule": asdict(rule), "axis": axis, "size": list(size) if size else None,
+                   "order": order, "test_patients": sorted(held_out),
+                   "slices": {r["case"]: r["slices"] for r in results}, "summary": summary},
+                  join(partial, SLICING_RECORD), sort_keys=False)
+    return summary
+
+
+def _run(jobs: List[dict], num_processes: int, progress: bool) -> List[dict]:
+    from tqdm import tqdm
+    bar = tqdm(total=len(jobs), desc="Slicing volumes", unit="volume", disable=not progress)
+    if num_processes <= 1:
+        results = []
+        for job in jobs:
+            results.append(slice_case(job))
+            bar.update()
+    else:
+        with multiprocessing.get_context("spawn").Pool(num_processes) as pool:
+            results = []
+            for result in pool.imap_unordered(slice_case, jobs):
+                results.append(result)
+                bar.update()
+    bar.close()
+    return sorted(results, key=lambda r: r["case"])
+
+
+def _summary(target: str, results: List[dict], part_of: Dict[str, str], members: dict) -> dict:
+    summary = {"folder": target}
+    for part, title in (("Tr", "training"), ("Ts", "test")):
+        mine = [r for r in results if part_of[r["case"]] == part]
+        pixels = sum(r["pixels"] for r in mine)
+        summary[title] = {
+            "cases": sum(len(r["slices"]) for r in mine),
+            "patients": sum(1 for r in mine if r["slices"]),
+            "patients_without_slices": [r["case"] for r in mine if not r["slices"]],
+            "empty_slices_skipped": sum(len(r["empty_skipped"]) for r in mine),
+            "labels": {name: {"pixel_fraction": sum(r["label_pixels"].get(name, 0) for r in mine) / max(pixels, 1),
+                              "cases_with": sum(r["label_slices"].get(name, 0) for r in mine)} for name in members}}
+    return summary
+
+
+def format_summary(summary: dict) -> str:
+    lines = [f"Wrote {summary['folder']}"]
+    for title in ("training", "test"):
+        part = summary[title]
+        if part["cases"] == 0 and not part["patients_without_slices"]:
+            continue
+        lines.append(f"{title}: {part['cases']} cases from {part['patients']} patients"
+                     + (f"; {len(part['patients_without_slices'])} patients without a chosen slice"
+                        if part["patients_without_slices"] else "")
+                     + (f"; {part['empty_slices_skipped']} all-zero slices skipped"
+                        if part["empty_slices_skipped"] else ""))
+        for label, numbers in part["labels"].items():
+            lines.append(f"  {label:<24} {numbers['pixel_fraction']:7.2%} of pixels, in {numbers['cases_with']} "
+                         f"of {part['cases']} cases")
+    return "\n".join(lines)
+
+
+def resolve_source(source: str) -> str:
+    """A folder, or a dataset name or id in $nnUNet_raw."""
+    if os.path.isdir(source):
+        return source
+    from nnunetv2.paths import nnUNet_raw
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+    if not nnUNet_raw.is_set():
+        raise DatasetConversionError(f"{source} is not a folder and nnUNet_raw is not set to look it up.")
+    try:
+        return join(str(nnUNet_raw), maybe_convert_to_dataset_name(source))
+    except RuntimeError as e:
+        raise DatasetConversionError(f"{source} is neither a folder nor a dataset name or id in $nnUNet_raw "
+                                     f"({nnUNet_raw}): {e}") from None
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    parser = argparse.ArgumentParser(
+        description="Turn a 3D nnU-Net raw dataset into a 2D slice dataset (one-slice volumes, out-of-plane spacing "
+                    "999) with patient groups for nnUNetv2_ddpm_make_splits. Default: the paper's rule, axial slices "
+                    "70, 75, ..., 100 resized to 128 x 128 (Alshenoudy et al. 2023).")
+    parser.add_argument("-s", required=True, help="source: a raw dataset folder, or its name or id in $nnUNet_raw")
+    parser.add_argument("-d", type=int, required=True, help="id of the new dataset")
+    parser.add_argument("-n", required=True, help="name of the new dataset (no '_')")
+    rules = parser.add_mutually_exclusive_group()
+    rules.add_argument("--slices", type=int, nargs="+", default=None,
+                       help=f"slice indices (default: the paper's {list(PAPER_SLICES)})")
+    rules.add_argument("--every", type=int, metavar="K", help="every K-th slice (from --start)")
+    rules.add_argument("--foreground", action="store_true",
+                       help="the slices with foreground (every --step-th from --start, at least --min-foreground "
+                            "labelled pixels)")
+    rules.add_argument("--stratified", type=int, metavar="N",
+                       help="N slices per volume, --foreground-fraction of them with foreground, the rest without")
+    parser.add_argument("--start", type=int, default=0, help="first slice for --every/--foreground/--stratified")
+    parser.add_argument("--step", type=int, default=1, help="step for --foreground/--stratified (default: 1)")
+    parser.add_argument("--min-foreground", type=int, default=1, help="labelled pixels a foreground slice needs")
+    parser.add_argument("--foreground-fraction", type=float, default=0.5, help="for --stratified (default: 0.5)")
+    parser.add_argument("--axis", type=int, default=0, choices=(0, 1, 2),
+                        help="array axis to slice as nnU-Net reads the volume; 0 is axial for BraTS/MSD (default)")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--size", type=int, nargs=2, default=[128, 128], metavar=("ROWS", "COLUMNS"),
+                      help="in-plane size after resampling (default: 128 128)")
+    size.add_argument("--keep-size", action="store_true", help="keep the source's in-plane size and spacing")
+    parser.add_argument("--order", type=int, default=1, help="spline order for images (default 1, bilinear; "
+                                                             "labels always nearest)")
+    test = parser.add_mutually_exclusive_group()
+    test.add_argument("--num-test-patients", type=int, default=0, help="hold out this many whole patients, drawn "
+                                                                       "with --seed, into imagesTs/labelsTs")
+    test.add_argument("--test-patients", nargs="+", help="hold out these source cases (patients)")
+    parser.add_argument("--seed", type=int, default=0, help="for --num-test-patients (default: 0)")
+    parser.add_argument("--brats-regions", action="store_true",
+                        help="write BraTS regions (whole tumor 1,2,3; tumor core 2,3; enhancing 3) for a source with "
+                             "plain labels 0-3 such as MSD Task01")
+    parser.add_argument("--raw", default=None, help="where to write the new dataset (default: $nnUNet_raw)")
+    parser.add_argument("-np", type=int, default=1, help="worker processes (default: 1)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing target dataset")
+    args = parser.parse_args(argv)
+    try:  # SliceRule checks its numbers
+        if args.every:
+            rule = SliceRule("every", step=args.every, start=args.start)
+        elif args.foreground:
+            rule = SliceRule("foreground", step=args.step, start=args.start, min_foreground=args.min_foreground)
+        elif args.stratified:
+            rule = SliceRule("stratified", step=args.step, start=args.start, min_foreground=args.min_foreground,
+                             per_case=args.stratified, foreground_fraction=args.foreground_fraction)
+        else:
+            rule = SliceRule("indices", indices=tuple(args.slices or PAPER_SLICES))
+    except ValueError as e:
+        parser.error(str(e))
+    try:
+        raw = args.raw
+        if raw is None:
+            from nnunetv2.paths import nnUNet_raw
+            if not nnUNet_raw.is_set():
+                raise DatasetConversionError("nnUNet_raw is not set: export it or pass --raw.")
+            raw = str(nnUNet_raw)
+        summary = slice_dataset(resolve_source(args.s), raw, args.d, args.n, rule, args.axis,
+                                None if args.keep_size else args.size, args.order, args.test_patients,
+                                args.num_test_patients, args.seed, args.brats_regions, args.overwrite, args.np)
+    except DatasetConversionError as e:
+        sys.exit(f"nnUNetv2_ddpm_slice_dataset: {e}")
+    print(format_summary(summary))
+    print(f"Next: nnUNetv2_plan_and_preprocess -d {args.d} -c 2d, then nnUNetv2_ddpm_make_splits -d {args.d} "
+          f"--groups {join(summary['folder'], GROUPS_FILE)}")
+
+
+if __name__ == "__main__":
+    main()
