@@ -22,7 +22,7 @@ setup(
         "scikit-learn>=1.6",  # GroupKFold(shuffle=True) for patient-grouped folds
         "monai>=1.3",  # surface distances (HD95) in the benchmark report
     ],
-    extras_require={"test": ["pytest>=7"]},
+    extras_require={"test": ["pytest>=7", "pytest-xdist>=3"]},
     entry_points={
         "console_scripts": [
             "nnUNetv2_ddpm_trainer_dir=nnunet_ddpm.cli:trainer_dir_entry",

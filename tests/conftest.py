@@ -1,4 +1,5 @@
 """Shared fixtures: nnU-Net folders in a temporary directory and helpers that run the real nnUNetv2_* commands."""
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -23,7 +24,9 @@ class NNUNetFolders:
         env = dict(os.environ)
         env.update(nnUNet_raw=str(self.raw), nnUNet_preprocessed=str(self.preprocessed),
                    nnUNet_results=str(self.results), nnUNet_extTrainer=TRAINER_DIR,
-                   nnUNet_compile="false", nnUNet_def_n_proc="1", OMP_NUM_THREADS="2",
+                   nnUNet_compile="false", nnUNet_def_n_proc="1",
+                   # pytest runs two workers (pytest.ini): one thread per process keeps the 2 cores busy, not contended
+                   OMP_NUM_THREADS="1",
                    # the *_demo trainers with a test budget: 2 epochs of 3 iterations (see demo_budget.py)
                    nnUNet_ddpm_demo_epochs="2", nnUNet_ddpm_demo_pretrain_epochs="2", nnUNet_ddpm_demo_iterations="3")
         if training:  # in-process augmentation: reproducible; plan_and_preprocess refuses 0 (DESIGN.md)
@@ -50,6 +53,10 @@ class NNUNetFolders:
               extra_env: dict = None):
         return self.run("nnUNetv2_train", dataset_id, configuration, fold, "-tr", trainer, "-device", "cpu", *extra,
                         ok=ok, extra_env=extra_env)
+
+    def patch_size(self, dataset_name: str, configuration: str) -> list:
+        plans = json.loads((self.preprocessed / dataset_name / "nnUNetPlans.json").read_text())
+        return plans["configurations"][configuration]["patch_size"]
 
     def trainer_folder(self, dataset_name: str, trainer: str, configuration: str, fold) -> Path:
         return self.results / dataset_name / f"{trainer}__nnUNetPlans__{configuration}" / f"fold_{fold}"

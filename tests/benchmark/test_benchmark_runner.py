@@ -21,7 +21,7 @@ def test_set(nnunet, tmp_path_factory):
 
 
 def benchmark_args(nnunet, test_set, out, *extra):
-    return ("nnUNetv2_ddpm_benchmark", "-d", DATASET_ID, "-c", "2d", "--methods", "baseline", "pixel", "--budgets",
+    return ("nnUNetv2_ddpm_benchmark", "-d", DATASET_ID, "-c", "2d", "--methods", "pixel", "--budgets",
             "1", "2", "--folds", "0", "--trainer-suffix", "_demo", "--device", "cpu", "--np", "1", "-o", out,
             "--test-images", test_set[0], "--test-labels", test_set[1], *extra)
 
@@ -29,22 +29,23 @@ def benchmark_args(nnunet, test_set, out, *extra):
 def test_benchmark_runs_what_the_dry_run_prints_and_reports_the_evaluation(nnunet, pretrained_2d, test_set, tmp_path):
     out = tmp_path / "benchmark"
     planned = nnunet.run(*benchmark_args(nnunet, test_set, out, "--dry-run")).stdout.strip().splitlines()
-    # pretraining exists (fixture), so: 4 trainings and 4 predictions, each training before its prediction
-    assert [line.split()[0] for line in planned] == ["nnUNetv2_train", "nnUNetv2_predict"] * 4
+    # pretraining exists (fixture), so: 2 trainings and 2 predictions, each training before its prediction
+    assert [line.split()[0] for line in planned] == ["nnUNetv2_train", "nnUNetv2_predict"] * 2
     assert "nnUNetTrainerDDPMPixelClassifier_demo_2labels" in planned[-1]
     assert not out.exists()  # a dry run writes nothing
 
     result = nnunet.run(*benchmark_args(nnunet, test_set, out))
     assert (out / "commands.txt").read_text().strip().splitlines() == planned
-    assert "[1/12] train nnUNetTrainer_demo_1labels fold 0" in result.output
+    assert "[1/6] train nnUNetTrainerDDPMPixelClassifier_demo_1labels fold 0" in result.output
 
     report = json.loads((out / "results.json").read_text())
     assert report["test_cases"] == 3 and report["regions"] == ["edema", "necrosis", "enhancing"]
-    assert report["settings"]["baseline"]["num_epochs"] == "2"
-    assert report["settings"]["baseline"]["num_iterations_per_epoch"] == "3"
+    assert report["settings"]["pixel"]["num_epochs"] == "2"
+    assert report["settings"]["pixel"]["num_iterations_per_epoch"] == "3"
+    assert report["settings"]["pixel"]["ensemble_size"] == "5"
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 2 * 2 * 3  # methods x budgets x regions
+    assert len(rows) == 2 * 3  # budgets x regions
     for row in rows:  # one fold: the aggregate is the mean over the test cases of evaluation.json
         evaluation = json.loads((out / "predictions" / row["method"] / f"{row['labelled_cases']}labels" / "fold_0" /
                                  "evaluation.json").read_text())
@@ -56,11 +57,11 @@ def test_benchmark_runs_what_the_dry_run_prints_and_reports_the_evaluation(nnune
         label = {"edema": "1", "necrosis": "2", "enhancing": "3"}[row["region"]]
         assert float(row["dice_mean"]) == pytest.approx(summary["mean"][label]["Dice"], nan_ok=True)
     markdown = (out / "results.md").read_text()
-    assert "| labelled cases | nnU-Net (supervised): edema" in markdown and "3 test cases" in markdown
+    assert "| labelled cases | DDPM pixel classifier: edema" in markdown and "3 test cases" in markdown
     assert "num_epochs 2" in markdown
     assert (out / "dice_vs_labels.png").stat().st_size > 10_000
     with open(out / "results_per_case.csv") as f:
-        assert len(list(csv.DictReader(f))) == 2 * 2 * 3 * 3  # ... x cases
+        assert len(list(csv.DictReader(f))) == 2 * 3 * 3  # ... x cases
 
     # an interrupted training (no checkpoint_final.pth yet): the dry run resumes it with --c and redoes only what
     # depends on it; the re-run does exactly that
@@ -70,15 +71,15 @@ def test_benchmark_runs_what_the_dry_run_prints_and_reports_the_evaluation(nnune
     assert len(planned) == 2 and planned[0].endswith("--c") and planned[1].startswith("nnUNetv2_predict")
     before = (out / "commands.txt").read_text().splitlines()
     result = nnunet.run(*benchmark_args(nnunet, test_set, out))
-    assert "10 already done, 3 to run" in result.output
+    assert "4 already done, 3 to run" in result.output
     assert (out / "commands.txt").read_text().splitlines() == before + planned
     assert nnunet.run(*benchmark_args(nnunet, test_set, out, "--dry-run")).stdout.strip() == ""
 
 
 @pytest.mark.parametrize("extra, message", [
     (("--methods", "baseline", "diffusion"), "Unknown method(s) ['diffusion']"),
-    (("--budgets", "3"), "No trainer for ['nnUNetTrainer_demo_3labels'"),
-    (("--budgets", "7"), "exceed the 6 training cases of fold 0"),
+    (("--budgets", "3"), "No trainer for ['nnUNetTrainerDDPMPixelClassifier_demo_3labels'"),
+    (("--budgets", "10"), "exceed the 6 training cases of fold 0"),
     (("--test-labels", "/nonexistent"), "have no label in /nonexistent"),
     (("--methods", "pixel", "--pretrained-weights", "/nonexistent.pth"), "/nonexistent.pth does not exist"),
 ])

@@ -43,7 +43,8 @@ def test_mismatching_pretrained_weights_are_refused(nnunet, pretrained_2d, tmp_p
     result = nnunet.train(DATASET_ID, "2d", 2, "nnUNetTrainerDDPMFinetune_demo", "-pretrained_weights", other,
                           ok=False)
     assert "does not fit this run" in result.output
-    assert "patch_size: checkpoint has [64, 64], this run needs [32, 32]" in result.output
+    planned = nnunet.patch_size(DATASET_NAME, "2d")
+    assert f"patch_size: checkpoint has [64, 64], this run needs {planned}" in result.output
     assert "plans_name: checkpoint has 'nnUNetResEncUNetMPlans', this run needs 'nnUNetPlans'" in result.output
     assert f"nnUNetv2_train {DATASET_NAME} 2d all -tr nnUNetTrainerDDPMPretrain_demo" in result.output
     _assert_no_training(nnunet, result, "nnUNetTrainerDDPMFinetune_demo", 2)

@@ -19,7 +19,7 @@ def test_pretraining_writes_denoiser_checkpoint_progress_and_samples(nnunet, pre
     checkpoint = _load(pretrained_2d / "checkpoint_final.pth")
     meta = checkpoint["ddpm"]
     assert meta["configuration"] == "2d" and meta["plans_name"] == "nnUNetPlans"
-    assert meta["num_input_channels"] == 3 and meta["patch_size"] == [32, 32]
+    assert meta["num_input_channels"] == 3 and meta["patch_size"] == nnunet.patch_size(PHANTOM_2D[1], "2d")
     assert meta["diffusion"] == {"num_train_timesteps": 1000, "beta_schedule": "squaredcos_cap_v2"}
     assert meta["network_arch_class_name"].endswith("PlainConvUNet")
     # EMA weights for fine-tuning, raw weights for resuming; after a few steps they differ
