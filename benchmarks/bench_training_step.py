@@ -9,7 +9,9 @@ per level, attention with 4 heads at 32 x 32) is rebuilt with diffusers' UNet2DM
 
     python benchmarks/bench_training_step.py --repeats 5 --out documentation/benchmarks/training_step_cpu.json
     python benchmarks/bench_training_step.py --memory --skip-paper     # peak memory, one process per variant
+    python benchmarks/bench_training_step.py --device cuda --bf16 --compile   # GPU: bf16 autocast, torch.compile
 """
+import contextlib
 import argparse
 import json
 import platform
@@ -57,7 +59,12 @@ def paper_denoiser():
                        attention_head_dim=32, norm_num_groups=32)  # 128 channels at 32 px / 4 heads
 
 
-def segmentation_step(network, device):
+def autocast(device, bf16):
+    """bf16 autocast around forward and loss, as nnU-Net's trainer does with its own autocast on GPU."""
+    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+
+def segmentation_step(network, device, bf16=False):
     """nnU-Net's step: forward, DC+CE loss with deep supervision, backward, clip, SGD step."""
     scales = [[1.0, 1.0]] + [[0.5 ** i] * 2 for i in range(1, 5)]
     weights = torch.tensor([1 / 2 ** i for i in range(len(scales))])
@@ -72,14 +79,15 @@ def segmentation_step(network, device):
 
     def step():
         optimizer.zero_grad(set_to_none=True)
-        value = loss(network(x), targets)
+        with autocast(device, bf16):
+            value = loss(network(x), targets)
         value.backward()
         torch.nn.utils.clip_grad_norm_(network.parameters(), 12)
         optimizer.step()
     return step
 
 
-def denoising_step(network, device, call, ema=None):
+def denoising_step(network, device, call, ema=None, bf16=False):
     """DDPM step: forward on x_t, MSE on the noise, backward, clip, AdamW step, (EMA update)."""
     optimizer = torch.optim.AdamW(network.parameters(), 2e-4, weight_decay=0)
     x = torch.randn(BATCH, CHANNELS, SIZE, SIZE, device=device)
@@ -88,7 +96,8 @@ def denoising_step(network, device, call, ema=None):
     def step():
         optimizer.zero_grad(set_to_none=True)
         noise = torch.randn_like(x)
-        value = F.mse_loss(call(network, x + noise, timesteps), noise)
+        with autocast(device, bf16):
+            value = F.mse_loss(call(network, x + noise, timesteps).float(), noise)
         value.backward()
         torch.nn.utils.clip_grad_norm_(network.parameters(), 1.0)
         optimizer.step()
@@ -106,6 +115,8 @@ def main():
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--skip-paper", action="store_true", help="leave out the (slow) paper denoiser")
     parser.add_argument("--out", default=None, help="JSON file for the results")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast around forward and loss")
+    parser.add_argument("--compile", action="store_true", help="torch.compile every network (not the optimizer)")
     parser.add_argument("--memory", action="store_true",
                         help="measure peak memory instead: each variant alone in a fresh process (RSS on CPU, max "
                              "allocated on GPU) over warm-up + repeats steps")
@@ -116,18 +127,22 @@ def main():
     device = torch.device(args.device)
     torch.manual_seed(0)
 
+    def compiled(network):
+        return torch.compile(network) if args.compile else network
+
     def build_segmentation(trainer):
         network = trainer.build_network_architecture(None, PLANS_2D, CHANNELS, CLASSES, True).to(device)
-        return segmentation_step(network, device), network
+        return segmentation_step(compiled(network), device, args.bf16), network
 
     def build_pretraining():
         denoiser = nnUNetTrainerDDPMPretrain.build_network_architecture(None, PLANS_2D, CHANNELS, CHANNELS).to(device)
         ema = nnUNetTrainerDDPMPretrain.build_network_architecture(None, PLANS_2D, CHANNELS, CHANNELS).to(device)
-        return denoising_step(denoiser, device, lambda n, x, t: n(x, t), ema), denoiser
+        step = denoising_step(compiled(denoiser), device, lambda n, x, t: n(x, t), ema, args.bf16)
+        return step, denoiser
 
     def build_paper():
         paper = paper_denoiser().to(device)
-        return denoising_step(paper, device, lambda n, x, t: n(x, t).sample), paper
+        return denoising_step(compiled(paper), device, lambda n, x, t: n(x, t).sample, bf16=args.bf16), paper
 
     builders = {"stock nnU-Net (fine-tune cost reference)": lambda: build_segmentation(nnUNetTrainer),
                 "DDPM fine-tune": lambda: build_segmentation(nnUNetTrainerDDPMFinetune),
@@ -171,15 +186,17 @@ def main():
                      "times_s": times[name]})
     result = {"device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
               "torch_threads": torch.get_num_threads(), "batch": BATCH, "input": [CHANNELS, SIZE, SIZE],
-              "repeats": args.repeats, "warmup": args.warmup, "rows": rows}
+              "repeats": args.repeats, "warmup": args.warmup, "bf16": args.bf16, "compile": args.compile,
+              "rows": rows}
     if "paper's denoiser (improved DDPM, diffusers)" in medians:
         result["paper_denoiser_over_plugin_denoiser"] = \
             medians["paper's denoiser (improved DDPM, diffusers)"] / plugin_denoiser
     print(f"\n{result['device']}, {result['torch_threads']} threads, batch {BATCH}, input {CHANNELS}x{SIZE}x{SIZE}, "
-          f"median of {args.repeats} after {args.warmup} warm-up")
-    print("| variant | parameters (M) | s / step | x stock |\n|---|---|---|---|")
+          f"median of {args.repeats} after {args.warmup} warm-up, bf16 {args.bf16}, compile {args.compile}")
+    print("| variant | parameters (M) | s / step | images / s | x stock |\n|---|---|---|---|---|")
     for row in rows:
-        print(f"| {row['variant']} | {row['parameters_M']:.1f} | {row['median_s']:.2f} | {row['ratio_to_stock']:.2f} |")
+        print(f"| {row['variant']} | {row['parameters_M']:.1f} | {row['median_s']:.4f} | {BATCH / row['median_s']:.0f} "
+              f"| {row['ratio_to_stock']:.2f} |")
     if "paper_denoiser_over_plugin_denoiser" in result:
         print(f"paper's denoiser / plugin denoiser: {result['paper_denoiser_over_plugin_denoiser']:.1f} x")
     if args.out:
@@ -197,7 +214,7 @@ def measure_memory(args):
     for name in tqdm(names, desc="variants"):
         output = subprocess.run([sys.executable, __file__, "--only", name, "--device", args.device,
                                  "--repeats", str(args.repeats), "--warmup", str(args.warmup)]
-                                + (["--skip-paper"] if args.skip_paper else []),
+                                + (["--skip-paper"] if args.skip_paper else []) + (["--bf16"] if args.bf16 else []),
                                 capture_output=True, text=True, check=True).stdout
         peaks[name] = json.loads(output.strip().splitlines()[-1])["peak_bytes"]
     kind = "max allocated (GPU)" if args.device.startswith("cuda") else "peak RSS (CPU)"

@@ -48,7 +48,7 @@ def run_step(number: int, total: int, title: str, command: Sequence[str], env: d
 
 def run_demo(output: str = "nnunet_ddpm_demo", size: int = 64, train_cases: int = 24, test_cases: int = 12,
              epochs: int = 10, pretrain_epochs: int = 30, iterations: int = 20, budgets: Sequence[int] = (2, 10),
-             methods: Sequence[str] = ("baseline", "finetune", "pixel")) -> dict:
+             methods: Sequence[str] = ("baseline", "finetune", "pixel"), device: str = "cpu") -> dict:
     """Run (or finish) the demo in ``output``; returns the benchmark report (``results.json``)."""
     root = Path(output).resolve()
     logs = root / "logs"
@@ -65,7 +65,7 @@ def run_demo(output: str = "nnunet_ddpm_demo", size: int = 64, train_cases: int 
                                                "-np", "1", "-npfp", "1"], env, logs)
     benchmark_folder = root / "benchmark"
     command = ["nnUNetv2_ddpm_benchmark", "-d", str(DATASET_ID), "-c", "2d", "--methods", *methods, "--budgets",
-               *map(str, budgets), "--folds", "0", "--trainer-suffix", "_demo", "--device", "cpu", "--np", "1",
+               *map(str, budgets), "--folds", "0", "--trainer-suffix", "_demo", "--device", device, "--np", "1",
                "-o", str(benchmark_folder)]
     print(f"The comparison, through the real nnU-Net commands (each logged under {benchmark_folder / 'logs'}):\n"
           f"  $ {' '.join(command)}", flush=True)
@@ -96,6 +96,8 @@ def demo_entry():
                         help="labelled training cases (default: %(default)s)")
     parser.add_argument("--methods", nargs="+", default=["baseline", "finetune", "pixel"],
                         help="baseline, finetune, frozen, pixel (default: %(default)s)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "mps"],
+                        help="where nnUNetv2_train and nnUNetv2_predict run (default: %(default)s)")
     args = parser.parse_args()
     for name in ("size", "train_cases", "test_cases", "epochs", "pretrain_epochs", "iterations"):
         if getattr(args, name) < 1:
@@ -104,6 +106,6 @@ def demo_entry():
         parser.error(f"--train-cases must be at least 5 for nnU-Net's 5-fold split, got {args.train_cases}")
     try:
         run_demo(args.output, args.size, args.train_cases, args.test_cases, args.epochs, args.pretrain_epochs,
-                 args.iterations, args.budgets, args.methods)
+                 args.iterations, args.budgets, args.methods, args.device)
     except DemoStepFailed as e:
         sys.exit(str(e))
