@@ -12,6 +12,7 @@ The result is written on exactly the input's grid: ``segmentation_<method>.nii.g
 import argparse
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -147,7 +148,8 @@ def build_steps(root: str, methods: Sequence[str], device: str, pretrained_weigh
         # does, from a plans file instead of a preprocessed dataset)
         plans = join(preprocessed, f"{PLANS}.json")
         steps.append(Step("take the plans of the pretrained checkpoint", None, lambda: isfile(plans),
-                          in_process=lambda: copy_plans(pretrained_plans, plans)))
+                          in_process=lambda: copy_plans(pretrained_plans, plans,
+                                                        join(root, "nnUNet_raw", DATASET_NAME, "dataset.json"))))
         steps.append(Step("preprocess the annotated slices with those plans",
                           ["nnUNetv2_preprocess", "-d", str(DATASET_ID), "-c", CONFIGURATION, "-np", "1"],
                           lambda: isfile(planned), planned))
@@ -178,7 +180,9 @@ def build_steps(root: str, methods: Sequence[str], device: str, pretrained_weigh
     return steps
 
 
-def run_steps(steps: List[Step], env: dict, root: str, log=print) -> None:
+def run_steps(steps: List[Step], env: dict, root: str, log=print) -> dict:
+    """Run the steps that are not done; returns {step title: seconds} of those that ran."""
+    seconds = {}
     logs = join(root, "logs")
     maybe_mkdir_p(logs)
     todo = [s for s in steps if not s.done()]
@@ -205,7 +209,9 @@ def run_steps(steps: List[Step], env: dict, root: str, log=print) -> None:
         if step.marker:
             maybe_mkdir_p(os.path.dirname(step.marker))
             save_json({"command": step.command, "seconds": round(time.time() - start, 1)}, step.marker)
-        log(f"      done in {time.time() - start:.0f} s")
+        seconds[step.title] = round(time.time() - start, 1)
+        log(f"      done in {seconds[step.title]:.0f} s")
+    return seconds
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -256,7 +262,7 @@ def segment_patient(patient: PatientInput, output: str, methods: Sequence[str] =
         f"background).")
     log(f"Budget: {budget.describe()} (--epochs, --pretrain-epochs, --iterations for more). Device: {device}.")
     steps = build_steps(root, methods, device, pretrained_weights, pretrained_plans, bool(record["unannotated"]), tta)
-    run_steps(steps, environment(root, budget), root, log)
+    step_seconds = run_steps(steps, environment(root, budget), root, log)
     summary = {"inputs": {"images": patient.image_files, "annotation": patient.annotation_file},
                "axis": patient.axis, "annotated_slices": record["annotated"],
                "segmented_slices": [record["segmented"][0], record["segmented"][-1]] if record["segmented"] else [],
@@ -271,6 +277,7 @@ def segment_patient(patient: PatientInput, output: str, methods: Sequence[str] =
         log(f"{METHOD_TITLES[method]}: {summary['methods'][method]['segmentation']} (the model's Dice on the "
             f"annotated slices: " + ", ".join(f"{k} {v}" for k, v in dice.items()) + ")")
     summary["seconds_this_run"] = round(time.time() - start, 1)
+    summary["step_seconds_this_run"] = step_seconds
     save_json(summary, join(root, SUMMARY), sort_keys=False)
     return summary
 
@@ -307,12 +314,14 @@ def write_outputs(patient: PatientInput, record: dict, root: str, method: str, k
             "foreground_ml": round(float((segmentation > 0).sum()) * voxel_ml, 2)}
 
 
-def copy_plans(source: str, target: str) -> None:
-    """Write a pretraining's plans as the patient dataset's plans (dataset name changed, all else kept)."""
+def copy_plans(source: str, target: str, raw_dataset_json: str) -> None:
+    """Write a pretraining's plans as the patient dataset's plans (dataset name changed, all else kept), with the
+    dataset.json beside them that ``nnUNetv2_preprocess`` reads (nnU-Net's planner copies it there)."""
     plans = load_json(source)
     plans["dataset_name"] = DATASET_NAME
     plans["plans_name"] = PLANS
     maybe_mkdir_p(os.path.dirname(target))
+    shutil.copy(raw_dataset_json, join(os.path.dirname(target), "dataset.json"))
     save_json(plans, target, sort_keys=False)
 
 
