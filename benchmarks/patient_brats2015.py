@@ -63,7 +63,8 @@ def main() -> None:
         command = [sys.executable, "-m", "nnunet_ddpm.patient.segment_patient",
                    "-i", str(raw / "imagesTr" / f"{patient}_0000.nii.gz"),
                    str(raw / "imagesTr" / f"{patient}_0001.nii.gz"), "-a", str(label_file),
-                   "--slices", *map(str, annotated), "--require-foreground", "--dataset-json", str(raw / "dataset.json"),
+                   "--slices", *map(str, annotated), "--require-foreground",
+                   "--dataset-json", str(raw / "dataset.json"),
                    "--methods", *args.methods, "--size", *args.size, *budget, "--device", "cpu", "-o", str(output)]
         if pretrained:
             command += ["--pretrained-weights", pretrained]

@@ -218,10 +218,12 @@ def run_steps(steps: List[Step], env: dict, root: str, log=print) -> dict:
 # the whole command
 
 
-REQUEST_KEYS = ("image_files", "annotation_file", "axis", "size", "slice_range", "annotated", "labels", "order")
+REQUEST_KEYS = ("image_files", "annotation_file", "axis", "size", "slice_range", "annotated", "labels", "order",
+                "pretrained_weights")
 
 
-def prepare_dataset(patient: PatientInput, root: str, size: Optional[Sequence[int]], order: int) -> dict:
+def prepare_dataset(patient: PatientInput, root: str, size: Optional[Sequence[int]], order: int,
+                    pretrained_weights: Optional[str]) -> dict:
     """Write the patient's slice dataset, or reuse the one from an earlier run of the same request."""
     target = join(root, "nnUNet_raw", DATASET_NAME)
     record_file = join(target, PATIENT_RECORD)
@@ -229,7 +231,7 @@ def prepare_dataset(patient: PatientInput, root: str, size: Optional[Sequence[in
                "size": list(size) if size else [s for i, s in enumerate(patient.annotation.shape) if i !=
                                                 patient.axis],
                "slice_range": list(patient.slice_range), "annotated": patient.annotated, "labels": patient.labels,
-               "order": order}
+               "order": order, "pretrained_weights": pretrained_weights}
     if isfile(record_file):
         record = load_json(record_file)
         differing = [k for k in REQUEST_KEYS if record.get(k) != request[k]]
@@ -237,7 +239,8 @@ def prepare_dataset(patient: PatientInput, root: str, size: Optional[Sequence[in
             raise PatientInputError(f"{root} holds the run of another input (it differs in {', '.join(differing)}). "
                                     f"Choose a new output folder (-o), or delete this one.")
         return record
-    return write_patient_dataset(patient, target, request["size"], order)
+    return write_patient_dataset(patient, target, request["size"], order,
+                                 extra_record={"pretrained_weights": pretrained_weights})
 
 
 def segment_patient(patient: PatientInput, output: str, methods: Sequence[str] = ("finetune",),
@@ -255,7 +258,7 @@ def segment_patient(patient: PatientInput, output: str, methods: Sequence[str] =
     root = os.path.abspath(output)
     maybe_mkdir_p(root)
     start = time.time()
-    record = prepare_dataset(patient, root, size, order)
+    record = prepare_dataset(patient, root, size, order, pretrained_weights)
     log(f"Patient: {len(patient.image_files)} channels, volume {tuple(patient.annotation.shape)}, axis {patient.axis}: "
         f"{len(record['annotated'])} annotated slices {record['annotated']}, {len(record['segmented'])} slices to "
         f"segment at {record['size'][0]} x {record['size'][1]} pixels ({len(record['empty'])} empty slices are "

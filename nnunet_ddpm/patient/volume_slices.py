@@ -38,7 +38,7 @@ def plan_slices(patient: PatientInput) -> Dict[str, List[int]]:
 
 
 def write_patient_dataset(patient: PatientInput, target: str, size: Optional[Sequence[int]], order: int = 1,
-                          name: str = "Patient") -> dict:
+                          name: str = "Patient", extra_record: Optional[dict] = None) -> dict:
     """Write the nnU-Net raw dataset ``target`` (atomically); returns the record also saved as ``patient.json``."""
     images = np.moveaxis(patient.images, patient.axis + 1, 1)  # (C, slices, H, W)
     labels = np.moveaxis(patient.annotation, patient.axis, 0)[None]  # (1, slices, H, W)
@@ -71,7 +71,7 @@ def write_patient_dataset(patient: PatientInput, target: str, size: Optional[Seq
         record = {"image_files": patient.image_files, "annotation_file": patient.annotation_file,
                   "axis": patient.axis, "volume_shape": list(patient.annotation.shape), "size": list(size),
                   "in_plane_size": list(images.shape[2:]), "spacing": list(spacing), "order": order,
-                  "slice_range": list(patient.slice_range), "labels": patient.labels, **slices}
+                  "slice_range": list(patient.slice_range), "labels": patient.labels, **slices, **(extra_record or {})}
         save_json(record, join(partial, PATIENT_RECORD), sort_keys=False)
     return record
 

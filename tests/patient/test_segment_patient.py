@@ -111,7 +111,8 @@ def test_real_brats_patient_finetune(nnunet, tmp_path):
     run_command(nnunet, "-i", str(raw / "imagesTr" / f"{patient}_0000.nii.gz"),
                 str(raw / "imagesTr" / f"{patient}_0001.nii.gz"), "-a", str(label_file), "--slices",
                 *map(str, annotated), "--slice-range", str(start), str(stop), "--dataset-json",
-                str(raw / "dataset.json"), "--size", "48", "48", "--require-foreground", *TINY_BUDGET, "-o", str(output))
+                str(raw / "dataset.json"), "--size", "48", "48", "--require-foreground", *TINY_BUDGET,
+                "-o", str(output))
     reference = sitk.ReadImage(str(raw / "imagesTr" / f"{patient}_0000.nii.gz"))
     segmentation = sitk.ReadImage(str(output / "segmentation_finetune.nii.gz"))
     assert _geometry(segmentation) == _geometry(reference)
