@@ -68,6 +68,7 @@ def environment(root: str, budget: Budget) -> dict:
                nnUNet_ddpm_demo_epochs=str(budget.epochs), nnUNet_ddpm_demo_iterations=str(budget.iterations),
                nnUNet_ddpm_demo_pretrain_epochs=str(budget.pretrain_epochs))
     env.setdefault("nnUNet_def_n_proc", "1")
+    env.pop("nnUNet_n_proc_DA", None)  # plan_and_preprocess refuses 0 (DESIGN.md); run_steps sets it for training
     return env
 
 
@@ -199,7 +200,8 @@ def run_steps(steps: List[Step], env: dict, root: str, log=print) -> dict:
             f.write(shlex.join(step.command) + "\n")
         env_step = env
         if step.command[0] in ("nnUNetv2_train", "nnUNetv2_predict"):
-            env_step = env | {"nnUNet_n_proc_DA": os.environ.get("nnUNet_n_proc_DA", "0")}  # in-process, seeded
+            # augmentation in-process unless the user says otherwise: reproducible, and cheap for 2D slices
+            env_step = env | {"nnUNet_n_proc_DA": os.environ.get("nnUNet_n_proc_DA", "0")}
         with open(log_file, "w") as handle:
             code = subprocess.call(step.command, env=env_step, stdout=handle, stderr=subprocess.STDOUT)
         if code != 0:
