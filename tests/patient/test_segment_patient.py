@@ -189,3 +189,30 @@ def test_refusal_from_the_command_line_has_no_traceback(phantom_patient, tmp_pat
     assert result.returncode != 0
     assert "outside the volume" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# the slice dataset and the way back, in-process (no training)
+
+
+@pytest.mark.parametrize("axis", [0, 2])
+def test_slices_and_back_reproduce_the_volume(phantom_patient, tmp_path, axis):
+    """Predictions equal to the true labels, on the input's in-plane grid, come back as exactly the label volume."""
+    from nnunet_ddpm.dataset_conversion.raw_dataset import write_slice
+    from nnunet_ddpm.patient.inputs import read_patient
+    from nnunet_ddpm.patient.volume_slices import case_name, segmentation_volume, write_patient_dataset
+    labels_file = str(phantom_patient["folder"] / "labels.nii.gz")
+    patient = read_patient(phantom_patient["images"], labels_file, axis=axis, slices=[5, 7])
+    record = write_patient_dataset(patient, str(tmp_path / "Dataset800_Patient"), size=None)
+    raw = tmp_path / "Dataset800_Patient"
+    assert sorted(p.name for p in (raw / "labelsTr").iterdir()) == [case_name(5) + ".nii.gz", case_name(7) + ".nii.gz"]
+    assert record["segmented"] == sorted(record["annotated"] + record["unannotated"])
+    labels = np.moveaxis(phantom_patient["labels"], axis, 0)
+    (tmp_path / "pred").mkdir()
+    for i in record["segmented"]:
+        write_slice(labels[i], str(tmp_path / "pred" / (case_name(i) + ".nii.gz")), record["spacing"], np.uint8)
+    volume = segmentation_volume(str(tmp_path / "pred"), record)
+    expected = np.moveaxis(labels, 0, axis).copy()
+    empty = [i for i in range(labels.shape[0]) if i not in record["segmented"]]
+    np.moveaxis(expected, axis, 0)[empty] = 0  # slices outside the head are background by construction
+    assert np.array_equal(volume, expected)
