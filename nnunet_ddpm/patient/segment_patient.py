@@ -47,8 +47,8 @@ class StepFailed(RuntimeError):
 class Budget:
     """Training length of the ``_demo`` trainers. The default finishes one method for one patient at 128 x 128 in
     minutes on a 2-core CPU (see documentation/patient.md); it is far below the paper's budgets."""
-    epochs: int = 10
-    pretrain_epochs: int = 20
+    epochs: int = 4
+    pretrain_epochs: int = 6
     iterations: int = 10
 
     def describe(self) -> str:
