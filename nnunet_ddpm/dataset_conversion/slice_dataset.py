@@ -161,9 +161,30 @@ def _label_members(labels: dict) -> Dict[str, Tuple[int, ...]]:
     return members
 
 
+def resample_slices(stack: np.ndarray, size: Sequence[int], is_seg: bool = False, order: int = 1) -> np.ndarray:
+    """Resample a stack of slices (C, slices, H, W) in-plane to ``size`` (rows, columns) with nnU-Net's own resampling:
+    images with spline ``order``, segmentations nearest neighbour (no new label values); slices stay separate."""
+    from nnunetv2.preprocessing.resampling.default_resampling import resample_data_or_seg
+    if tuple(stack.shape[2:]) == tuple(size):
+        return stack
+    resampled = resample_data_or_seg(stack, (stack.shape[1], *size), is_seg=is_seg, axis=0,
+                                     order=0 if is_seg else order, do_separate_z=True)
+    return resampled if is_seg else resampled.astype(np.float32)
+
+
+def resampled_spacing(spacing: Sequence[float], old_size: Sequence[int], size: Sequence[int]) -> List[float]:
+    """In-plane spacing after resampling to ``size``: the physical extent stays the same."""
+    return [s * old / new for s, old, new in zip(spacing, old_size, size)]
+
+
+def slices_with_content(images: np.ndarray) -> np.ndarray:
+    """(slices,) bool for images (C, slices, H, W): False where every channel is zero (outside the head). nnU-Net
+    cannot normalise such a slice (its z-score inside the nonzero mask would divide by zero)."""
+    return (images != 0).any(axis=(0, 2, 3))
+
+
 def slice_case(job: dict) -> dict:
     """Read one source case, cut the chosen slices, resample them and write them; returns counts for the summary."""
-    from nnunetv2.preprocessing.resampling.default_resampling import resample_data_or_seg
     io = job["reader_writer"]()
     images, properties = io.read_images(job["images"])
     labels, _ = io.read_seg(job["label"])
@@ -174,13 +195,12 @@ def slice_case(job: dict) -> dict:
     images, labels = np.moveaxis(images, axis + 1, 1), np.moveaxis(labels, axis + 1, 1)  # (C, slices, H, W)
     spacing = [s for i, s in enumerate(properties["spacing"]) if i != axis]
     foreground = (labels[0] > 0).sum(axis=(1, 2))
-    has_content = (images != 0).any(axis=(0, 2, 3))
+    has_content = slices_with_content(images)
     chosen = job["rule"].select(foreground, has_content)
     outside = [i for i in chosen if i >= images.shape[1]]
     if outside:
         raise DatasetConversionError(f"{job['case']}: slice indices {outside} outside the volume ({images.shape[1]} "
                                      f"slices along axis {axis}).")
-    # an all-zero slice has nothing to normalise (nnU-Net's z-score inside the nonzero mask would divide by zero)
     empty = [i for i in chosen if not has_content[i]]
     chosen = [i for i in chosen if has_content[i]]
     result = {"case": job["case"], "slices": chosen, "empty_skipped": empty, "pixels": 0, "label_pixels": {},
@@ -188,13 +208,9 @@ def slice_case(job: dict) -> dict:
     if not chosen:
         return result
     images, labels = images[:, chosen].astype(np.float32), labels[:, chosen]
-    old_size, size = images.shape[2:], tuple(job["size"] or images.shape[2:])
-    if size != old_size:
-        new_shape = (len(chosen), *size)
-        images = resample_data_or_seg(images, new_shape, is_seg=False, axis=0, order=job["order"],
-                                      do_separate_z=True).astype(np.float32)
-        labels = resample_data_or_seg(labels, new_shape, is_seg=True, axis=0, order=0, do_separate_z=True)
-        spacing = [s * old / new for s, old, new in zip(spacing, old_size, size)]  # same physical extent
+    size = tuple(job["size"] or images.shape[2:])
+    spacing = resampled_spacing(spacing, images.shape[2:], size)
+    images, labels = resample_slices(images, size, order=job["order"]), resample_slices(labels, size, is_seg=True)
     label_dtype = np.uint8 if labels.max() < 256 else np.uint16
     for k, index in enumerate(chosen):
         name = f"{job['case']}_s{index:03d}"
