@@ -11,7 +11,8 @@
 # compilation per training, and checked on the networks by check_compile_bf16.py instead).
 set -u
 RESULTS=$1
-E2E_ROOT=${2:-}
+ARCHIVE=$2
+E2E_ROOT=${3:-}
 mkdir -p "$RESULTS"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$RESULTS/gpu.csv" 2>&1
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())" >> "$RESULTS/gpu.csv" 2>&1
@@ -24,7 +25,7 @@ step() {  # step NAME SECONDS COMMAND...
     local rc=$?
     echo "$name rc=$rc $((SECONDS - start)) s" | tee -a "$RESULTS/summary.txt"
     tail -n 15 "$RESULTS/$name.log"
-    tar czf "$RESULTS.tgz" -C "$(dirname "$RESULTS")" "$(basename "$RESULTS")"
+    tar czf "$ARCHIVE" -C "$(dirname "$RESULTS")" "$(basename "$RESULTS")"
 }
 
 step train_step 120 python3 benchmarks/bench_training_step.py --device cuda --repeats 20 --warmup 5 \

@@ -30,7 +30,8 @@ def demo_environment(root: Path, epochs: int, pretrain_epochs: int, iterations: 
                nnUNet_results=str(root / "nnUNet_results"),
                nnUNet_extTrainer=os.pathsep.join(p for p in (TRAINER_DIR, os.environ.get("nnUNet_extTrainer")) if p),
                nnUNet_ddpm_demo_epochs=str(epochs), nnUNet_ddpm_demo_pretrain_epochs=str(pretrain_epochs),
-               nnUNet_ddpm_demo_iterations=str(iterations), nnUNet_def_n_proc="1")
+               nnUNet_ddpm_demo_iterations=str(iterations), nnUNet_def_n_proc="1",
+               nnUNet_ddpm_demo_skip_validation="1")  # the benchmark evaluates the test set instead
     return env
 
 

@@ -3,8 +3,9 @@ import os
 from typing import Dict, List, Union
 
 import numpy as np
-from batchgenerators.utilities.file_and_folder_operations import join, load_json, save_json
-from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder
+from batchgenerators.utilities.file_and_folder_operations import join, load_json, save_json, subfiles
+from nnunetv2.evaluation.evaluate_predictions import compute_metrics, compute_metrics_on_folder, save_summary_json
+from nnunetv2.utilities.json_export import recursive_fix_for_json_export
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 EVALUATION_FILE = "evaluation.json"
@@ -37,6 +38,24 @@ def _mask(segmentation: np.ndarray, region) -> np.ndarray:
     return np.isin(segmentation, region) if isinstance(region, (list, tuple)) else segmentation == region
 
 
+def metrics_on_folder_in_process(labels_folder: str, prediction_folder: str, output_file: str, reader,
+                                 file_ending: str, regions: list, ignore_label) -> dict:
+    """nnU-Net's ``compute_metrics_on_folder`` without its spawned worker pool, whose start (a fresh interpreter
+    importing nnU-Net) costs more than evaluating a small test set: the same per-case ``compute_metrics`` and the same
+    summary (mean per label or region, then the mean over foreground)."""
+    cases = subfiles(prediction_folder, suffix=file_ending, join=False)
+    results = [compute_metrics(join(labels_folder, c), join(prediction_folder, c), reader, regions, ignore_label)
+               for c in cases]
+    metric_names = list(results[0]["metrics"][regions[0]])
+    means = {r: {m: np.nanmean([c["metrics"][r][m] for c in results]) for m in metric_names} for r in regions}
+    foreground_mean = {m: np.mean([means[r][m] for r in regions if r not in (0, "0")]) for m in metric_names}
+    for item in (*results, means, foreground_mean):
+        recursive_fix_for_json_export(item)
+    summary = {"metric_per_case": results, "mean": means, "foreground_mean": foreground_mean}
+    save_summary_json(summary, output_file)
+    return summary
+
+
 def evaluate_prediction_folder(prediction_folder: str, labels_folder: str, preprocessed_dataset_folder: str,
                                plans: str = "nnUNetPlans", num_processes: int = 2) -> dict:
     """Write ``summary.json`` (nnU-Net's evaluator) and ``evaluation.json`` (Dice and HD95 per case and region)."""
@@ -45,9 +64,10 @@ def evaluate_prediction_folder(prediction_folder: str, labels_folder: str, prepr
     label_manager = plans_manager.get_label_manager(dataset_json)
     regions = label_manager.foreground_regions if label_manager.has_regions else label_manager.foreground_labels
     reader = plans_manager.image_reader_writer_class()
-    summary = compute_metrics_on_folder(labels_folder, prediction_folder, join(prediction_folder, "summary.json"),
-                                        reader, dataset_json["file_ending"], regions, label_manager.ignore_label,
-                                        num_processes)
+    arguments = (labels_folder, prediction_folder, join(prediction_folder, "summary.json"), reader,
+                 dataset_json["file_ending"], regions, label_manager.ignore_label)
+    summary = compute_metrics_on_folder(*arguments, num_processes) if num_processes > 1 else \
+        metrics_on_folder_in_process(*arguments)
     names = region_names(dataset_json, regions)
     per_case = []
     for case_result in summary["metric_per_case"]:

@@ -5,7 +5,10 @@ nnU-Net's own ``nnUNet_n_proc_DA``, so that one set of classes serves a 2-minute
 
 * ``nnUNet_ddpm_demo_epochs`` (default 20) and ``nnUNet_ddpm_demo_iterations`` per epoch (default 25);
   validation uses a fifth of the iterations (at least 2);
-* ``nnUNet_ddpm_demo_pretrain_epochs`` (default: twice the epochs) for the DDPM pretraining.
+* ``nnUNet_ddpm_demo_pretrain_epochs`` (default: twice the epochs) for the DDPM pretraining;
+* ``nnUNet_ddpm_demo_skip_validation=1`` skips nnU-Net's final validation of segmentation trainers (the demo sets it:
+  its benchmark evaluates the held-out test set instead, and the validation's export workers cost about 25 s per
+  training on 2 cores). The pretraining's sample grid is always written.
 """
 import os
 
@@ -41,6 +44,13 @@ class DemoBudget:
             self.initial_lr = 1e-3
         self.num_epochs = epochs
         self.save_every = max(1, epochs // 4)
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        if os.environ.get('nnUNet_ddpm_demo_skip_validation') == '1' and \
+                not isinstance(self, nnUNetTrainerDDPMPretrain):
+            self.print_to_log_file("Final validation skipped (nnUNet_ddpm_demo_skip_validation=1)")
+            return
+        super().perform_actual_validation(save_probabilities)
 
 
 class nnUNetTrainerDDPMPretrain_demo(DemoBudget, nnUNetTrainerDDPMPretrain):
