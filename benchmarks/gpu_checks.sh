@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # The GPU checks of issue 7, in priority order, each step bounded by its own timeout so that one slow or failing
-# step cannot starve the rest. Writes every log and JSON to RESULTS and packs them into RESULTS.tgz after each step
-# (a run cut short still returns what it finished).
+# step cannot starve the rest. Writes every log and JSON to the folder RESULTS and packs it into the file ARCHIVE
+# (.tgz) after each step (a run cut short still returns what it finished).
 #
-#   bash benchmarks/gpu_checks.sh RESULTS [E2E_ROOT]
+#   bash benchmarks/gpu_checks.sh RESULTS ARCHIVE [E2E_ROOT]
 #
 # E2E_ROOT (optional): a folder with nnUNet_raw/ and nnUNet_preprocessed/ of a planned 2d dataset 990 (the demo
 # phantom); then the comparison runner trains and predicts baseline, fine-tune and pixel classifier on the GPU
-# through nnUNetv2_train / nnUNetv2_predict (nnU-Net's AMP path; torch.compile is off there to save its minutes of
-# compilation per training, and checked on the networks by check_compile_bf16.py instead).
+# through nnUNetv2_train / nnUNetv2_predict, with nnU-Net's GPU defaults (torch.compile, AMP with a grad scaler).
+# STEPS="train_step e2e_runner" runs only the steps named (default: all, in the order below); E2E_METHODS the methods
+# of the end-to-end run (default: baseline finetune pixel).
 set -u
 RESULTS=$1
 ARCHIVE=$2
@@ -20,6 +21,7 @@ python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_devic
 step() {  # step NAME SECONDS COMMAND...
     local name=$1 limit=$2 start=$SECONDS
     shift 2
+    if [ -n "${STEPS:-}" ] && [[ " $STEPS " != *" $name "* ]]; then return; fi
     echo "== $name (limit ${limit} s)"
     timeout "$limit" "$@" > "$RESULTS/$name.log" 2>&1
     local rc=$?
@@ -39,8 +41,10 @@ step pixel_classifier 90 python3 benchmarks/bench_pixel_classifier.py --device c
 if [ -n "$E2E_ROOT" ]; then
     export nnUNet_raw=$E2E_ROOT/nnUNet_raw nnUNet_preprocessed=$E2E_ROOT/nnUNet_preprocessed \
         nnUNet_results=$E2E_ROOT/nnUNet_results nnUNet_extTrainer=$(nnUNetv2_ddpm_trainer_dir) \
-        nnUNet_ddpm_demo_epochs=5 nnUNet_ddpm_demo_pretrain_epochs=5 nnUNet_ddpm_demo_iterations=20 nnUNet_compile=f
-    step e2e_runner 200 nnUNetv2_ddpm_benchmark -d 990 -c 2d --methods baseline finetune pixel --budgets 5 \
+        nnUNet_ddpm_demo_epochs=5 nnUNet_ddpm_demo_pretrain_epochs=5 nnUNet_ddpm_demo_iterations=20
+    # preprocess here: the properties must come from the dataset's own reader
+    step e2e_preprocess 60 nnUNetv2_preprocess -d 990 -c 2d -np 8
+    step e2e_runner 200 nnUNetv2_ddpm_benchmark -d 990 -c 2d --methods ${E2E_METHODS:-baseline finetune pixel} --budgets 5 \
         --folds 0 --trainer-suffix _demo --device cuda --np 4 -o "$RESULTS/e2e_benchmark"
 fi
 step compile_bf16_check 150 python3 benchmarks/check_compile_bf16.py --device cuda \

@@ -14,6 +14,7 @@ State-dict keys are those of the plain nnU-Net network under ``unet.`` plus ``ti
 weights move between them (and through nnU-Net's ``-pretrained_weights``) by key; only ``.seg_layers.`` differ.
 """
 import math
+from contextlib import contextmanager
 from typing import List, Optional, Sequence
 
 import torch
@@ -26,40 +27,49 @@ from torch.nn.modules.instancenorm import _InstanceNorm
 
 
 class _Conditioning:
-    """Holds the timestep embedding of the forward pass under way, shared by all modulated norms of one network."""
+    """The modulated affine parameters of the forward pass under way, for all norms of one network at once:
+    ``weight`` and ``bias`` of shape (B or 1, total channels of all norms); each norm reads its columns."""
 
-    embedding: Optional[torch.Tensor] = None
+    weight: Optional[torch.Tensor] = None
+    bias: Optional[torch.Tensor] = None
 
 
 class TimestepModulatedInstanceNorm(nn.Module):
     """Instance norm with per-sample affine parameters weight * (1 + scale_t), bias * (1 + scale_t) + shift_t.
 
-    Keeps the wrapped norm's ``weight`` and ``bias`` under the same names. ``time_projection`` is zero-initialised so a
-    fresh network starts as the plain nnU-Net network.
+    Keeps the wrapped norm's ``weight`` and ``bias`` under the same names. ``time_projection`` (embedding -> scale,
+    shift) is zero-initialised so a fresh network starts as the plain nnU-Net network. The modulated parameters are
+    computed for all norms together by ``TimeConditionedUNet`` (a handful of kernels instead of a handful per norm);
+    this module normalises with its columns ``offset:offset + num_features`` of them.
     """
 
-    def __init__(self, norm: _InstanceNorm, embedding_dim: int, conditioning: _Conditioning):
+    def __init__(self, norm: _InstanceNorm, embedding_dim: int, conditioning: _Conditioning, offset: int):
         super().__init__()
         if norm.track_running_stats:
             raise ValueError("Timestep modulation needs instance norm without running statistics "
                              "(nnU-Net's default: norm_op_kwargs {'eps': 1e-5, 'affine': True}).")
         self.num_features = norm.num_features
         self.eps = norm.eps
-        self.weight = norm.weight if norm.affine else None
-        self.bias = norm.bias if norm.affine else None
+        self.offset = offset
+        if norm.affine:
+            self.weight, self.bias = norm.weight, norm.bias
+        else:  # identity affine, not saved: the state dict keeps the plain norm's keys
+            self.register_buffer("weight", torch.ones(norm.num_features), persistent=False)
+            self.register_buffer("bias", torch.zeros(norm.num_features), persistent=False)
         self.time_projection = nn.Linear(embedding_dim, 2 * norm.num_features)
         nn.init.zeros_(self.time_projection.weight)
         nn.init.zeros_(self.time_projection.bias)
         self._conditioning = conditioning
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        embedding = self._conditioning.embedding
-        if embedding is None:
+        if self._conditioning.weight is None:
             raise RuntimeError("TimestepModulatedInstanceNorm was called outside TimeConditionedUNet.forward")
+        columns = slice(self.offset, self.offset + self.num_features)
+        weight, bias = self._conditioning.weight[:, columns], self._conditioning.bias[:, columns]
+        if weight.shape[0] == 1:  # one timestep for the whole batch: a plain instance norm with these parameters
+            return F.instance_norm(x, weight=weight[0], bias=bias[0], eps=self.eps)
+        # per-sample parameters: instance norm of (B, C, ...) is batch norm of its (1, B*C, ...) view
         batch, channels = x.shape[:2]
-        scale, shift = self.time_projection(embedding).expand(batch, -1).chunk(2, dim=1)  # (B, C) each
-        weight = 1 + scale if self.weight is None else self.weight * (1 + scale)
-        bias = shift if self.bias is None else self.bias * (1 + scale) + shift
         folded = x.reshape(1, batch * channels, *x.shape[2:])
         out = F.batch_norm(folded, None, None, weight.reshape(-1), bias.reshape(-1), True, 0.0, self.eps)
         return out.reshape(x.shape)
@@ -96,12 +106,38 @@ class TimeConditionedUNet(nn.Module):
             Timesteps(base_channels, flip_sin_to_cos=True, downscale_freq_shift=0),
             TimestepEmbedding(base_channels, embedding_dim))
         self._conditioning = _Conditioning()
-        modulated = {}
+        modulated, offset = {}, 0
         # DNA blocks reference one norm from two parents (``.norm`` and ``.all_modules``): replace it in both.
         for parent, name, norm in norms:
             if id(norm) not in modulated:
-                modulated[id(norm)] = TimestepModulatedInstanceNorm(norm, embedding_dim, self._conditioning)
+                modulated[id(norm)] = TimestepModulatedInstanceNorm(norm, embedding_dim, self._conditioning, offset)
+                offset += norm.num_features
             setattr(parent, name, modulated[id(norm)])
+        self._norms = list(modulated.values())  # a plain list: the modules are registered inside ``unet``
+        # where each norm's scale and shift sit in the concatenated projection: its block starts at 2 * offset
+        self.register_buffer("_scale_index", torch.cat([2 * n.offset + torch.arange(n.num_features)
+                                                        for n in self._norms]), persistent=False)
+        self.register_buffer("_shift_index", torch.cat([2 * n.offset + n.num_features + torch.arange(n.num_features)
+                                                        for n in self._norms]), persistent=False)
+
+    def embed(self, timesteps: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """Timestep embedding of shape (B or 1, embedding_dim) for integer timesteps of shape (B,), (1,) or ()."""
+        return self.time_embedding(torch.as_tensor(timesteps, device=device).reshape(-1))
+
+    @contextmanager
+    def conditioned_on(self, embedding: torch.Tensor):
+        """Compute every norm's modulated weight and bias for this embedding (B or 1 rows) in one go."""
+        projection = F.linear(embedding, torch.cat([n.time_projection.weight for n in self._norms]),
+                              torch.cat([n.time_projection.bias for n in self._norms]))
+        scale, shift = projection.index_select(1, self._scale_index), projection.index_select(1, self._shift_index)
+        weight = torch.cat([n.weight for n in self._norms])
+        bias = torch.cat([n.bias for n in self._norms])
+        self._conditioning.weight = torch.addcmul(weight, weight, scale)  # weight * (1 + scale)
+        self._conditioning.bias = torch.addcmul(bias + shift, bias, scale)  # bias * (1 + scale) + shift
+        try:
+            yield
+        finally:
+            self._conditioning.weight = self._conditioning.bias = None
 
     @property
     def decoder(self) -> nn.Module:
@@ -109,12 +145,8 @@ class TimeConditionedUNet(nn.Module):
         return self.unet.decoder
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor):
-        timesteps = torch.as_tensor(timesteps, device=x.device).reshape(-1)
-        self._conditioning.embedding = self.time_embedding(timesteps)
-        try:
+        with self.conditioned_on(self.embed(timesteps, x.device)):
             return self.unet(x)
-        finally:
-            self._conditioning.embedding = None
 
     @property
     def decoder_stage_channels(self) -> List[int]:
@@ -128,18 +160,14 @@ class TimeConditionedUNet(nn.Module):
         Runs the encoder and the decoder stages up to the last one asked for, the loop of dynamic-network-
         architectures' ``UNetDecoder.forward`` without its segmentation layers.
         """
-        timesteps = torch.as_tensor(timesteps, device=x.device).reshape(-1)
         decoder = self.unet.decoder
-        self._conditioning.embedding = self.time_embedding(timesteps)
-        try:
+        with self.conditioned_on(self.embed(timesteps, x.device)):
             skips = self.unet.encoder(x)
             features, lower = {}, skips[-1]
             for s in range(max(stages) + 1):
                 lower = decoder.stages[s](torch.cat((decoder.transpconvs[s](lower), skips[-(s + 2)]), 1))
                 features[s] = lower
             return [features[s] for s in stages]
-        finally:
-            self._conditioning.embedding = None
 
 
 class FixedTimestepUNet(TimeConditionedUNet):
@@ -158,13 +186,17 @@ class FixedTimestepUNet(TimeConditionedUNet):
         self.timestep = int(timestep)
         self.signal_scale = math.sqrt(alpha_bar)
         self.noise_scale = math.sqrt(1 - alpha_bar) if noise_in_training else 0.0
+        # the sinusoidal features of the fixed timestep are a constant (the MLP after them trains)
+        with torch.no_grad():
+            self.register_buffer("_timestep_features", self.time_embedding[0](torch.tensor([self.timestep])),
+                                 persistent=False)
 
     def forward(self, x: torch.Tensor):
         x_t = self.signal_scale * x
         if self.training and self.noise_scale > 0:
             x_t = x_t + self.noise_scale * torch.randn_like(x)
-        timesteps = torch.full((1,), self.timestep, device=x.device, dtype=torch.long)
-        return super().forward(x_t, timesteps)
+        with self.conditioned_on(self.time_embedding[1](self._timestep_features)):
+            return self.unet(x_t)
 
 
 def _first_conv(unet: nn.Module) -> nn.Module:

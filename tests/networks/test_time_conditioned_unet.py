@@ -55,19 +55,25 @@ def test_fresh_denoiser_equals_the_plain_planned_unet(dim):
     assert {f"unet.{k}" for k in reference} <= set(denoiser.state_dict())
 
 
-def test_folded_modulation_equals_norm_then_scale_shift():
+@pytest.mark.parametrize("timesteps", [[3, 400, 999, 17], [250]], ids=["per-sample", "one for the batch"])
+def test_modulated_norms_equal_norm_then_scale_shift(timesteps):
+    """Every norm, with the parameters computed for all norms at once, is instance norm then (1 + scale), shift."""
     torch.manual_seed(0)
     denoiser = TimeConditionedUNet(build_unet_from_plans(configuration(2), 1, 1, deep_supervision=False))
-    norm = denoiser.unet.encoder.stages[0][0].convs[0].norm
-    torch.nn.init.normal_(norm.time_projection.weight)
-    torch.nn.init.normal_(norm.weight)
-    x = torch.randn(4, 8, 16, 16)
-    embedding = torch.randn(4, norm.time_projection.in_features)
-    denoiser._conditioning.embedding = embedding
-    scale, shift = norm.time_projection(embedding).chunk(2, dim=1)
-    expected = F.instance_norm(x, weight=norm.weight, bias=norm.bias, eps=norm.eps)
-    expected = expected * (1 + scale[..., None, None]) + shift[..., None, None]
-    assert torch.allclose(norm(x), expected, atol=1e-5)
+    for name, p in denoiser.named_parameters():
+        if "time_projection" in name or "norm" in name:
+            torch.nn.init.normal_(p)
+    timesteps = torch.tensor(timesteps)
+    embedding = denoiser.time_embedding(timesteps)
+    norms = [m for m in denoiser.modules() if type(m).__name__ == "TimestepModulatedInstanceNorm"]
+    assert len(norms) == 10 and len({n.offset for n in norms}) == 10
+    with denoiser.conditioned_on(embedding):
+        for norm in norms:
+            x = torch.randn(4, norm.num_features, 16, 16)
+            scale, shift = norm.time_projection(embedding).chunk(2, dim=1)
+            expected = F.instance_norm(x, weight=norm.weight, bias=norm.bias, eps=norm.eps)
+            expected = expected * (1 + scale[..., None, None]) + shift[..., None, None]
+            assert torch.allclose(norm(x), expected, atol=1e-4)
 
 
 def test_unsupported_norm_is_refused_with_the_reason():
