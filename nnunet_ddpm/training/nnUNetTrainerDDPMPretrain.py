@@ -5,7 +5,7 @@ Alshenoudy et al. 2023 ("Semi-supervised Brain Tumor Segmentation Using Diffusio
 """
 from copy import deepcopy
 from time import time
-from typing import List
+from typing import List, Tuple
 
 import numpy as np
 import torch
@@ -66,6 +66,11 @@ class nnUNetTrainerDDPMPretrain(nnUNetTrainerDDPMBase):
         """The noise predictor: one output channel per input channel; no deep supervision."""
         unet = build_unet_from_plans(configuration_manager, num_input_channels, num_input_channels,
                                      deep_supervision=False)
+        # Without deep supervision the decoder runs only its last output layer; the others would get no gradient,
+        # which DistributedDataParallel (as nnU-Net's -num_gpus wraps it) refuses at the second step. They are never
+        # trained in one process either (no gradient, so AdamW skips them); freezing them changes nothing there.
+        for layer in unet.decoder.seg_layers[:-1]:
+            layer.requires_grad_(False)
         return TimeConditionedUNet(unet, cls.timestep_embedding_dim)
 
     def initialize(self):
@@ -116,11 +121,22 @@ class nnUNetTrainerDDPMPretrain(nnUNetTrainerDDPMBase):
             transforms.append(MirrorTransform(allowed_axes=mirror_axes))
         return ComposeTransforms(transforms)
 
-    def denoising_loss(self, images: torch.Tensor, generator: torch.Generator = None) -> torch.Tensor:
-        """E_{t, eps} || eps - eps_theta(sqrt(a_t) x + sqrt(1 - a_t) eps, t) ||^2 for a batch (B, C, *spatial)."""
+    def draw_timesteps_and_noise(self, images: torch.Tensor,
+                                 generator: torch.Generator = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Timesteps t ~ U{0, ..., T-1} of shape (B,) and noise eps ~ N(0, I) shaped like ``images``.
+
+        Drawn from ``generator`` if given, else from torch's global generator. A method of its own so that a test can
+        prescribe t and eps per sample: ``tests/training/test_ddp_gloo.py`` gives each sample the same draws in one
+        process and in two DDP ranks, which hold one half of the batch each, and compares the trained weights.
+        """
         timesteps = sample_training_timesteps(images.shape[0], self.diffusion, self.device, generator)
         noise = torch.randn_like(images) if generator is None else \
             torch.randn(images.shape, generator=generator).to(self.device)
+        return timesteps, noise
+
+    def denoising_loss(self, images: torch.Tensor, generator: torch.Generator = None) -> torch.Tensor:
+        """E_{t, eps} || eps - eps_theta(sqrt(a_t) x + sqrt(1 - a_t) eps, t) ||^2 for a batch (B, C, *spatial)."""
+        timesteps, noise = self.draw_timesteps_and_noise(images, generator)
         noisy = self.noise_scheduler.add_noise(images, noise, timesteps)
         with autocast(self.device.type, enabled=True) if self.device.type == 'cuda' else dummy_context():
             prediction = self.network(noisy, timesteps)
