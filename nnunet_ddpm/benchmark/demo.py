@@ -15,9 +15,13 @@ from typing import Sequence
 
 from nnunet_ddpm.dataset_conversion.synthetic_phantom import write_phantom_dataset
 from nnunet_ddpm.nnunet_trainers import TRAINER_DIR
+from nnunet_ddpm.splits.label_budget import LABEL_BUDGETS
 
 DATASET_ID, DATASET_NAME = 990, "Dataset990_DemoPhantom"
 PRETRAINER = "nnUNetTrainerDDPMPretrain_demo"
+# The default budget: 9.4 minutes on the 2-core CPU machine (documentation/demo.md). Few, long epochs: every epoch
+# end costs nnU-Net a progress plot and a checkpoint, about 1.5 s here.
+SIZE, EPOCHS, PRETRAIN_EPOCHS, ITERATIONS, BUDGETS = 48, 5, 15, 30, (5, 15)
 
 
 class DemoStepFailed(RuntimeError):
@@ -47,8 +51,9 @@ def run_step(number: int, total: int, title: str, command: Sequence[str], env: d
     print(f"      done in {time.time() - start:.0f} s", flush=True)
 
 
-def run_demo(output: str = "nnunet_ddpm_demo", size: int = 64, train_cases: int = 24, test_cases: int = 12,
-             epochs: int = 10, pretrain_epochs: int = 30, iterations: int = 20, budgets: Sequence[int] = (2, 10),
+def run_demo(output: str = "nnunet_ddpm_demo", size: int = SIZE, train_cases: int = 24, test_cases: int = 12,
+             epochs: int = EPOCHS, pretrain_epochs: int = PRETRAIN_EPOCHS, iterations: int = ITERATIONS,
+             budgets: Sequence[int] = BUDGETS,
              methods: Sequence[str] = ("baseline", "finetune", "pixel"), device: str = "cpu") -> dict:
     """Run (or finish) the demo in ``output``; returns the benchmark report (``results.json``)."""
     root = Path(output).resolve()
@@ -87,13 +92,15 @@ def demo_entry():
     parser = argparse.ArgumentParser(description="Run nnunet_ddpm end to end on a synthetic tumour phantom "
                                                  "(minutes on a 2-core CPU). Re-running skips finished steps.")
     parser.add_argument("-o", "--output", default="nnunet_ddpm_demo", help="working folder (default: %(default)s)")
-    parser.add_argument("--size", type=int, default=64, help="image size in pixels (default: %(default)s)")
+    parser.add_argument("--size", type=int, default=SIZE, help="image size in pixels (default: %(default)s)")
     parser.add_argument("--train-cases", type=int, default=24, help="default: %(default)s")
     parser.add_argument("--test-cases", type=int, default=12, help="default: %(default)s")
-    parser.add_argument("--epochs", type=int, default=10, help="segmentation epochs (default: %(default)s)")
-    parser.add_argument("--pretrain-epochs", type=int, default=30, help="DDPM epochs (default: %(default)s)")
-    parser.add_argument("--iterations", type=int, default=20, help="iterations per epoch (default: %(default)s)")
-    parser.add_argument("--budgets", type=int, nargs="+", default=[2, 10],
+    parser.add_argument("--epochs", type=int, default=EPOCHS, help="segmentation epochs (default: %(default)s)")
+    parser.add_argument("--pretrain-epochs", type=int, default=PRETRAIN_EPOCHS,
+                        help="DDPM epochs (default: %(default)s)")
+    parser.add_argument("--iterations", type=int, default=ITERATIONS,
+                        help="iterations per epoch (default: %(default)s)")
+    parser.add_argument("--budgets", type=int, nargs="+", default=list(BUDGETS),
                         help="labelled training cases (default: %(default)s)")
     parser.add_argument("--methods", nargs="+", default=["baseline", "finetune", "pixel"],
                         help="baseline, finetune, frozen, pixel (default: %(default)s)")
@@ -105,6 +112,12 @@ def demo_entry():
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if args.train_cases < 5:
         parser.error(f"--train-cases must be at least 5 for nnU-Net's 5-fold split, got {args.train_cases}")
+    if any(b not in LABEL_BUDGETS for b in args.budgets):
+        parser.error(f"--budgets {args.budgets}: ready-made trainers exist for {', '.join(map(str, LABEL_BUDGETS))}")
+    fold_size = args.train_cases - (args.train_cases + 4) // 5  # training cases of fold 0 of nnU-Net's 5-fold split
+    if max(args.budgets) > fold_size:
+        parser.error(f"--budgets {args.budgets}: fold 0 trains on {fold_size} of the {args.train_cases} cases; "
+                     f"give smaller budgets or more --train-cases")
     try:
         run_demo(args.output, args.size, args.train_cases, args.test_cases, args.epochs, args.pretrain_epochs,
                  args.iterations, args.budgets, args.methods, args.device)

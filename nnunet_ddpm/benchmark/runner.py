@@ -18,6 +18,7 @@ from batchgenerators.utilities.file_and_folder_operations import isdir, isfile, 
 from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw, nnUNet_results
 from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 
+from nnunet_ddpm.splits.label_budget import LABEL_BUDGETS
 from nnunet_ddpm.training.variants.label_budget import LABEL_BUDGET_TRAINERS
 
 METHODS = {  # method name -> trainer class name (before the budget suffix)
@@ -112,8 +113,8 @@ class Benchmark:
                    if self.trainer(m, b) not in LABEL_BUDGET_TRAINERS]
         if missing:
             raise BenchmarkError(
-                f"No trainer for {missing}. Budgets with trainers: 1, 2, 5, 10, 20, 30, 40, 50, 100; add another in "
-                f"a module on nnUNet_extTrainer with label_budget_variant(<trainer class>, N) (see "
+                f"No trainer for {missing}. Budgets with trainers: {', '.join(map(str, LABEL_BUDGETS))}; add "
+                f"another in a module on nnUNet_extTrainer with label_budget_variant(<trainer class>, N) (see "
                 f"nnunet_ddpm/training/variants/label_budget.py).")
         preprocessed = join(str(nnUNet_preprocessed), self.dataset_name)
         plans_file = join(preprocessed, f"{self.plans}.json")

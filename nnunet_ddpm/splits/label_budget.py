@@ -10,6 +10,8 @@ from typing import List, Sequence, Union
 import numpy as np
 
 LABEL_BUDGET_SEED = 12345
+# budgets N that have ready-made ``<Trainer>_<N>labels`` classes (nnunet_ddpm/training/variants/label_budget.py)
+LABEL_BUDGETS = (1, 2, 5, 10, 15, 20, 30, 40, 50, 100)
 
 
 def choose_labelled_cases(training_cases: Sequence[str], num_labelled: int, fold: Union[int, str]) -> List[str]:

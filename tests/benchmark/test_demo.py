@@ -19,6 +19,10 @@ def test_demo_runs_the_comparison_end_to_end_and_resumes(nnunet, tmp_path):
     samples = out / "nnUNet_results" / "Dataset990_DemoPhantom" / \
         "nnUNetTrainerDDPMPretrain_demo__nnUNetPlans__2d" / "fold_all" / "samples.png"
     assert samples.is_file()
+    # the demo's segmentation trainers skip nnU-Net's final validation (the test set is evaluated instead)
+    finetune = samples.parents[2] / "nnUNetTrainerDDPMFinetune_demo_2labels__nnUNetPlans__2d" / "fold_0"
+    assert (finetune / "checkpoint_final.pth").is_file() and not (finetune / "validation").exists()
+    assert "Final validation skipped" in next(finetune.glob("training_log_*.txt")).read_text()
 
     # re-running skips finished work; removing one evaluation redoes just that
     (out / "benchmark" / "predictions" / "baseline" / "2labels" / "fold_0" / "evaluation.json").unlink()
@@ -28,3 +32,10 @@ def test_demo_runs_the_comparison_end_to_end_and_resumes(nnunet, tmp_path):
 
     bad = nnunet.run("nnUNetv2_ddpm_demo", "-o", out, "--train-cases", "3", training=False, ok=False)
     assert "--train-cases must be at least 5" in bad.output
+    fresh = tmp_path / "refused"
+    bad = nnunet.run("nnUNetv2_ddpm_demo", "-o", fresh, "--budgets", "7", training=False, ok=False)
+    assert "ready-made trainers exist for 1, 2, 5, 10, 15" in bad.output
+    bad = nnunet.run("nnUNetv2_ddpm_demo", "-o", fresh, "--train-cases", "6", "--budgets", "5", training=False,
+                     ok=False)
+    assert "fold 0 trains on 4 of the 6 cases" in bad.output
+    assert not fresh.exists()  # refused before anything was written

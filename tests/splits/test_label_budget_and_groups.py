@@ -29,7 +29,7 @@ def test_too_large_a_budget_is_refused_with_the_numbers():
 def test_every_trainer_has_every_budget():
     for base in ("nnUNetTrainer", "nnUNetTrainerDDPMFinetune", "nnUNetTrainerDDPMFinetuneFrozenEncoder",
                  "nnUNetTrainer_demo", "nnUNetTrainerDDPMFinetune_demo"):
-        for n in (1, 2, 5, 10, 20, 30, 40, 50, 100):
+        for n in (1, 2, 5, 10, 15, 20, 30, 40, 50, 100):
             cls = LABEL_BUDGET_TRAINERS[f"{base}_{n}labels"]
             assert cls.num_labelled_cases == n and cls.__mro__[2].__name__ == base
 

@@ -13,7 +13,7 @@ from batchgenerators.utilities.file_and_folder_operations import join, save_json
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_ddpm.splits.grouped_folds import check_fold_against_groups
-from nnunet_ddpm.splits.label_budget import choose_labelled_cases
+from nnunet_ddpm.splits.label_budget import LABEL_BUDGETS, choose_labelled_cases
 from nnunet_ddpm.training.nnUNetTrainerDDPMFinetune import (nnUNetTrainerDDPMFinetune,
                                                             nnUNetTrainerDDPMFinetuneFrozenEncoder)
 from nnunet_ddpm.training.nnUNetTrainerDDPMPixelClassifier import nnUNetTrainerDDPMPixelClassifier
@@ -21,7 +21,6 @@ from nnunet_ddpm.training.variants.demo_budget import (nnUNetTrainer_demo, nnUNe
                                                        nnUNetTrainerDDPMFinetuneFrozenEncoder_demo,
                                                        nnUNetTrainerDDPMPixelClassifier_demo)
 
-LABEL_BUDGETS = (1, 2, 5, 10, 20, 30, 40, 50, 100)
 BUDGETED_TRAINERS = (nnUNetTrainer, nnUNetTrainerDDPMFinetune, nnUNetTrainerDDPMFinetuneFrozenEncoder,
                      nnUNetTrainerDDPMPixelClassifier, nnUNetTrainer_demo, nnUNetTrainerDDPMFinetune_demo,
                      nnUNetTrainerDDPMFinetuneFrozenEncoder_demo, nnUNetTrainerDDPMPixelClassifier_demo)
