@@ -57,7 +57,8 @@ def main():
     result = {"machine": platform.processor() or platform.machine(), "device": args.device, "cases": cases,
               "dataset": args.d, "configuration": args.c, "extra_arguments": args.extra, "repeats": args.repeats,
               "warmup": args.warmup, "rows": rows}
-    print(f"\nnUNetv2_predict on {cases} cases, device {args.device}, median of {args.repeats} after {args.warmup} "
+    print()
+    print(f"nnUNetv2_predict on {cases} cases, device {args.device}, median of {args.repeats} after {args.warmup} "
           f"warm-up\n| trainer | s | s / case | x {args.tr[0]} |\n|---|---|---|---|")
     for row in rows:
         print(f"| {row['trainer']} | {row['median_s']:.1f} | {row['median_s'] / cases:.2f} | {row['ratio']:.2f} |")
