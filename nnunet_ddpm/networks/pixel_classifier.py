@@ -44,6 +44,9 @@ class MLPEnsembleHead(nn.Module):
             layers += [conv(k * width_in, k * width_out, 1, groups=k), nn.ReLU(inplace=True), norm(k * width_out)]
         layers.append(conv(k * hidden[-1], k * num_classes, 1, groups=k))
         self.layers = nn.Sequential(*layers)
+        # whether the classes are nnU-Net regions (sigmoid) or labels (softmax): set by the trainer from the label
+        # manager; a buffer so that nnUNetv2_predict gets it from the checkpoint
+        self.register_buffer("region_based", torch.tensor(False))
 
     def forward(self, stage_features: Sequence[torch.Tensor], size: Sequence[int]) -> torch.Tensor:
         hidden = None
@@ -56,8 +59,12 @@ class MLPEnsembleHead(nn.Module):
         return logits.reshape(logits.shape[0], self.ensemble_size, self.num_classes, *logits.shape[2:])
 
 
-class PixelClassifierNetwork(nn.Module):
-    """Frozen noise predictor + MLP ensemble head.
+class PixelClassifierNetwork(TimeConditionedUNet):
+    """The frozen noise predictor, with an MLP ensemble head on its decoder features in place of its output layers.
+
+    The head sits where nnU-Net keeps a network's task-specific output layers, ``unet.decoder.seg_layers``, so the
+    state-dict keys are the denoiser's plus ``.seg_layers.`` ones: nnU-Net's ``-pretrained_weights`` (which loads every
+    key but those) and the trainer's own transfer both fill the denoiser and leave the head alone.
 
     Training mode returns the members' logits, (B, K, classes, *spatial), so that each member gets its own loss.
     Eval mode returns the log of the members' mean probability (B, classes, *spatial): nnU-Net's softmax (or sigmoid
@@ -68,31 +75,38 @@ class PixelClassifierNetwork(nn.Module):
     Baranchuk et al.'s feature extractor).
     """
 
-    def __init__(self, denoiser: TimeConditionedUNet, stages: Sequence[int], timesteps: Sequence[int],
-                 alpha_bars: Sequence[float], num_classes: int, ensemble_size: int = 5,
-                 hidden: Sequence[int] = (128, 64), noise_seed: int = 0):
-        super().__init__()
-        num_stages = len(denoiser.unet.decoder.stages)
+    def __init__(self, unet: nn.Module, stages: Sequence[int], timesteps: Sequence[int], alpha_bars: Sequence[float],
+                 num_classes: int, ensemble_size: int = 5, hidden: Sequence[int] = (128, 64), noise_seed: int = 0,
+                 embedding_dim: int = None):
+        super().__init__(unet, embedding_dim)
+        num_stages = len(self.unet.decoder.stages)
         if not stages or any(not -num_stages <= s < num_stages for s in stages):
             raise ValueError(f"Decoder stages {list(stages)} do not exist: this network has {num_stages} decoder "
                              f"stages (0 = lowest resolution, -1 = full resolution).")
         if not timesteps:
             raise ValueError("The pixel classifier needs at least one feature timestep.")
-        self.denoiser = denoiser.requires_grad_(False).eval()
+        self.requires_grad_(False)  # the denoiser; the head added below trains
         self.stages, self.timesteps = sorted({s % num_stages for s in stages}), [int(t) for t in timesteps]
         self.register_buffer("signal_scales", torch.tensor([math.sqrt(a) for a in alpha_bars]), persistent=False)
         self.register_buffer("noise_scales", torch.tensor([math.sqrt(1 - a) for a in alpha_bars]), persistent=False)
-        # set by the trainer from the label manager; a buffer so that nnUNetv2_predict gets it from the checkpoint
-        self.register_buffer("region_based", torch.tensor(False))
         self.noise_seed = noise_seed
-        dim = convert_conv_op_to_dim(denoiser.unet.encoder.conv_op)
-        channels = denoiser.decoder_stage_channels
-        self.head = MLPEnsembleHead([len(self.timesteps) * channels[s] for s in self.stages], num_classes,
-                                    ensemble_size, hidden, dim)
+        dim = convert_conv_op_to_dim(self.unet.encoder.conv_op)
+        channels = self.decoder_stage_channels
+        self.unet.decoder.seg_layers = MLPEnsembleHead([len(self.timesteps) * channels[s] for s in self.stages],
+                                                       num_classes, ensemble_size, hidden, dim)
+
+    @property
+    def head(self) -> MLPEnsembleHead:
+        return self.unet.decoder.seg_layers
+
+    @property
+    def region_based(self) -> torch.Tensor:
+        return self.head.region_based
 
     def train(self, mode: bool = True):
-        super().train(mode)
-        self.denoiser.eval()  # frozen: no dropout or running statistics may change
+        super().train(False)  # the frozen denoiser: no dropout or running statistics may change
+        self.head.train(mode)
+        self.training = mode
         return self
 
     @torch.no_grad()
@@ -104,13 +118,12 @@ class PixelClassifierNetwork(nn.Module):
         view = (num_t, 1) + (1,) * (x.ndim - 1)
         noisy = (self.signal_scales.to(x.dtype).view(view) * x + self.noise_scales.to(x.dtype).view(view) * noise)
         timesteps = torch.tensor(self.timesteps, device=x.device).repeat_interleave(batch)
-        stage_outputs = self.denoiser.decoder_features(noisy.reshape(num_t * batch, *x.shape[1:]), timesteps,
-                                                       self.stages)
+        stage_outputs = self.decoder_features(noisy.reshape(num_t * batch, *x.shape[1:]), timesteps, self.stages)
         # (T * B, C, ...) -> (B, T * C, ...): timestep-major channel blocks
         return [f.reshape(num_t, batch, *f.shape[1:]).transpose(0, 1).reshape(batch, -1, *f.shape[2:])
                 for f in stage_outputs]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # no timestep argument: the features use their own
         member_logits = self.head(self.features(x), x.shape[2:])
         if self.training:
             return member_logits

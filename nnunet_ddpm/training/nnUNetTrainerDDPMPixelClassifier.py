@@ -10,8 +10,9 @@ import torch
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from torch import nn
 
-from nnunet_ddpm.networks import EnsembleLoss, PixelClassifierNetwork, TimeConditionedUNet, build_unet_from_plans
+from nnunet_ddpm.networks import EnsembleLoss, PixelClassifierNetwork, build_unet_from_plans
 from nnunet_ddpm.training.ddpm_trainer_base import UsesPretrainedDenoiser
+from nnunet_ddpm.training.pretrained_checkpoint import transfer_denoiser_weights
 
 
 class nnUNetTrainerDDPMPixelClassifier(UsesPretrainedDenoiser):
@@ -47,14 +48,13 @@ class nnUNetTrainerDDPMPixelClassifier(UsesPretrainedDenoiser):
     @classmethod
     def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels: int,
                                    num_output_channels: int, enable_deep_supervision: bool = True) -> nn.Module:
-        # the denoiser exactly as pretrained (one output per input channel), then the head
-        denoiser = TimeConditionedUNet(build_unet_from_plans(configuration_manager, num_input_channels,
-                                                             num_input_channels, deep_supervision=False),
-                                       cls.timestep_embedding_dim)
+        # the denoiser exactly as pretrained (one output per input channel); the head replaces its output layers
+        unet = build_unet_from_plans(configuration_manager, num_input_channels, num_input_channels,
+                                     deep_supervision=False)
         alpha_bars = [cls.diffusion.alpha_bar(t) for t in cls.feature_timesteps]
-        stages = cls.feature_stages or tuple(range(-min(3, len(denoiser.unet.decoder.stages)), 0))
-        return PixelClassifierNetwork(denoiser, stages, cls.feature_timesteps, alpha_bars,
-                                      num_output_channels, cls.ensemble_size, cls.mlp_hidden, cls.noise_seed)
+        stages = cls.feature_stages or tuple(range(-min(3, len(unet.decoder.stages)), 0))
+        return PixelClassifierNetwork(unet, stages, cls.feature_timesteps, alpha_bars, num_output_channels,
+                                      cls.ensemble_size, cls.mlp_hidden, cls.noise_seed, cls.timestep_embedding_dim)
 
     def initialize(self):
         super().initialize()
@@ -62,7 +62,7 @@ class nnUNetTrainerDDPMPixelClassifier(UsesPretrainedDenoiser):
 
     def apply_pretrained_weights(self, weights: dict) -> str:
         network = self.unwrapped_network()
-        network.denoiser.load_state_dict(weights)
+        transfer_denoiser_weights(network, weights)  # every key but the head's (.seg_layers.)
         return (f"frozen; features of decoder stages {network.stages} at timesteps {network.timesteps}, "
                 f"ensemble of {self.ensemble_size} MLPs")
 

@@ -28,13 +28,16 @@ def benchmark_args(nnunet, test_set, out, *extra):
 
 def test_benchmark_runs_what_the_dry_run_prints_and_reports_the_evaluation(nnunet, pretrained_2d, test_set, tmp_path):
     out = tmp_path / "benchmark"
-    planned = nnunet.run(*benchmark_args(nnunet, test_set, out, "--dry-run")).stdout.strip().splitlines()
-    # pretraining exists (fixture), so: 2 trainings and 2 predictions, each training before its prediction
+    # the pretraining given as a checkpoint: the pixel trainings get nnU-Net's -pretrained_weights
+    checkpoint = ("--pretrained-weights", pretrained_2d / "checkpoint_final.pth")
+    planned = nnunet.run(*benchmark_args(nnunet, test_set, out, "--dry-run", *checkpoint)).stdout.strip().splitlines()
+    # 2 trainings and 2 predictions, each training before its prediction
     assert [line.split()[0] for line in planned] == ["nnUNetv2_train", "nnUNetv2_predict"] * 2
+    assert f"-pretrained_weights {checkpoint[1]}" in planned[0]
     assert "nnUNetTrainerDDPMPixelClassifier_demo_2labels" in planned[-1]
     assert not out.exists()  # a dry run writes nothing
 
-    result = nnunet.run(*benchmark_args(nnunet, test_set, out))
+    result = nnunet.run(*benchmark_args(nnunet, test_set, out, *checkpoint))
     assert (out / "commands.txt").read_text().strip().splitlines() == planned
     assert "[1/6] train nnUNetTrainerDDPMPixelClassifier_demo_1labels fold 0" in result.output
 

@@ -7,17 +7,31 @@ import torch.nn.functional as F
 
 from nnunet_ddpm.networks import EnsembleLoss, MLPEnsembleHead, PixelClassifierNetwork, TimeConditionedUNet, \
     build_unet_from_plans
+from nnunet_ddpm.training.pretrained_checkpoint import transfer_denoiser_weights
 from tests.networks.test_time_conditioned_unet import configuration
 
 
-def make_network(dim=2, stages=(-2, -1), timesteps=(50, 150), ensemble_size=3, num_classes=4):
+def make_denoiser(dim=2):
+    """A "trained" denoiser (the timestep matters)."""
     torch.manual_seed(0)
     denoiser = TimeConditionedUNet(build_unet_from_plans(configuration(dim), 2, 2, deep_supervision=False))
-    for name, p in denoiser.named_parameters():  # a "trained" denoiser: the timestep matters
+    for name, p in denoiser.named_parameters():
         if "time_projection" in name:
             torch.nn.init.normal_(p, std=0.1)
+    return denoiser
+
+
+def make_network(dim=2, stages=(-2, -1), timesteps=(50, 150), ensemble_size=3, num_classes=4, denoiser=None):
+    """The pixel classifier on ``denoiser``'s weights, as the trainer builds and loads it."""
     alpha_bars = [math.cos(t / 1000 * math.pi / 2) ** 2 for t in timesteps]
-    return PixelClassifierNetwork(denoiser, stages, timesteps, alpha_bars, num_classes, ensemble_size)
+    network = PixelClassifierNetwork(build_unet_from_plans(configuration(dim), 2, 2, deep_supervision=False), stages,
+                                     timesteps, alpha_bars, num_classes, ensemble_size)
+    transfer_denoiser_weights(network, (denoiser or make_denoiser(dim)).state_dict())
+    return network
+
+
+def denoiser_parameters(network):
+    return [p for name, p in network.named_parameters() if ".seg_layers." not in name]
 
 
 @pytest.mark.parametrize("dim", [2, 3])
@@ -31,17 +45,18 @@ def test_shapes_in_training_and_eval(dim):
 
 
 def test_features_are_the_decoder_stage_outputs_of_each_noised_input():
-    network = make_network(stages=(0, 1), timesteps=(50, 150))
+    denoiser = make_denoiser()
+    network = make_network(stages=(0, 1), timesteps=(50, 150), denoiser=denoiser)
     x = torch.randn(2, 2, 16, 16)
     features = network.features(x)
     generator = torch.Generator().manual_seed(network.noise_seed)
     noise = torch.randn(x.shape, generator=generator)
     captured = []
     hooks = [stage.register_forward_hook(lambda m, i, o: captured.append(o))
-             for stage in network.denoiser.unet.decoder.stages]
-    for t_index, t in enumerate(network.timesteps):
+             for stage in denoiser.unet.decoder.stages]
+    for t_index, t in enumerate(network.timesteps):  # the plain denoiser, run once per timestep
         noisy = network.signal_scales[t_index] * x + network.noise_scales[t_index] * noise
-        network.denoiser(noisy, torch.tensor([t, t]))
+        denoiser(noisy, torch.tensor([t, t]))
     for h in hooks:
         h.remove()
     # captured: t0 stage0, t0 stage1, t1 stage0, t1 stage1; features put timestep blocks along channels
@@ -54,12 +69,12 @@ def test_features_are_deterministic_and_frozen():
     network = make_network()
     x = torch.randn(1, 2, 16, 16)
     assert all(torch.equal(a, b) for a, b in zip(network.features(x), network.features(x)))
-    assert not any(p.requires_grad for p in network.denoiser.parameters())
+    assert not any(p.requires_grad for p in denoiser_parameters(network))
     network.train()
-    assert not network.denoiser.training and network.head.training
+    assert network.training and network.head.training and not network.unet.encoder.training
     loss = network(x).sum()
     loss.backward()
-    assert all(p.grad is None for p in network.denoiser.parameters())
+    assert all(p.grad is None for p in denoiser_parameters(network))
     assert all(p.grad is not None for p in network.head.parameters())
 
 
@@ -109,6 +124,26 @@ def test_region_flag_travels_in_the_state_dict():
     fresh = make_network()
     fresh.load_state_dict(trained.state_dict())
     assert bool(fresh.region_based)
+
+
+def test_nnunet_pretrained_weights_loader_fills_the_denoiser_and_keeps_the_head(tmp_path):
+    """nnU-Net's -pretrained_weights rule (every key but .seg_layers. comes from the checkpoint) fits the network."""
+    from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
+    denoiser, network = make_denoiser(), make_network()
+    head_keys = [k for k in network.state_dict() if ".seg_layers." in k]
+    assert head_keys and all(k.startswith("unet.decoder.seg_layers.") for k in head_keys)
+    assert {k for k in network.state_dict() if ".seg_layers." not in k} == \
+        {k for k in denoiser.state_dict() if ".seg_layers." not in k}
+    for p in network.head.parameters():
+        torch.nn.init.normal_(p)
+    head = {k: v.clone() for k, v in network.state_dict().items() if ".seg_layers." in k}
+    for p in denoiser_parameters(network):
+        p.data.zero_()
+    torch.save({"network_weights": denoiser.state_dict()}, tmp_path / "checkpoint_final.pth")
+    load_pretrained_weights(network, str(tmp_path / "checkpoint_final.pth"))
+    loaded = network.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in denoiser.state_dict().items() if ".seg_layers." not in k)
+    assert all(torch.equal(loaded[k], v) for k, v in head.items())
 
 
 def test_ensemble_loss_is_the_mean_member_loss():

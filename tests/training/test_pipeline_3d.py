@@ -33,7 +33,7 @@ def test_3d_pretrain_finetune_predict(nnunet, pretrained_2d, tmp_path):
     nnunet.train(DATASET_ID, "3d_fullres", 0, "nnUNetTrainerDDPMPixelClassifier_demo")
     folder = nnunet.trainer_folder(DATASET_NAME, "nnUNetTrainerDDPMPixelClassifier_demo", "3d_fullres", 0)
     weights = torch.load(folder / "checkpoint_final.pth", map_location="cpu", weights_only=False)["network_weights"]
-    assert weights["head.first_layer.0.weight"].ndim == 5
+    assert weights["unet.decoder.seg_layers.first_layer.0.weight"].ndim == 5
     assert (folder / "validation" / "summary.json").is_file()
 
     # a 3D pretraining checkpoint given to a 2D run is refused, naming each difference

@@ -23,14 +23,14 @@ def test_pixel_classifier_trains_only_the_head_and_predicts_deterministically(nn
     folder = nnunet.trainer_folder(DATASET_NAME, TRAINER, "2d", 0)
     weights = _load(folder / "checkpoint_final.pth")["network_weights"]
     pretrained = _load(pretrained_2d / "checkpoint_final.pth")["network_weights"]
-    # every denoiser tensor is the pretrained EMA tensor, bit for bit; only head.* exists besides
-    denoiser = {k[len("denoiser."):]: v for k, v in weights.items() if k.startswith("denoiser.")}
-    assert denoiser.keys() == pretrained.keys()
-    assert all(torch.equal(denoiser[k], pretrained[k]) for k in pretrained)
-    head = [k for k in weights if k.startswith("head.")]
-    assert set(weights) == {f"denoiser.{k}" for k in pretrained} | set(head) | {"region_based"}
+    # the denoiser's keys, bit-identical to the pretrained EMA tensors; the head in place of its output layers
+    denoiser = {k: v for k, v in weights.items() if ".seg_layers." not in k}
+    assert denoiser.keys() == {k for k in pretrained if ".seg_layers." not in k}
+    assert all(torch.equal(denoiser[k], pretrained[k]) for k in denoiser)
+    head = {k[len("unet.decoder.seg_layers."):]: v for k, v in weights.items() if ".seg_layers." in k}
+    assert "region_based" in head
     # 5 members x 4 classes out of the last grouped 1x1 convolution
-    assert weights["head.layers.5.weight"].shape[:2] == (5 * 4, 64)
+    assert head["layers.5.weight"].shape[:2] == (5 * 4, 64)
     assert json.loads((folder / "validation" / "summary.json").read_text())["foreground_mean"]["Dice"] >= 0
 
     images = tmp_path / "images"  # three cases are enough here
