@@ -45,8 +45,8 @@ class StepFailed(RuntimeError):
 
 @dataclass
 class Budget:
-    """Training length of the ``_demo`` trainers. With the default, one method for one real BraTS patient took about
-    4.5 minutes at 64 x 64 on a shared 2-core CPU (documentation/patient.md); it is far below the paper's budgets."""
+    """Training length of the ``_demo`` trainers. With the defaults, fine-tuning for one real BraTS patient at 128 x 128
+    took 3.5 minutes on an idle 2-core CPU (documentation/patient.md); it is far below the paper's budgets."""
     epochs: int = 4
     pretrain_epochs: int = 6
     iterations: int = 10
