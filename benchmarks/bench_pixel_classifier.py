@@ -11,7 +11,6 @@ peaks do not mix; the stock process is the reference.
 import argparse
 import json
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -25,15 +24,17 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_training_step import BATCH, CHANNELS, CLASSES, PLANS_2D, segmentation_step  # noqa: E402
+from bench_training_step import BATCH, CHANNELS, CLASSES, PLANS_2D, peak_rss, segmentation_step  # noqa: E402
 
 from nnunet_ddpm.networks import EnsembleLoss  # noqa: E402
 from nnunet_ddpm.training.nnUNetTrainerDDPMPixelClassifier import nnUNetTrainerDDPMPixelClassifier  # noqa: E402
 
-# name: (timesteps, number of highest-resolution decoder stages, patch size); the first pixel row is the default
+# name: (timesteps, number of highest-resolution decoder stages, patch size[, members checkpointed]); the first pixel
+# row is the default
 VARIANTS = {
     "stock nnU-Net": None,
     "pixel classifier (default: 3 timesteps, 3 stages)": ((50, 150, 250), 3, 128),
+    "pixel classifier (default), members not checkpointed": ((50, 150, 250), 3, 128, False),
     "pixel classifier, 1 timestep": ((50,), 3, 128),
     "pixel classifier, 2 timesteps": ((50, 150), 3, 128),
     "pixel classifier, 2 stages": ((50, 150, 250), 2, 128),
@@ -43,9 +44,10 @@ VARIANTS = {
 }
 
 
-def pixel_classifier(timesteps, num_stages):
+def pixel_classifier(timesteps, num_stages, checkpoint_members=True):
     trainer = type("Variant", (nnUNetTrainerDDPMPixelClassifier,),
-                   {"feature_timesteps": timesteps, "feature_stages": tuple(range(-num_stages, 0))})
+                   {"feature_timesteps": timesteps, "feature_stages": tuple(range(-num_stages, 0)),
+                    "checkpoint_members": checkpoint_members})
     return trainer.build_network_architecture(None, PLANS_2D, CHANNELS, CLASSES, False)
 
 
@@ -82,8 +84,8 @@ def build(name, device, mode):
         network = network.to(device)
         return segmentation_step(network, device) if mode == "train" and size == 128 else \
             _stock_step(network, device, size, mode)
-    timesteps, num_stages, size = spec
-    network = pixel_classifier(timesteps, num_stages).to(device)
+    timesteps, num_stages, size, *checkpoint_members = spec
+    network = pixel_classifier(timesteps, num_stages, *checkpoint_members).to(device)
     network.train(mode == "train")
     return pixel_step(network, device, size) if mode == "train" else forward_step(network, device, size)
 
@@ -175,8 +177,7 @@ def main():
         step = build(args.only, device, args.mode)
         for _ in range(2):
             step()
-        peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else \
-            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else peak_rss()
         print(json.dumps({"peak_bytes": peak}))
         return
     result = measure_memory(args, device) if args.memory else measure_times(args, device)

@@ -24,29 +24,45 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from nnunetv2.experiment_planning.experiment_planners.network_topology import get_pool_and_conv_props
 from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
+from torch.profiler import record_function
 from tqdm import tqdm
 
 from nnunet_ddpm.training.nnUNetTrainerDDPMFinetune import nnUNetTrainerDDPMFinetune
 from nnunet_ddpm.training.nnUNetTrainerDDPMPretrain import nnUNetTrainerDDPMPretrain
 
 CHANNELS, CLASSES, SIZE, BATCH = 4, 4, 128, 12
-PLANS_2D = ConfigurationManager({
-    "patch_size": [SIZE, SIZE], "batch_size": BATCH, "pool_op_kernel_sizes": [[1, 1]] + [[2, 2]] * 5,
-    "architecture": {
-        "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
-        "arch_kwargs": {"n_stages": 6, "features_per_stage": [32, 64, 128, 256, 512, 512],
-                        "conv_op": "torch.nn.modules.conv.Conv2d", "kernel_sizes": [[3, 3]] * 6,
-                        "strides": [[1, 1]] + [[2, 2]] * 5, "n_conv_per_stage": [2] * 6,
-                        "n_conv_per_stage_decoder": [2] * 5, "conv_bias": True,
-                        "norm_op": "torch.nn.modules.instancenorm.InstanceNorm2d",
-                        "norm_op_kwargs": {"eps": 1e-5, "affine": True}, "dropout_op": None,
-                        "dropout_op_kwargs": None, "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True}},
-        "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]}})
+
+
+def planned_configuration(patch_size, batch_size):
+    """The configuration nnU-Net's default planner makes for this patch size at isotropic spacing: its pooling rule
+    (``get_pool_and_conv_props``, down to 4 voxels), 32 features doubling per stage up to 512 (2D) or 320 (3D)."""
+    dim = len(patch_size)
+    _, pools, kernels, _, _ = get_pool_and_conv_props([1.0] * dim, list(patch_size), 4, 999999)
+    n = len(pools)
+    conv, norm = ("Conv2d", "InstanceNorm2d") if dim == 2 else ("Conv3d", "InstanceNorm3d")
+    return ConfigurationManager({
+        "patch_size": list(patch_size), "batch_size": batch_size, "pool_op_kernel_sizes": [list(p) for p in pools],
+        "architecture": {
+            "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+            "arch_kwargs": {"n_stages": n, "features_per_stage": [min(32 * 2 ** i, 512 if dim == 2 else 320)
+                                                                  for i in range(n)],
+                            "conv_op": f"torch.nn.modules.conv.{conv}", "kernel_sizes": [list(k) for k in kernels],
+                            "strides": [list(p) for p in pools], "n_conv_per_stage": [2] * n,
+                            "n_conv_per_stage_decoder": [2] * (n - 1), "conv_bias": True,
+                            "norm_op": f"torch.nn.modules.instancenorm.{norm}",
+                            "norm_op_kwargs": {"eps": 1e-5, "affine": True}, "dropout_op": None,
+                            "dropout_op_kwargs": None, "nonlin": "torch.nn.LeakyReLU",
+                            "nonlin_kwargs": {"inplace": True}},
+            "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]}})
+
+
+PLANS_2D = planned_configuration((SIZE, SIZE), BATCH)  # nnU-Net's 2d plan for BraTS-like 128 x 128 slices: 6 stages
 
 
 def paper_denoiser():
@@ -59,22 +75,37 @@ def paper_denoiser():
                        attention_head_dim=32, norm_num_groups=32)  # 128 channels at 32 px / 4 heads
 
 
+def peak_rss() -> int:
+    """This process's peak resident set size in bytes. Linux's VmHWM belongs to the process image, so a child
+    started by ``subprocess`` from a large parent reports its own peak; ``ru_maxrss`` keeps the parent's RSS at the
+    fork across exec (which would make every child look as large as the parent)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux; other systems: approximate
+
+
 def autocast(device, bf16):
     """bf16 autocast around forward and loss, as nnU-Net's trainer does with its own autocast on GPU."""
     return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 
-def segmentation_step(network, device, bf16=False):
+def segmentation_step(network, device, bf16=False, plans=PLANS_2D, channels=CHANNELS):
     """nnU-Net's step: forward, DC+CE loss with deep supervision, backward, clip, SGD step."""
-    scales = [[1.0, 1.0]] + [[0.5 ** i] * 2 for i in range(1, 5)]
+    pools = torch.tensor(plans.pool_op_kernel_sizes, dtype=torch.float64)
+    scales = (1 / torch.cumprod(pools, 0))[:-1].tolist()  # nnU-Net's deep supervision scales
     weights = torch.tensor([1 / 2 ** i for i in range(len(scales))])
     weights[-1] = 0
     loss = DeepSupervisionWrapper(DC_and_CE_loss({'batch_dice': True, 'smooth': 1e-5, 'do_bg': False, 'ddp': False},
                                                  {}, weight_ce=1, weight_dice=1, dice_class=MemoryEfficientSoftDiceLoss),
                                   (weights / weights.sum()).tolist())
     optimizer = torch.optim.SGD(network.parameters(), 1e-2, momentum=0.99, nesterov=True, weight_decay=3e-5)
-    x = torch.randn(BATCH, CHANNELS, SIZE, SIZE, device=device)
-    targets = [torch.randint(0, CLASSES, (BATCH, 1, int(SIZE * s[0]), int(SIZE * s[1])), device=device).float()
+    batch, patch = plans.batch_size, plans.patch_size
+    x = torch.randn(batch, channels, *patch, device=device)
+    targets = [torch.randint(0, CLASSES, (batch, 1, *(round(p * f) for p, f in zip(patch, s))), device=device).float()
                for s in scales]
 
     def step():
@@ -82,16 +113,17 @@ def segmentation_step(network, device, bf16=False):
         with autocast(device, bf16):
             value = loss(network(x), targets)
         value.backward()
-        torch.nn.utils.clip_grad_norm_(network.parameters(), 12)
-        optimizer.step()
+        with record_function("Optimizer.clip_and_step"):  # a label for profile_step.py
+            torch.nn.utils.clip_grad_norm_(network.parameters(), 12)
+            optimizer.step()
     return step
 
 
-def denoising_step(network, device, call, ema=None, bf16=False):
+def denoising_step(network, device, call, ema=None, bf16=False, plans=PLANS_2D, channels=CHANNELS):
     """DDPM step: forward on x_t, MSE on the noise, backward, clip, AdamW step, (EMA update)."""
     optimizer = torch.optim.AdamW(network.parameters(), 2e-4, weight_decay=0)
-    x = torch.randn(BATCH, CHANNELS, SIZE, SIZE, device=device)
-    timesteps = torch.randint(0, 1000, (BATCH,), device=device)
+    x = torch.randn(plans.batch_size, channels, *plans.patch_size, device=device)
+    timesteps = torch.randint(0, 1000, (plans.batch_size,), device=device)
 
     def step():
         optimizer.zero_grad(set_to_none=True)
@@ -99,12 +131,12 @@ def denoising_step(network, device, call, ema=None, bf16=False):
         with autocast(device, bf16):
             value = F.mse_loss(call(network, x + noise, timesteps).float(), noise)
         value.backward()
-        torch.nn.utils.clip_grad_norm_(network.parameters(), 1.0)
-        optimizer.step()
+        with record_function("Optimizer.clip_and_step"):
+            torch.nn.utils.clip_grad_norm_(network.parameters(), 1.0)
+            optimizer.step()
         if ema is not None:
-            with torch.no_grad():
-                for e, p in zip(ema.parameters(), network.parameters()):
-                    e.lerp_(p, 0.001)
+            with torch.no_grad(), record_function("Optimizer.ema_update"):  # as nnUNetTrainerDDPMPretrain's
+                torch._foreach_lerp_(list(ema.parameters()), list(network.parameters()), 0.001)
     return step
 
 
@@ -159,8 +191,7 @@ def main():
         step = variants[args.only]
         for _ in range(args.warmup + args.repeats):
             step()
-        peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else \
-            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else peak_rss()
         print(json.dumps({"variant": args.only, "peak_bytes": peak}))
         return
 

@@ -12,14 +12,21 @@ Two exact rewrites keep it cheap:
   concatenated full-resolution feature tensor (hundreds of channels) is never built;
 * the K members are one network: the first layer is one convolution with K x 128 outputs (all members read the same
   features), the later layers are grouped convolutions with K groups.
+
+In training the head's activations at full resolution (K x 384 channels per pixel kept for the backward pass) would
+dominate memory, so each member runs in its own activation checkpoint (``checkpoint_members``): the backward pass
+recomputes one member at a time from the shared features, and only one member's activations exist at once.
 """
 import math
+from contextlib import contextmanager, nullcontext
 from typing import List, Sequence
 
 import torch
 import torch.nn.functional as F
 from dynamic_network_architectures.building_blocks.helper import convert_conv_op_to_dim
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.utils.checkpoint import checkpoint
 
 from nnunet_ddpm.networks.time_conditioned_unet import TimeConditionedUNet
 
@@ -27,14 +34,21 @@ from nnunet_ddpm.networks.time_conditioned_unet import TimeConditionedUNet
 class MLPEnsembleHead(nn.Module):
     """K pixel-wise MLPs, features -> 128 -> 64 -> classes, each hidden layer Linear -> ReLU -> BatchNorm (the layer
     order of the paper's code and of Baranchuk et al.). Input: one feature map per stage; output (B, K, classes, ...).
+
+    ``checkpoint_members``: in training with gradients, run member by member under activation checkpointing (same
+    outputs, gradients and running statistics; about 1/K of the activation memory for one more head forward pass).
+    Not with SyncBatchNorm (nnU-Net's multi-GPU training), whose statistics only the module itself synchronises.
     """
 
     def __init__(self, stage_channels: Sequence[int], num_classes: int, ensemble_size: int,
-                 hidden: Sequence[int] = (128, 64), dim: int = 2):
+                 hidden: Sequence[int] = (128, 64), dim: int = 2, checkpoint_members: bool = True):
         super().__init__()
         conv, norm = (nn.Conv2d, nn.BatchNorm2d) if dim == 2 else (nn.Conv3d, nn.BatchNorm3d)
         self.ensemble_size, self.num_classes = ensemble_size, num_classes
         self.interpolation = "bilinear" if dim == 2 else "trilinear"
+        self.checkpoint_members = checkpoint_members
+        self._conv = F.conv2d if dim == 2 else F.conv3d
+        self._recomputing = False
         k = ensemble_size
         # first layer split by stage (see module docstring); one bias for the sum
         self.first_layer = nn.ModuleList(conv(c, k * hidden[0], 1, bias=(i == 0))
@@ -49,14 +63,60 @@ class MLPEnsembleHead(nn.Module):
         self.register_buffer("region_based", torch.tensor(False))
 
     def forward(self, stage_features: Sequence[torch.Tensor], size: Sequence[int]) -> torch.Tensor:
+        if self.training and torch.is_grad_enabled() and self.checkpoint_members and \
+                not any(isinstance(m, nn.SyncBatchNorm) for m in self.layers):
+            return self._forward_member_by_member(stage_features, size)
         hidden = None
         for layer, features in zip(self.first_layer, stage_features):
-            projected = layer(features)
-            if tuple(projected.shape[2:]) != tuple(size):
-                projected = F.interpolate(projected, size=tuple(size), mode=self.interpolation, align_corners=False)
-            hidden = projected if hidden is None else hidden + projected
+            hidden = self._add_upsampled(hidden, layer(features), size)
         logits = self.layers(hidden)
         return logits.reshape(logits.shape[0], self.ensemble_size, self.num_classes, *logits.shape[2:])
+
+    def _add_upsampled(self, hidden, projected, size):
+        if tuple(projected.shape[2:]) != tuple(size):
+            projected = F.interpolate(projected, size=tuple(size), mode=self.interpolation, align_corners=False)
+        return projected if hidden is None else hidden + projected
+
+    def _forward_member_by_member(self, stage_features, size):
+        for norm in self.layers:  # counted once per forward, as the fused path does
+            if isinstance(norm, _BatchNorm) and norm.track_running_stats:
+                norm.num_batches_tracked.add_(1)
+        members = [checkpoint(self._member, k, stage_features, size, use_reentrant=False,
+                              context_fn=lambda: (nullcontext(), self._recomputation()))
+                   for k in range(self.ensemble_size)]
+        return torch.stack(members, 1)
+
+    @contextmanager
+    def _recomputation(self):
+        """While the backward pass recomputes a member: its BatchNorms must not update running statistics again."""
+        self._recomputing = True
+        try:
+            yield
+        finally:
+            self._recomputing = False
+
+    def _member(self, k: int, stage_features: Sequence[torch.Tensor], size: Sequence[int]) -> torch.Tensor:
+        """Member k alone: its slice of every layer's output channels (its group of each grouped convolution)."""
+        def rows(width):
+            return slice(k * width // self.ensemble_size, (k + 1) * width // self.ensemble_size)
+        hidden = None
+        for layer, features in zip(self.first_layer, stage_features):
+            r = rows(layer.out_channels)
+            bias = None if layer.bias is None else layer.bias[r]
+            hidden = self._add_upsampled(hidden, self._conv(features, layer.weight[r], bias), size)
+        for layer in self.layers:
+            if isinstance(layer, nn.ReLU):
+                hidden = F.relu(hidden)
+            elif isinstance(layer, _BatchNorm):
+                r = rows(layer.num_features)
+                momentum = 0.0 if self._recomputing else (
+                    layer.momentum if layer.momentum is not None else 1.0 / float(layer.num_batches_tracked))
+                hidden = F.batch_norm(hidden, layer.running_mean[r], layer.running_var[r], layer.weight[r],
+                                      layer.bias[r], True, momentum, layer.eps)
+            else:
+                r = rows(layer.out_channels)
+                hidden = self._conv(hidden, layer.weight[r], layer.bias[r])
+        return hidden
 
 
 class PixelClassifierNetwork(TimeConditionedUNet):
@@ -77,7 +137,7 @@ class PixelClassifierNetwork(TimeConditionedUNet):
 
     def __init__(self, unet: nn.Module, stages: Sequence[int], timesteps: Sequence[int], alpha_bars: Sequence[float],
                  num_classes: int, ensemble_size: int = 5, hidden: Sequence[int] = (128, 64), noise_seed: int = 0,
-                 embedding_dim: int = None):
+                 embedding_dim: int = None, checkpoint_members: bool = True):
         super().__init__(unet, embedding_dim)
         num_stages = len(self.unet.decoder.stages)
         if not stages or any(not -num_stages <= s < num_stages for s in stages):
@@ -93,7 +153,7 @@ class PixelClassifierNetwork(TimeConditionedUNet):
         dim = convert_conv_op_to_dim(self.unet.encoder.conv_op)
         channels = self.decoder_stage_channels
         self.unet.decoder.seg_layers = MLPEnsembleHead([len(self.timesteps) * channels[s] for s in self.stages],
-                                                       num_classes, ensemble_size, hidden, dim)
+                                                       num_classes, ensemble_size, hidden, dim, checkpoint_members)
 
     @property
     def head(self) -> MLPEnsembleHead:

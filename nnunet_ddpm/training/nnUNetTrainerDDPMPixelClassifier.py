@@ -27,6 +27,9 @@ class nnUNetTrainerDDPMPixelClassifier(UsesPretrainedDenoiser):
       most informative activations; large t mostly sees noise.
     * ``ensemble_size = 5`` MLPs of shape features -> 128 -> 64 -> classes (Baranchuk et al. use 10; 5 halves the
       head's cost; the mean probability of the members is the prediction, their entropy the uncertainty).
+    * ``checkpoint_members = True``: the members train one at a time under activation checkpointing, which keeps
+      the training step's memory near stock nnU-Net's (the full-resolution head activations of all members would
+      double it; ``documentation/performance.md``) for about one more forward pass of the head.
     * Adam at 1e-3 (the optimiser of both papers' MLPs) with nnU-Net's poly schedule, for 100 epochs: only the small
       head learns, on fixed features, and it needs far fewer steps than a whole U-Net.
     """
@@ -35,6 +38,7 @@ class nnUNetTrainerDDPMPixelClassifier(UsesPretrainedDenoiser):
     feature_timesteps: Tuple[int, ...] = (50, 150, 250)
     ensemble_size = 5
     mlp_hidden: Tuple[int, ...] = (128, 64)
+    checkpoint_members = True
     noise_seed = 0  # seeds the noise that brings inputs to the feature timesteps: deterministic features
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
@@ -54,7 +58,8 @@ class nnUNetTrainerDDPMPixelClassifier(UsesPretrainedDenoiser):
         alpha_bars = [cls.diffusion.alpha_bar(t) for t in cls.feature_timesteps]
         stages = cls.feature_stages or tuple(range(-min(3, len(unet.decoder.stages)), 0))
         return PixelClassifierNetwork(unet, stages, cls.feature_timesteps, alpha_bars, num_output_channels,
-                                      cls.ensemble_size, cls.mlp_hidden, cls.noise_seed, cls.timestep_embedding_dim)
+                                      cls.ensemble_size, cls.mlp_hidden, cls.noise_seed, cls.timestep_embedding_dim,
+                                      cls.checkpoint_members)
 
     def initialize(self):
         super().initialize()

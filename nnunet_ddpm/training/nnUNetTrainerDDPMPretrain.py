@@ -163,8 +163,9 @@ class nnUNetTrainerDDPMPretrain(nnUNetTrainerDDPMBase):
     def update_ema(self):
         """theta_ema <- d * theta_ema + (1 - d) * theta, with d warmed up as min(decay, (1 + n) / (10 + n))."""
         decay = min(self.ema_decay, (1 + self.ema_updates) / (10 + self.ema_updates))
-        for ema_parameter, parameter in zip(self.ema_network.parameters(), self.unwrapped_network().parameters()):
-            ema_parameter.lerp_(parameter, 1 - decay)
+        # one multi-tensor kernel on a GPU, instead of one launch per parameter tensor
+        torch._foreach_lerp_(list(self.ema_network.parameters()), list(self.unwrapped_network().parameters()),
+                             1 - decay)
         self.ema_updates += 1
 
     def on_validation_epoch_start(self):

@@ -106,6 +106,32 @@ def test_split_first_layer_equals_mlp_on_concatenated_upsampled_features():
         assert torch.allclose(out[:, k], h, atol=1e-5)
 
 
+@pytest.mark.parametrize("dim", [2, 3])
+def test_member_checkpointing_changes_nothing_but_memory(dim):
+    """Training member by member under checkpointing gives the fused head's outputs, gradients and BatchNorm running
+    statistics (updated once per step, not again when the backward pass recomputes a member)."""
+    torch.manual_seed(0)
+    fused = MLPEnsembleHead([6, 5], num_classes=3, ensemble_size=3, hidden=(8, 4), dim=dim, checkpoint_members=False)
+    members = MLPEnsembleHead([6, 5], num_classes=3, ensemble_size=3, hidden=(8, 4), dim=dim)
+    members.load_state_dict(fused.state_dict())
+    size = (8,) * dim
+    features = [torch.randn(2, 6, *(4,) * dim), torch.randn(2, 5, *size)]
+    for step in range(2):
+        outputs = [head(features, size) for head in (fused, members)]
+        weights = torch.randn_like(outputs[0])
+        for out in outputs:
+            (out * weights).sum().backward()
+        assert outputs[1].shape == (2, 3, 3, *size)
+        assert torch.allclose(outputs[0], outputs[1], atol=1e-5)
+        for (name, a), b in zip(fused.named_parameters(), members.parameters()):
+            assert torch.allclose(a.grad, b.grad, atol=1e-4), name
+        for (name, a), b in zip(fused.named_buffers(), members.buffers()):
+            assert torch.allclose(a.float(), b.float(), atol=1e-6), name
+    assert int(members.layers[1].num_batches_tracked) == 2
+    with torch.no_grad():  # without gradients (validation in training mode) the fused path runs
+        assert torch.allclose(members(features, size), fused(features, size), atol=1e-5)
+
+
 @pytest.mark.parametrize("region_based", [False, True])
 def test_eval_output_is_the_mean_member_probability(region_based):
     network = make_network()

@@ -114,3 +114,16 @@ def test_fixed_timestep_network_is_deterministic_in_eval_and_noisy_in_training()
     assert torch.equal(first[0], second[0])
     network.train()
     assert not torch.equal(network(x)[0], network(x)[0])
+    # what reaches the U-Net: sqrt(alpha_bar) * x in eval, plus sqrt(1 - alpha_bar) * eps in training
+    seen = []
+    network.unet.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    network.eval()
+    with torch.no_grad():
+        network(x)
+    network.train()
+    torch.manual_seed(7)
+    network(x)
+    torch.manual_seed(7)
+    eps = torch.randn_like(x)
+    assert torch.allclose(seen[0], 0.6 ** 0.5 * x, atol=1e-6)
+    assert torch.allclose(seen[1], 0.6 ** 0.5 * x + 0.4 ** 0.5 * eps, atol=1e-6)
