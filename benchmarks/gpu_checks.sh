@@ -32,12 +32,15 @@ step() {  # step NAME SECONDS COMMAND...
 
 step train_step 120 python3 benchmarks/bench_training_step.py --device cuda --repeats 20 --warmup 5 \
     --out "$RESULTS/training_step_cuda.json"
+step profile 90 python3 benchmarks/profile_step.py --device cuda --batch 12 --out "$RESULTS/profile_step_cuda.json"
 step train_step_bf16 120 python3 benchmarks/bench_training_step.py --device cuda --bf16 --repeats 20 --warmup 5 \
     --out "$RESULTS/training_step_cuda_bf16.json"
 step train_step_memory 90 python3 benchmarks/bench_training_step.py --device cuda --memory --repeats 3 --warmup 2 \
     --out "$RESULTS/training_step_memory_cuda.json"
 step pixel_classifier 90 python3 benchmarks/bench_pixel_classifier.py --device cuda --repeats 10 --warmup 3 \
     --out "$RESULTS/pixel_classifier_cuda.json"
+step scaling 240 python3 benchmarks/bench_scaling.py --device cuda --repeats 10 --warmup 3 \
+    --out "$RESULTS/scaling_cuda.json"
 if [ -n "$E2E_ROOT" ]; then
     export nnUNet_raw=$E2E_ROOT/nnUNet_raw nnUNet_preprocessed=$E2E_ROOT/nnUNet_preprocessed \
         nnUNet_results=$E2E_ROOT/nnUNet_results nnUNet_extTrainer=$(nnUNetv2_ddpm_trainer_dir) \
