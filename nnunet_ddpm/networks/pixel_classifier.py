@@ -77,6 +77,7 @@ class MLPEnsembleHead(nn.Module):
             projected = F.interpolate(projected, size=tuple(size), mode=self.interpolation, align_corners=False)
         return projected if hidden is None else hidden + projected
 
+    @torch.compiler.disable  # TorchDynamo cannot trace a checkpoint with context_fn; nnU-Net compiles on GPUs
     def _forward_member_by_member(self, stage_features, size):
         for norm in self.layers:  # counted once per forward, as the fused path does
             if isinstance(norm, _BatchNorm) and norm.track_running_stats:

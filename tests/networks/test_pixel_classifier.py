@@ -132,6 +132,23 @@ def test_member_checkpointing_changes_nothing_but_memory(dim):
         assert torch.allclose(members(features, size), fused(features, size), atol=1e-5)
 
 
+def test_member_checkpointing_under_torch_compile():
+    """nnU-Net compiles the network on GPUs: the checkpointed members must survive TorchDynamo (run eagerly there)."""
+    torch.manual_seed(0)
+    fused = MLPEnsembleHead([6, 5], num_classes=3, ensemble_size=3, hidden=(8, 4), checkpoint_members=False)
+    members = MLPEnsembleHead([6, 5], num_classes=3, ensemble_size=3, hidden=(8, 4))
+    members.load_state_dict(fused.state_dict())
+    compiled = torch.compile(members, backend="eager")  # TorchDynamo's tracing, without a C++ compiler
+    features = [torch.randn(2, 6, 4, 4), torch.randn(2, 5, 8, 8)]
+    expected, got = fused(features, (8, 8)), compiled(features, (8, 8))
+    weights = torch.randn_like(expected)
+    (expected * weights).sum().backward()
+    (got * weights).sum().backward()
+    assert torch.allclose(expected, got, atol=1e-5)
+    assert all(torch.allclose(a.grad, b.grad, atol=1e-4) for a, b in zip(fused.parameters(), members.parameters()))
+    assert all(torch.allclose(a.float(), b.float(), atol=1e-6) for a, b in zip(fused.buffers(), members.buffers()))
+
+
 @pytest.mark.parametrize("region_based", [False, True])
 def test_eval_output_is_the_mean_member_probability(region_based):
     network = make_network()
