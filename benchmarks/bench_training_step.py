@@ -9,6 +9,7 @@ per level, attention with 4 heads at 32 x 32) is rebuilt with diffusers' UNet2DM
 
     python benchmarks/bench_training_step.py --repeats 5 --out documentation/benchmarks/training_step_cpu.json
     python benchmarks/bench_training_step.py --memory --skip-paper     # peak memory, one process per variant
+                                                  # (RSS and tensors on CPU, max allocated on GPU)
     python benchmarks/bench_training_step.py --device cuda --bf16 --compile   # GPU: bf16 autocast, torch.compile
 """
 import contextlib
@@ -19,6 +20,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -88,6 +90,42 @@ def peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux; other systems: approximate
 
 
+class TensorMemory:
+    """Peak bytes of tensors that torch's allocator held inside the block, less those alive at its start.
+
+    On a GPU that is ``torch.cuda.max_memory_allocated``. On the CPU it is read from ``torch.profiler``'s memory events
+    (the CPU allocator reports every allocation and free to it): the counterpart of the GPU number, tensors only,
+    without the interpreter, libraries and freed-but-kept pages that RSS includes. Kernels' own scratch memory differs
+    between devices (cuDNN workspaces, oneDNN buffers), so the two agree closely but not exactly.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device, self.peak_bytes, self._profiler = device, None, None
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+            self._start = torch.cuda.memory_allocated()
+        else:
+            self._profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
+                                                    profile_memory=True)
+            self._profiler.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self._profiler is None:
+            self.peak_bytes = torch.cuda.max_memory_allocated() - self._start
+            return
+        self._profiler.__exit__(*exc)
+        with tempfile.TemporaryDirectory() as folder:
+            trace = Path(folder) / "trace.json"
+            self._profiler.export_chrome_trace(str(trace))
+            events = json.loads(trace.read_text())["traceEvents"]
+        # "Total Allocated" counts from the profiler's start; device type 0 is the CPU
+        self.peak_bytes = max((e["args"]["Total Allocated"] for e in events
+                               if e.get("name") == "[memory]" and e["args"].get("Device Type") == 0), default=0)
+
+
 def autocast(device, bf16):
     """bf16 autocast around forward and loss, as nnU-Net's trainer does with its own autocast on GPU."""
     return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
@@ -150,9 +188,10 @@ def main():
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast around forward and loss")
     parser.add_argument("--compile", action="store_true", help="torch.compile every network (not the optimizer)")
     parser.add_argument("--memory", action="store_true",
-                        help="measure peak memory instead: each variant alone in a fresh process (RSS on CPU, max "
-                             "allocated on GPU) over warm-up + repeats steps")
+                        help="measure peak memory instead: each variant alone in a fresh process (RSS and peak of "
+                             "tensors on CPU, max allocated on GPU) over warm-up + repeats steps")
     parser.add_argument("--only", default=None, help=argparse.SUPPRESS)  # internal: one variant, print its peak
+    parser.add_argument("--tensors", action="store_true", help=argparse.SUPPRESS)  # internal: with --only on CPU
     args = parser.parse_args()
     if args.memory:
         return measure_memory(args)
@@ -182,18 +221,19 @@ def main():
     if not args.skip_paper:
         builders["paper's denoiser (improved DDPM, diffusers)"] = build_paper
     if args.only is not None:  # build only this variant, so that the peak is its own
-        builders = {args.only: builders[args.only]}
+        # from the network's construction on, as in a trainer; on the CPU the profiler that counts tensors adds to
+        # the RSS, so the RSS comes from a run without it
+        with TensorMemory(device) if args.tensors or device.type == "cuda" else contextlib.nullcontext() as tensors:
+            step, _ = builders[args.only]()
+            for _ in range(args.warmup + args.repeats):
+                step()
+        peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else peak_rss()
+        print(json.dumps({"variant": args.only, "peak_bytes": None if args.tensors else peak,
+                          "tensor_peak_bytes": tensors.peak_bytes if tensors else None}))
+        return
     built = {name: build() for name, build in builders.items()}
     variants = {name: step for name, (step, _) in built.items()}
     parameters = {name: network for name, (_, network) in built.items()}
-
-    if args.only is not None:
-        step = variants[args.only]
-        for _ in range(args.warmup + args.repeats):
-            step()
-        peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else peak_rss()
-        print(json.dumps({"variant": args.only, "peak_bytes": peak}))
-        return
 
     times = {name: [] for name in variants}
     for repeat in tqdm(range(args.warmup + args.repeats), desc="interleaved repeats"):
@@ -241,22 +281,30 @@ def measure_memory(args):
              "DDPM pretraining (plan-derived denoiser, with EMA)"]
     if not args.skip_paper:
         names.append("paper's denoiser (improved DDPM, diffusers)")
-    peaks = {}
+    peaks, tensor_peaks = {}, {}
     for name in tqdm(names, desc="variants"):
-        output = subprocess.run([sys.executable, __file__, "--only", name, "--device", args.device,
-                                 "--repeats", str(args.repeats), "--warmup", str(args.warmup)]
-                                + (["--skip-paper"] if args.skip_paper else []) + (["--bf16"] if args.bf16 else []),
-                                capture_output=True, text=True, check=True).stdout
-        peaks[name] = json.loads(output.strip().splitlines()[-1])["peak_bytes"]
+        def child(*extra):
+            output = subprocess.run([sys.executable, __file__, "--only", name, "--device", args.device,
+                                     "--repeats", str(args.repeats), "--warmup", str(args.warmup), *extra]
+                                    + (["--skip-paper"] if args.skip_paper else []) + (["--bf16"] if args.bf16 else []),
+                                    capture_output=True, text=True, check=True).stdout
+            return json.loads(output.strip().splitlines()[-1])
+        result = child()
+        peaks[name], tensor_peaks[name] = result["peak_bytes"], result["tensor_peak_bytes"]
+        if tensor_peaks[name] is None:  # CPU: tensors counted in a run of their own
+            tensor_peaks[name] = child("--tensors")["tensor_peak_bytes"]
     kind = "max allocated (GPU)" if args.device.startswith("cuda") else "peak RSS (CPU)"
-    reference = peaks[names[0]]
-    print(f"\n{kind}, batch {BATCH}, input {CHANNELS}x{SIZE}x{SIZE}, {args.warmup + args.repeats} steps")
-    print("| variant | peak (GiB) | x stock |\n|---|---|---|")
-    for name, peak in peaks.items():
-        print(f"| {name} | {peak / 2 ** 30:.2f} | {peak / reference:.2f} |")
+    print(f"\n{args.device}, batch {BATCH}, input {CHANNELS}x{SIZE}x{SIZE}, {args.warmup + args.repeats} steps, "
+          f"bf16 {args.bf16}")
+    print(f"| variant | {kind} (GiB) | x stock | peak of tensors (GiB) | x stock |\n|---|---|---|---|---|")
+    for name in names:
+        print(f"| {name} | {peaks[name] / 2 ** 30:.2f} | {peaks[name] / peaks[names[0]]:.2f} "
+              f"| {tensor_peaks[name] / 2 ** 30:.3f} | {tensor_peaks[name] / tensor_peaks[names[0]]:.2f} |")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"kind": kind, "batch": BATCH, "peaks_bytes": peaks}, indent=2))
+        Path(args.out).write_text(json.dumps({"kind": kind, "device": args.device, "batch": BATCH, "bf16": args.bf16,
+                                              "steps": args.warmup + args.repeats, "peaks_bytes": peaks,
+                                              "tensor_peaks_bytes": tensor_peaks}, indent=2))
 
 
 if __name__ == "__main__":

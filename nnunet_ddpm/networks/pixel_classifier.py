@@ -31,6 +31,28 @@ from torch.utils.checkpoint import checkpoint
 from nnunet_ddpm.networks.time_conditioned_unet import TimeConditionedUNet
 
 
+class _ChannelMoments(torch.autograd.Function):
+    """Per-channel biased variance and mean of x (B, C, *spatial), as BatchNorm computes them in training.
+
+    ``torch.var_mean``'s backward builds three temporaries the size of x; this one builds one,
+    (2 / n) dvar (x - mean) + dmean / n, in place. x is kept for the backward pass, but the head keeps it anyway
+    (it is the next convolution's input).
+    """
+
+    @staticmethod
+    def forward(ctx, x):
+        var, mean = torch.var_mean(x, dim=[0, *range(2, x.ndim)], correction=0)
+        ctx.save_for_backward(x, mean)
+        return var, mean
+
+    @staticmethod
+    def backward(ctx, grad_var, grad_mean):
+        x, mean = ctx.saved_tensors
+        n, per_channel = x.numel() // x.shape[1], (1, -1) + (1,) * (x.ndim - 2)
+        grad = x - mean.view(per_channel)
+        return grad.mul_(grad_var.view(per_channel) * (2 / n)).add_(grad_mean.view(per_channel) / n)
+
+
 class MLPEnsembleHead(nn.Module):
     """K pixel-wise MLPs, features -> 128 -> 64 -> classes, each hidden layer Linear -> ReLU -> BatchNorm (the layer
     order of the paper's code and of Baranchuk et al.). Input: one feature map per stage; output (B, K, classes, ...).
@@ -97,7 +119,13 @@ class MLPEnsembleHead(nn.Module):
             self._recomputing = False
 
     def _member(self, k: int, stage_features: Sequence[torch.Tensor], size: Sequence[int]) -> torch.Tensor:
-        """Member k alone: its slice of every layer's output channels (its group of each grouped convolution)."""
+        """Member k alone: its slice of every layer's output channels (its group of each grouped convolution).
+
+        Each BatchNorm is folded into the 1x1 convolution after it, conv(W, a * r + b) = conv(W a, r) + W b, with the
+        norm's per-channel scale a and shift b computed from the batch statistics of r as the norm computes them.
+        The same function, but the norm's output, a full-resolution tensor per hidden layer, is never stored for the
+        backward pass (the ReLU output r is stored anyway), which halves a member's activations.
+        """
         def rows(width):
             return slice(k * width // self.ensemble_size, (k + 1) * width // self.ensemble_size)
         hidden = None
@@ -105,19 +133,34 @@ class MLPEnsembleHead(nn.Module):
             r = rows(layer.out_channels)
             bias = None if layer.bias is None else layer.bias[r]
             hidden = self._add_upsampled(hidden, self._conv(features, layer.weight[r], bias), size)
+        scale = shift = None  # a BatchNorm's, waiting for the next convolution
         for layer in self.layers:
             if isinstance(layer, nn.ReLU):
-                hidden = F.relu(hidden)
+                hidden = F.relu_(hidden)  # in place: its input (a sum, a convolution's output) is not kept
             elif isinstance(layer, _BatchNorm):
-                r = rows(layer.num_features)
-                momentum = 0.0 if self._recomputing else (
-                    layer.momentum if layer.momentum is not None else 1.0 / float(layer.num_batches_tracked))
-                hidden = F.batch_norm(hidden, layer.running_mean[r], layer.running_var[r], layer.weight[r],
-                                      layer.bias[r], True, momentum, layer.eps)
+                scale, shift = self._batch_norm_affine(layer, rows(layer.num_features), hidden)
             else:
                 r = rows(layer.out_channels)
-                hidden = self._conv(hidden, layer.weight[r], layer.bias[r])
+                weight, bias = layer.weight[r], layer.bias[r]
+                if scale is not None:
+                    bias = bias + weight.flatten(1) @ shift
+                    weight = weight * scale.view(1, -1, *weight.shape[2:])
+                    scale = shift = None
+                hidden = self._conv(hidden, weight, bias)
         return hidden
+
+    def _batch_norm_affine(self, norm: _BatchNorm, channels: slice, x: torch.Tensor):
+        """Scale and shift with which ``norm`` (training mode, these channels) maps x; updates its running
+        statistics as ``F.batch_norm`` would, except while the backward pass recomputes a member."""
+        var, mean = _ChannelMoments.apply(x)
+        if norm.track_running_stats and not self._recomputing:
+            momentum = norm.momentum if norm.momentum is not None else 1.0 / float(norm.num_batches_tracked)
+            n = x.numel() // x.shape[1]
+            with torch.no_grad():  # the running variance is the unbiased one
+                norm.running_mean[channels].lerp_(mean, momentum)
+                norm.running_var[channels].lerp_(var * (n / max(n - 1, 1)), momentum)
+        scale = norm.weight[channels] * torch.rsqrt(var + norm.eps)
+        return scale, norm.bias[channels] - mean * scale
 
 
 class PixelClassifierNetwork(TimeConditionedUNet):
@@ -138,7 +181,7 @@ class PixelClassifierNetwork(TimeConditionedUNet):
 
     def __init__(self, unet: nn.Module, stages: Sequence[int], timesteps: Sequence[int], alpha_bars: Sequence[float],
                  num_classes: int, ensemble_size: int = 5, hidden: Sequence[int] = (128, 64), noise_seed: int = 0,
-                 embedding_dim: int = None, checkpoint_members: bool = True):
+                 embedding_dim: int = None, checkpoint_members: bool = True, timesteps_per_pass: int = None):
         super().__init__(unet, embedding_dim)
         num_stages = len(self.unet.decoder.stages)
         if not stages or any(not -num_stages <= s < num_stages for s in stages):
@@ -151,6 +194,10 @@ class PixelClassifierNetwork(TimeConditionedUNet):
         self.register_buffer("signal_scales", torch.tensor([math.sqrt(a) for a in alpha_bars]), persistent=False)
         self.register_buffer("noise_scales", torch.tensor([math.sqrt(1 - a) for a in alpha_bars]), persistent=False)
         self.noise_seed = noise_seed
+        if timesteps_per_pass is not None and timesteps_per_pass < 1:
+            raise ValueError(f"timesteps_per_pass must be at least 1, or None for all timesteps in one pass; "
+                             f"got {timesteps_per_pass}.")
+        self.timesteps_per_pass = timesteps_per_pass or len(self.timesteps)
         dim = convert_conv_op_to_dim(self.unet.encoder.conv_op)
         channels = self.decoder_stage_channels
         self.unet.decoder.seg_layers = MLPEnsembleHead([len(self.timesteps) * channels[s] for s in self.stages],
@@ -172,17 +219,31 @@ class PixelClassifierNetwork(TimeConditionedUNet):
 
     @torch.no_grad()
     def features(self, x: torch.Tensor) -> List[torch.Tensor]:
-        """Decoder features of all timesteps in one batched pass; per stage (B, T x C_stage, *stage_spatial)."""
+        """Decoder features of all timesteps; per stage (B, T x C_stage, *stage_spatial), timestep-major channels.
+
+        The denoiser runs on ``timesteps_per_pass`` noised copies of the batch at once: all of them in one pass saves
+        launches where they dominate (2D on a GPU); fewer per pass bound the peak memory of large 3D patches, where
+        one pass over T x B volumes would hold T times the activations. The outputs are the same either way.
+        """
         generator = torch.Generator(device=x.device).manual_seed(self.noise_seed)
         noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        num_t, batch = len(self.timesteps), x.shape[0]
-        view = (num_t, 1) + (1,) * (x.ndim - 1)
-        noisy = (self.signal_scales.to(x.dtype).view(view) * x + self.noise_scales.to(x.dtype).view(view) * noise)
-        timesteps = torch.tensor(self.timesteps, device=x.device).repeat_interleave(batch)
-        stage_outputs = self.decoder_features(noisy.reshape(num_t * batch, *x.shape[1:]), timesteps, self.stages)
-        # (T * B, C, ...) -> (B, T * C, ...): timestep-major channel blocks
-        return [f.reshape(num_t, batch, *f.shape[1:]).transpose(0, 1).reshape(batch, -1, *f.shape[2:])
-                for f in stage_outputs]
+        num_t, batch, per_timestep = len(self.timesteps), x.shape[0], (-1,) + (1,) * x.ndim
+        signal_scales, noise_scales = self.signal_scales.to(x.dtype), self.noise_scales.to(x.dtype)
+        features = None
+        for start in range(0, num_t, self.timesteps_per_pass):
+            chunk = slice(start, start + self.timesteps_per_pass)
+            timesteps = torch.tensor(self.timesteps[chunk], device=x.device)
+            n = len(timesteps)
+            noisy = signal_scales[chunk].view(per_timestep) * x + noise_scales[chunk].view(per_timestep) * noise
+            outputs = self.decoder_features(noisy.reshape(n * batch, *x.shape[1:]), timesteps.repeat_interleave(batch),
+                                            self.stages)
+            del noisy
+            if features is None:
+                features = [f.new_empty(batch, num_t * f.shape[1], *f.shape[2:]) for f in outputs]
+            for out, f in zip(features, outputs):  # (n * B, C, ...) -> channel blocks of (B, T * C, ...)
+                out.view(batch, num_t, *f.shape[1:])[:, chunk] = f.view(n, batch, *f.shape[1:]).transpose(0, 1)
+            del outputs
+        return features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # no timestep argument: the features use their own
         member_logits = self.head(self.features(x), x.shape[2:])

@@ -30,6 +30,9 @@ class nnUNetTrainerDDPMPixelClassifier(UsesPretrainedDenoiser):
     * ``checkpoint_members = True``: the members train one at a time under activation checkpointing, which keeps
       the training step's memory near stock nnU-Net's (the full-resolution head activations of all members would
       double it; ``documentation/performance.md``) for about one more forward pass of the head.
+    * ``feature_timesteps_per_pass = None``: all feature timesteps in one denoiser pass for 2D plans (fewer, larger
+      launches), one timestep per pass for 3D plans, where a pass over T x B volumes would hold T times the
+      activations (1.34 x stock nnU-Net's peak memory at 96^3 before; ``documentation/performance.md``).
     * Adam at 1e-3 (the optimiser of both papers' MLPs) with nnU-Net's poly schedule, for 100 epochs: only the small
       head learns, on fixed features, and it needs far fewer steps than a whole U-Net.
     """
@@ -39,6 +42,7 @@ class nnUNetTrainerDDPMPixelClassifier(UsesPretrainedDenoiser):
     ensemble_size = 5
     mlp_hidden: Tuple[int, ...] = (128, 64)
     checkpoint_members = True
+    feature_timesteps_per_pass: Optional[int] = None  # None: all at once in 2D, one at a time in 3D
     noise_seed = 0  # seeds the noise that brings inputs to the feature timesteps: deterministic features
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
@@ -57,9 +61,10 @@ class nnUNetTrainerDDPMPixelClassifier(UsesPretrainedDenoiser):
                                      deep_supervision=False)
         alpha_bars = [cls.diffusion.alpha_bar(t) for t in cls.feature_timesteps]
         stages = cls.feature_stages or tuple(range(-min(3, len(unet.decoder.stages)), 0))
+        per_pass = cls.feature_timesteps_per_pass or (None if len(configuration_manager.patch_size) == 2 else 1)
         return PixelClassifierNetwork(unet, stages, cls.feature_timesteps, alpha_bars, num_output_channels,
                                       cls.ensemble_size, cls.mlp_hidden, cls.noise_seed, cls.timestep_embedding_dim,
-                                      cls.checkpoint_members)
+                                      cls.checkpoint_members, per_pass)
 
     def initialize(self):
         super().initialize()
@@ -68,8 +73,8 @@ class nnUNetTrainerDDPMPixelClassifier(UsesPretrainedDenoiser):
     def apply_pretrained_weights(self, weights: dict) -> str:
         network = self.unwrapped_network()
         transfer_denoiser_weights(network, weights)  # every key but the head's (.seg_layers.)
-        return (f"frozen; features of decoder stages {network.stages} at timesteps {network.timesteps}, "
-                f"ensemble of {self.ensemble_size} MLPs")
+        return (f"frozen; features of decoder stages {network.stages} at timesteps {network.timesteps} "
+                f"({network.timesteps_per_pass} per denoiser pass), ensemble of {self.ensemble_size} MLPs")
 
     def _build_loss(self):
         return EnsembleLoss(super()._build_loss())

@@ -21,11 +21,12 @@ def make_denoiser(dim=2):
     return denoiser
 
 
-def make_network(dim=2, stages=(-2, -1), timesteps=(50, 150), ensemble_size=3, num_classes=4, denoiser=None):
+def make_network(dim=2, stages=(-2, -1), timesteps=(50, 150), ensemble_size=3, num_classes=4, denoiser=None,
+                 **kwargs):
     """The pixel classifier on ``denoiser``'s weights, as the trainer builds and loads it."""
     alpha_bars = [math.cos(t / 1000 * math.pi / 2) ** 2 for t in timesteps]
     network = PixelClassifierNetwork(build_unet_from_plans(configuration(dim), 2, 2, deep_supervision=False), stages,
-                                     timesteps, alpha_bars, num_classes, ensemble_size)
+                                     timesteps, alpha_bars, num_classes, ensemble_size, **kwargs)
     transfer_denoiser_weights(network, (denoiser or make_denoiser(dim)).state_dict())
     return network
 
@@ -44,9 +45,12 @@ def test_shapes_in_training_and_eval(dim):
     assert [layer.in_channels for layer in network.head.first_layer] == [2 * 16, 2 * 8]
 
 
-def test_features_are_the_decoder_stage_outputs_of_each_noised_input():
+@pytest.mark.parametrize("timesteps_per_pass", [None, 1, 2])
+def test_features_are_the_decoder_stage_outputs_of_each_noised_input(timesteps_per_pass):
+    """All timesteps in one pass, one per pass, and 2 + 1: the same features."""
     denoiser = make_denoiser()
-    network = make_network(stages=(0, 1), timesteps=(50, 150), denoiser=denoiser)
+    network = make_network(stages=(0, 1), timesteps=(50, 150, 250), denoiser=denoiser,
+                           timesteps_per_pass=timesteps_per_pass)
     x = torch.randn(2, 2, 16, 16)
     features = network.features(x)
     generator = torch.Generator().manual_seed(network.noise_seed)
@@ -59,9 +63,9 @@ def test_features_are_the_decoder_stage_outputs_of_each_noised_input():
         denoiser(noisy, torch.tensor([t, t]))
     for h in hooks:
         h.remove()
-    # captured: t0 stage0, t0 stage1, t1 stage0, t1 stage1; features put timestep blocks along channels
+    # captured: t0 stage0, t0 stage1, t1 stage0, ...; features put timestep blocks along channels
     for stage in (0, 1):
-        expected = torch.cat([captured[stage], captured[2 + stage]], 1)
+        expected = torch.cat([captured[stage], captured[2 + stage], captured[4 + stage]], 1)
         assert torch.allclose(features[stage], expected, atol=1e-5)
 
 
@@ -203,3 +207,5 @@ def test_bad_stages_and_timesteps_are_refused():
         make_network(stages=(5,))
     with pytest.raises(ValueError, match="at least one feature timestep"):
         make_network(timesteps=())
+    with pytest.raises(ValueError, match="timesteps_per_pass must be at least 1"):
+        make_network(timesteps_per_pass=0)
