@@ -35,22 +35,24 @@ class _ChannelMoments(torch.autograd.Function):
     """Per-channel biased variance and mean of x (B, C, *spatial), as BatchNorm computes them in training.
 
     ``torch.var_mean``'s backward builds three temporaries the size of x; this one builds one,
-    (2 / n) dvar (x - mean) + dmean / n, in place. x is kept for the backward pass, but the head keeps it anyway
-    (it is the next convolution's input).
+    (2 / n) dvar (x - mean) + dmean / n, in place and in x's dtype. x is kept for the backward pass, but the head keeps
+    it anyway (it is the next convolution's input). The moments come out in float32, as BatchNorm keeps its
+    statistics under autocast (x is then float16 or bfloat16; its reduction accumulates in float32).
     """
 
     @staticmethod
     def forward(ctx, x):
         var, mean = torch.var_mean(x, dim=[0, *range(2, x.ndim)], correction=0)
         ctx.save_for_backward(x, mean)
-        return var, mean
+        return var.float(), mean.float()
 
     @staticmethod
     def backward(ctx, grad_var, grad_mean):
         x, mean = ctx.saved_tensors
         n, per_channel = x.numel() // x.shape[1], (1, -1) + (1,) * (x.ndim - 2)
         grad = x - mean.view(per_channel)
-        return grad.mul_(grad_var.view(per_channel) * (2 / n)).add_(grad_mean.view(per_channel) / n)
+        grad.mul_((grad_var * (2 / n)).to(x.dtype).view(per_channel))
+        return grad.add_((grad_mean / n).to(x.dtype).view(per_channel))
 
 
 class MLPEnsembleHead(nn.Module):

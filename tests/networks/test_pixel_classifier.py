@@ -136,6 +136,33 @@ def test_member_checkpointing_changes_nothing_but_memory(dim):
         assert torch.allclose(members(features, size), fused(features, size), atol=1e-5)
 
 
+def test_member_checkpointing_under_autocast():
+    """nnU-Net trains under float16 autocast on GPUs: the members (their folded BatchNorms) must run on half-precision
+    activations, keep float32 running statistics, and round about as much as the fused head does under autocast."""
+    torch.manual_seed(0)
+    reference = MLPEnsembleHead([6, 5], num_classes=3, ensemble_size=3, hidden=(8, 4), checkpoint_members=False)
+    fused = MLPEnsembleHead([6, 5], num_classes=3, ensemble_size=3, hidden=(8, 4), checkpoint_members=False)
+    members = MLPEnsembleHead([6, 5], num_classes=3, ensemble_size=3, hidden=(8, 4))
+    fused.load_state_dict(reference.state_dict())
+    members.load_state_dict(reference.state_dict())
+    features = [torch.randn(2, 6, 4, 4), torch.randn(2, 5, 8, 8)]
+    weights, outputs = torch.randn(2, 3, 3, 8, 8), []
+    for head, half in ((reference, False), (fused, True), (members, True)):
+        with torch.autocast("cpu", dtype=torch.float16, enabled=half):
+            out = head(features, (8, 8))
+        (out.float() * weights).sum().backward()
+        outputs.append(out.float())
+    assert torch.allclose(outputs[0], outputs[2], atol=1e-2, rtol=1e-2)
+
+    def error(head, name):
+        exact = dict(reference.named_parameters())[name].grad
+        return float((dict(head.named_parameters())[name].grad - exact).norm() / exact.norm())
+    for name, _ in reference.named_parameters():  # measured: members at most 2.6 x the fused head's rounding
+        assert error(members, name) <= 4 * error(fused, name) + 1e-3, name
+    for (name, a), b in zip(reference.named_buffers(), members.buffers()):
+        assert a.dtype == b.dtype and torch.allclose(a.float(), b.float(), atol=1e-2, rtol=1e-2), name
+
+
 def test_member_checkpointing_under_torch_compile():
     """nnU-Net compiles the network on GPUs: the checkpointed members must survive TorchDynamo (run eagerly there)."""
     torch.manual_seed(0)
