@@ -9,6 +9,7 @@ memory there is the step's own (peak less what the process held before the first
 
     python benchmarks/bench_scaling.py --out documentation/benchmarks/scaling_cpu.json
     python benchmarks/bench_scaling.py --sizes 2d:64 2d:128 --repeats 2      # a subset
+    python benchmarks/bench_scaling.py --skip-times --tensors --sizes 3d:32 3d:64   # memory with the peak of tensors
 """
 import argparse
 import json
@@ -26,7 +27,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_training_step import CHANNELS, CLASSES, denoising_step, peak_rss, planned_configuration, \
+from bench_training_step import CHANNELS, CLASSES, TensorMemory, denoising_step, peak_rss, planned_configuration, \
     segmentation_step  # noqa
 
 from nnunet_ddpm.networks import EnsembleLoss  # noqa: E402
@@ -100,13 +101,22 @@ def current_rss() -> int:
 
 
 def measure_memory(size, variant, args):
-    """Peak of a fresh process over two steps, and what it held before the first (libraries, network, inputs)."""
-    output = subprocess.run([sys.executable, __file__, "--only", size, variant, "--device", args.device],
-                            capture_output=True, text=True)
-    if output.returncode != 0:  # e.g. out of memory: recorded, not fatal
-        return None, None, output.stderr.strip().splitlines()[-1] if output.stderr.strip() else "killed"
-    result = json.loads(output.stdout.strip().splitlines()[-1])
-    return result["peak_bytes"], result.get("before_steps_bytes"), None
+    """Peak of a fresh process over two steps, what it held before the first (libraries, network, inputs), and with
+    ``--tensors`` the peak of tensors from the network's construction on (on the CPU in a second process: the
+    profiler that counts them adds to the RSS)."""
+    def child(*extra):
+        output = subprocess.run([sys.executable, __file__, "--only", size, variant, "--device", args.device, *extra],
+                                capture_output=True, text=True)
+        if output.returncode != 0:  # e.g. out of memory: recorded, not fatal
+            raise RuntimeError(output.stderr.strip().splitlines()[-1] if output.stderr.strip() else "killed")
+        return json.loads(output.stdout.strip().splitlines()[-1])
+    try:
+        result = child()
+        if args.tensors and result.get("tensor_peak_bytes") is None:
+            result["tensor_peak_bytes"] = child("--count-tensors")["tensor_peak_bytes"]
+    except RuntimeError as error:
+        return {"memory_error": str(error)}
+    return result | {"memory_error": None}
 
 
 def main():
@@ -119,16 +129,28 @@ def main():
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-times", action="store_true")
     parser.add_argument("--out", default=None, help="JSON file for the results")
+    parser.add_argument("--tensors", action="store_true",
+                        help="also the peak of tensors (the GPU's max allocated; on the CPU read from torch.profiler)")
     parser.add_argument("--only", nargs=2, default=None, help=argparse.SUPPRESS)  # internal: one peak
+    parser.add_argument("--count-tensors", action="store_true", help=argparse.SUPPRESS)  # internal, with --only
     args = parser.parse_args()
     device = torch.device(args.device)
     if args.only is not None:
+        if args.count_tensors:
+            with TensorMemory(device) as tensors:
+                step = build(args.only[1], configuration(args.only[0]), device)
+                for _ in range(2):
+                    step()
+            print(json.dumps({"tensor_peak_bytes": tensors.peak_bytes}))
+            return
         step = build(args.only[1], configuration(args.only[0]), device)
         before = torch.cuda.memory_allocated() if device.type == "cuda" else current_rss()
         for _ in range(2):
             step()
         peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else peak_rss()
-        print(json.dumps({"peak_bytes": peak, "before_steps_bytes": before}))
+        # on a GPU the peak of tensors is the max allocated (the process starts empty)
+        print(json.dumps({"peak_bytes": peak, "before_steps_bytes": before,
+                          "tensor_peak_bytes": peak if device.type == "cuda" else None}))
         return
 
     rows = []
@@ -137,12 +159,13 @@ def main():
         medians, times = ({v: None for v in args.variants}, {v: [] for v in args.variants}) if args.skip_times \
             else measure_times(size, args.variants, args, device)
         for variant in args.variants:
-            peak, before, error = (None, None, "skipped") if args.skip_memory else measure_memory(size, variant, args)
+            memory = {"memory_error": "skipped"} if args.skip_memory else measure_memory(size, variant, args)
             rows.append({"size": size, "patch": plans.patch_size, "batch": plans.batch_size,
                          "stages": len(plans.pool_op_kernel_sizes), "variant": variant,
                          "voxels": plans.batch_size * math.prod(plans.patch_size), "median_s": medians[variant],
-                         "times_s": times[variant], "peak_bytes": peak, "before_steps_bytes": before,
-                         "memory_error": error})
+                         "times_s": times[variant], "peak_bytes": memory.get("peak_bytes"),
+                         "before_steps_bytes": memory.get("before_steps_bytes"),
+                         "tensor_peak_bytes": memory.get("tensor_peak_bytes"), "memory_error": memory["memory_error"]})
         if args.out:  # after every size, so that a long run keeps what it measured
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             Path(args.out).write_text(json.dumps({"device": args.device, "threads": torch.get_num_threads(),
@@ -160,7 +183,8 @@ def print_table(rows):
         return None if row.get("before_steps_bytes") is None else row["peak_bytes"] - row["before_steps_bytes"]
 
     print("| patch (batch) | stages | variant | s / step | x stock | time per voxel, x smallest | peak (GiB) | "
-          "step memory (GiB) | x stock | step memory per voxel, x smallest |\n|---|---|---|---|---|---|---|---|---|---|")
+          "step memory (GiB) | x stock | step memory per voxel, x smallest | peak of tensors (GiB) | x stock |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         stock = next(r for r in rows if r["size"] == row["size"] and r["variant"] == "stock nnU-Net")
         first = next(r for r in rows if r["size"].split(":")[0] == row["size"].split(":")[0]
@@ -170,9 +194,12 @@ def print_table(rows):
         seconds = "-" if row["median_s"] is None else f"{row['median_s']:.3f}"
         peak = "-" if row["peak_bytes"] is None else f"{row['peak_bytes'] / 2 ** 30:.2f}"
         step = "-" if step_memory(row) is None else f"{step_memory(row) / 2 ** 30:.2f}"
+        tensors = row.get("tensor_peak_bytes")
         print(f"| {' x '.join(map(str, row['patch']))} ({row['batch']}) | {row['stages']} | {row['variant']} | "
               f"{seconds} | {ratio(row['median_s'], stock['median_s'])} | {ratio(*per_voxel)} | {peak} | {step} | "
-              f"{ratio(step_memory(row), step_memory(stock))} | {ratio(*memory)} |")
+              f"{ratio(step_memory(row), step_memory(stock))} | {ratio(*memory)} | "
+              f"{'-' if tensors is None else f'{tensors / 2 ** 30:.3f}'} | "
+              f"{ratio(tensors, stock.get('tensor_peak_bytes'))} |")
 
 
 if __name__ == "__main__":
