@@ -7,7 +7,8 @@ def test_demo_runs_the_comparison_end_to_end_and_resumes(nnunet, tmp_path):
     args = ("nnUNetv2_ddpm_demo", "-o", out, "--size", "32", "--train-cases", "6", "--test-cases", "2",
             "--epochs", "1", "--pretrain-epochs", "1", "--iterations", "2", "--budgets", "2",
             "--methods", "baseline", "finetune")
-    first = nnunet.run(*args, training=False)
+    # the tests' environment skips final validations; the demo must skip them by itself
+    first = nnunet.run(*args, training=False, extra_env={"nnUNet_ddpm_demo_skip_validation": "0"})
     assert "train nnUNetTrainerDDPMPretrain_demo fold all" in first.output
     assert "| labelled cases | nnU-Net (supervised): edema" in first.output
     report = json.loads((out / "benchmark" / "results.json").read_text())

@@ -24,7 +24,9 @@ ANNOTATED = (4, 6, 8)
 
 
 def run_command(nnunet, *args, ok=True):
-    return nnunet.run(*COMMAND, *args, ok=ok, extra_env={"PYTHONPATH": str(REPO)})
+    # the tests' environment skips final validations; the tool must skip them by itself
+    return nnunet.run(*COMMAND, *args, ok=ok, extra_env={"PYTHONPATH": str(REPO),
+                                                         "nnUNet_ddpm_demo_skip_validation": "0"})
 
 
 def _write(array, path, spacing, origin, direction):
@@ -86,6 +88,9 @@ def test_phantom_end_to_end_pixel_classifier(nnunet, phantom_patient, tmp_path, 
     assert set(dice) == {"label_1", "label_2", "label_3"}
     assert all(v is None or 0 <= v <= 1 for v in dice.values())
     assert (output / "montage_pixel.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # fold "all" would validate on its own training slices: skipped
+    model = output / "nnUNet_results" / "Dataset800_Patient" / "nnUNetTrainerDDPMPixelClassifier_demo__nnUNetPlans__2d"
+    assert "Final validation skipped" in next((model / "fold_all").glob("training_log_*.txt")).read_text()
     # the slice dataset: annotated slices for training, the others for pretraining, every slice to predict
     raw = output / "nnUNet_raw" / "Dataset800_Patient"
     assert sorted(p.name for p in (raw / "labelsTr").iterdir()) == [f"patient_s{i:03d}.nii.gz" for i in ANNOTATED]

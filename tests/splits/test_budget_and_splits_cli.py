@@ -9,7 +9,7 @@ DATASET_ID, DATASET_NAME = PHANTOM_2D
 def test_baseline_and_ddpm_variants_train_on_the_same_cases(nnunet, pretrained_2d):
     folders = {}
     for trainer in ("nnUNetTrainer_demo_5labels", "nnUNetTrainerDDPMFinetune_demo_5labels"):
-        result = nnunet.train(DATASET_ID, "2d", 0, trainer)
+        result = nnunet.train(DATASET_ID, "2d", 0, trainer, validate=True)
         assert "Label budget: training on 5 of the fold's 6 training cases" in result.output
         folders[trainer] = nnunet.trainer_folder(DATASET_NAME, trainer, "2d", 0)
     chosen = [json.loads((f / "labelled_cases.json").read_text()) for f in folders.values()]

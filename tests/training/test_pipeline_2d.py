@@ -72,7 +72,7 @@ def test_pretraining_never_reads_labels(nnunet, pretrained_2d, tmp_path):
 
 
 def test_finetune_predict_evaluate_and_determinism(nnunet, pretrained_2d, tmp_path):
-    result = nnunet.train(DATASET_ID, "2d", 0, "nnUNetTrainerDDPMFinetune_demo")
+    result = nnunet.train(DATASET_ID, "2d", 0, "nnUNetTrainerDDPMFinetune_demo", validate=True)
     assert "Initialised from the DDPM pretraining checkpoint" in result.output
     folder = nnunet.trainer_folder(PHANTOM_2D[1], "nnUNetTrainerDDPMFinetune_demo", "2d", 0)
     checkpoint = _load(folder / "checkpoint_final.pth")

@@ -30,7 +30,7 @@ def test_3d_pretrain_finetune_predict(nnunet, pretrained_2d, tmp_path):
 
     # the pixel classifier on 3D activations (trilinear upsampling); its final validation runs nnU-Net's 3D sliding
     # window prediction
-    result = nnunet.train(DATASET_ID, "3d_fullres", 0, "nnUNetTrainerDDPMPixelClassifier_demo")
+    result = nnunet.train(DATASET_ID, "3d_fullres", 0, "nnUNetTrainerDDPMPixelClassifier_demo", validate=True)
     assert "(1 per denoiser pass)" in result.output  # 3D: one feature timestep per pass bounds the memory
     folder = nnunet.trainer_folder(DATASET_NAME, "nnUNetTrainerDDPMPixelClassifier_demo", "3d_fullres", 0)
     weights = torch.load(folder / "checkpoint_final.pth", map_location="cpu", weights_only=False)["network_weights"]

@@ -18,7 +18,7 @@ def _load(path):
 
 
 def test_pixel_classifier_trains_only_the_head_and_predicts_deterministically(nnunet, pretrained_2d, tmp_path):
-    result = nnunet.train(DATASET_ID, "2d", 0, TRAINER)
+    result = nnunet.train(DATASET_ID, "2d", 0, TRAINER, validate=True)
     assert "Initialised from the DDPM pretraining checkpoint" in result.output and "frozen; features" in result.output
     assert "(3 per denoiser pass)" in result.output  # 2D: all feature timesteps in one pass
     folder = nnunet.trainer_folder(DATASET_NAME, TRAINER, "2d", 0)
