@@ -24,6 +24,7 @@ from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from torch import nn
 from torch.nn.modules.instancenorm import _InstanceNorm
+from torch.utils.checkpoint import checkpoint
 
 
 class _Conditioning:
@@ -90,10 +91,15 @@ class TimeConditionedUNet(nn.Module):
     """Noise predictor eps_theta(x_t, t): the planned U-Net with every instance norm modulated by the timestep.
 
     Input x of shape (B, C, *spatial) and integer timesteps of shape (B,) (or a scalar); output as the wrapped U-Net's.
+
+    ``recomputed_encoder_stages``: in training with gradients, the first (highest-resolution) encoder stages keep only
+    their input and output for the backward pass, which recomputes what is inside them (activation checkpointing).
+    Same outputs and gradients; the pretraining uses it to pay for its optimiser state (see ``forward``).
     """
 
-    def __init__(self, unet: nn.Module, embedding_dim: Optional[int] = None):
+    def __init__(self, unet: nn.Module, embedding_dim: Optional[int] = None, recomputed_encoder_stages: int = 0):
         super().__init__()
+        self.recomputed_encoder_stages = recomputed_encoder_stages
         norms = [(parent, name, child) for parent in unet.modules() for name, child in parent.named_children()
                  if isinstance(child, _InstanceNorm)]
         if not norms:
@@ -151,7 +157,45 @@ class TimeConditionedUNet(nn.Module):
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor):
         with self.conditioned_on(self.embed(timesteps, x.device)):
+            if self.recomputed_encoder_stages and self.training and torch.is_grad_enabled():
+                return self.unet.decoder(self._encode_recomputing(x))
             return self.unet(x)
+
+    def _encode_recomputing(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """The encoder's skips, as dynamic-network-architectures' ``PlainConvEncoder`` / ``ResidualEncoder``
+        compute them, with the first ``recomputed_encoder_stages`` stages checkpointed.
+
+        Why: the pretraining holds the denoiser's weights four times (weights, AdamW's two moments, the EMA copy)
+        where stock nnU-Net holds them twice (weights, SGD momentum). The highest-resolution stages hold most
+        activations per channel but cost little arithmetic (few channels), so recomputing them brings the step's
+        peak memory back near stock's for almost no time (``documentation/performance.md``).
+        """
+        encoder, recomputed = self.unet.encoder, self.recomputed_encoder_stages
+        if getattr(encoder, 'stem', None) is not None:
+            x = encoder.stem(x)
+        skips = []
+        for i, stage in enumerate(encoder.stages):
+            x = checkpoint(self._with_this_conditioning(stage), x, use_reentrant=False) if i < recomputed \
+                else stage(x)
+            skips.append(x)
+        return skips
+
+    def _with_this_conditioning(self, module: nn.Module):
+        """``module`` as a function that runs with the current forward pass's norm parameters, also when the backward
+        pass recomputes it, after ``conditioned_on`` has ended. Under torch.compile the traced graph holds those
+        tensors already, and setting them would be a side effect that breaks the graph: then it runs as is."""
+        weights, biases = self._conditioning.weights, self._conditioning.biases
+
+        def run(x):
+            if torch.compiler.is_compiling():
+                return module(x)
+            outer = self._conditioning.weights, self._conditioning.biases
+            self._conditioning.weights, self._conditioning.biases = weights, biases
+            try:
+                return module(x)
+            finally:
+                self._conditioning.weights, self._conditioning.biases = outer
+        return run
 
     @property
     def decoder_stage_channels(self) -> List[int]:

@@ -39,6 +39,9 @@ class nnUNetTrainerDDPMPretrain(nnUNetTrainerDDPMBase):
     """
 
     ema_decay = 0.999
+    # highest-resolution encoder stages recomputed in the backward pass: the AdamW moments and the EMA copy cost
+    # two more copies of the weights than stock nnU-Net's SGD; this pays for them (documentation/performance.md)
+    recomputed_encoder_stages = 2
     use_unlabeled_images = True  # add <data_identifier>_unlabeled/ (nnUNetv2_ddpm_preprocess_unlabeled) to training
     num_preview_samples = 8
     preview_sampling_steps = 50
@@ -71,7 +74,7 @@ class nnUNetTrainerDDPMPretrain(nnUNetTrainerDDPMBase):
         # trained in one process either (no gradient, so AdamW skips them); freezing them changes nothing there.
         for layer in unet.decoder.seg_layers[:-1]:
             layer.requires_grad_(False)
-        return TimeConditionedUNet(unet, cls.timestep_embedding_dim)
+        return TimeConditionedUNet(unet, cls.timestep_embedding_dim, cls.recomputed_encoder_stages)
 
     def initialize(self):
         super().initialize()
