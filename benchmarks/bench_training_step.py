@@ -11,6 +11,7 @@ per level, attention with 4 heads at 32 x 32) is rebuilt with diffusers' UNet2DM
     python benchmarks/bench_training_step.py --memory --skip-paper     # peak memory, one process per variant
                                                   # (RSS and tensors on CPU, max allocated on GPU)
     python benchmarks/bench_training_step.py --device cuda --bf16 --compile   # GPU: bf16 autocast, torch.compile
+    python benchmarks/bench_training_step.py --skip-paper --no-recompute     # with the pretraining's recomputation off
 """
 import contextlib
 import argparse
@@ -39,6 +40,7 @@ from nnunet_ddpm.training.nnUNetTrainerDDPMFinetune import nnUNetTrainerDDPMFine
 from nnunet_ddpm.training.nnUNetTrainerDDPMPretrain import nnUNetTrainerDDPMPretrain
 
 CHANNELS, CLASSES, SIZE, BATCH = 4, 4, 128, 12
+NO_RECOMPUTE = "DDPM pretraining, nothing recomputed"
 
 
 def planned_configuration(patch_size, batch_size):
@@ -190,6 +192,8 @@ def main():
     parser.add_argument("--memory", action="store_true",
                         help="measure peak memory instead: each variant alone in a fresh process (RSS and peak of "
                              "tensors on CPU, max allocated on GPU) over warm-up + repeats steps")
+    parser.add_argument("--no-recompute", action="store_true",
+                        help="add the pretraining with recomputed_encoder_stages = 0 (what the recomputation buys)")
     parser.add_argument("--only", default=None, help=argparse.SUPPRESS)  # internal: one variant, print its peak
     parser.add_argument("--tensors", action="store_true", help=argparse.SUPPRESS)  # internal: with --only on CPU
     args = parser.parse_args()
@@ -205,8 +209,10 @@ def main():
         network = trainer.build_network_architecture(None, PLANS_2D, CHANNELS, CLASSES, True).to(device)
         return segmentation_step(compiled(network), device, args.bf16), network
 
-    def build_pretraining():
+    def build_pretraining(recomputed_encoder_stages=None):
         denoiser = nnUNetTrainerDDPMPretrain.build_network_architecture(None, PLANS_2D, CHANNELS, CHANNELS).to(device)
+        if recomputed_encoder_stages is not None:  # the trainer's default otherwise
+            denoiser.recomputed_encoder_stages = recomputed_encoder_stages
         ema = nnUNetTrainerDDPMPretrain.build_network_architecture(None, PLANS_2D, CHANNELS, CHANNELS).to(device)
         step = denoising_step(compiled(denoiser), device, lambda n, x, t: n(x, t), ema, args.bf16)
         return step, denoiser
@@ -218,6 +224,8 @@ def main():
     builders = {"stock nnU-Net (fine-tune cost reference)": lambda: build_segmentation(nnUNetTrainer),
                 "DDPM fine-tune": lambda: build_segmentation(nnUNetTrainerDDPMFinetune),
                 "DDPM pretraining (plan-derived denoiser, with EMA)": build_pretraining}
+    if args.no_recompute:
+        builders[NO_RECOMPUTE] = lambda: build_pretraining(0)
     if not args.skip_paper:
         builders["paper's denoiser (improved DDPM, diffusers)"] = build_paper
     if args.only is not None:  # build only this variant, so that the peak is its own
@@ -278,7 +286,7 @@ def main():
 def measure_memory(args):
     """Peak memory of each variant's training step, each in a process of its own (peaks do not mix)."""
     names = ["stock nnU-Net (fine-tune cost reference)", "DDPM fine-tune",
-             "DDPM pretraining (plan-derived denoiser, with EMA)"]
+             "DDPM pretraining (plan-derived denoiser, with EMA)"] + ([NO_RECOMPUTE] if args.no_recompute else [])
     if not args.skip_paper:
         names.append("paper's denoiser (improved DDPM, diffusers)")
     peaks, tensor_peaks = {}, {}
@@ -286,7 +294,8 @@ def measure_memory(args):
         def child(*extra):
             output = subprocess.run([sys.executable, __file__, "--only", name, "--device", args.device,
                                      "--repeats", str(args.repeats), "--warmup", str(args.warmup), *extra]
-                                    + (["--skip-paper"] if args.skip_paper else []) + (["--bf16"] if args.bf16 else []),
+                                    + (["--skip-paper"] if args.skip_paper else []) + (["--bf16"] if args.bf16 else [])
+                                    + (["--no-recompute"] if args.no_recompute else []),
                                     capture_output=True, text=True, check=True).stdout
             return json.loads(output.strip().splitlines()[-1])
         result = child()

@@ -30,13 +30,13 @@ step() {  # step NAME SECONDS COMMAND...
     tar czf "$ARCHIVE" -C "$(dirname "$RESULTS")" "$(basename "$RESULTS")"
 }
 
-step train_step 120 python3 benchmarks/bench_training_step.py --device cuda --repeats 20 --warmup 5 \
+step train_step 120 python3 benchmarks/bench_training_step.py --device cuda --repeats 20 --warmup 5 --no-recompute \
     --out "$RESULTS/training_step_cuda.json"
 step profile 90 python3 benchmarks/profile_step.py --device cuda --batch 12 --out "$RESULTS/profile_step_cuda.json"
 step train_step_bf16 120 python3 benchmarks/bench_training_step.py --device cuda --bf16 --repeats 20 --warmup 5 \
     --out "$RESULTS/training_step_cuda_bf16.json"
 step train_step_memory 90 python3 benchmarks/bench_training_step.py --device cuda --memory --repeats 3 --warmup 2 \
-    --out "$RESULTS/training_step_memory_cuda.json"
+    --no-recompute --out "$RESULTS/training_step_memory_cuda.json"
 step pixel_classifier 90 python3 benchmarks/bench_pixel_classifier.py --device cuda --repeats 10 --warmup 3 \
     --out "$RESULTS/pixel_classifier_cuda.json"
 step scaling 240 python3 benchmarks/bench_scaling.py --device cuda --repeats 10 --warmup 3 \
@@ -53,4 +53,4 @@ fi
 step compile_bf16_check 150 python3 benchmarks/check_compile_bf16.py --device cuda \
     --out "$RESULTS/compile_bf16_cuda.json"
 step train_step_compile 200 python3 benchmarks/bench_training_step.py --device cuda --bf16 --compile --skip-paper \
-    --repeats 20 --warmup 5 --out "$RESULTS/training_step_cuda_bf16_compile.json"
+    --no-recompute --repeats 20 --warmup 5 --out "$RESULTS/training_step_cuda_bf16_compile.json"
