@@ -94,7 +94,7 @@ class TimeConditionedUNet(nn.Module):
 
     ``recomputed_encoder_stages``: in training with gradients, the first (highest-resolution) encoder stages keep only
     their input and output for the backward pass, which recomputes what is inside them (activation checkpointing).
-    Same outputs and gradients; the pretraining uses it to pay for its optimiser state (see ``forward``).
+    Same outputs and gradients; the pretraining uses it to pay for its optimiser state (``_encode_recomputing``).
     """
 
     def __init__(self, unet: nn.Module, embedding_dim: Optional[int] = None, recomputed_encoder_stages: int = 0):

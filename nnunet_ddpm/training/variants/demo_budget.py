@@ -8,7 +8,8 @@ nnU-Net's own ``nnUNet_n_proc_DA``, so that one set of classes serves a 2-minute
 * ``nnUNet_ddpm_demo_pretrain_epochs`` (default: twice the epochs) for the DDPM pretraining;
 * ``nnUNet_ddpm_demo_skip_validation=1`` skips nnU-Net's final validation of segmentation trainers (the demo sets it:
   its benchmark evaluates the held-out test set instead, and the validation's export workers cost about 25 s per
-  training on 2 cores). The pretraining's sample grid is always written.
+  training on 2 cores; so do the patient tool, whose fold ``all`` would validate on its training slices, and the
+  tests, except where they check the validation). The pretraining's sample grid is always written.
 """
 import os
 
