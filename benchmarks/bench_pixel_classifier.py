@@ -116,9 +116,9 @@ def device_name(device):
 def measure_times(args, device):
     result = {"device": device_name(device), "torch_threads": torch.get_num_threads(), "batch": BATCH,
               "repeats": args.repeats, "warmup": args.warmup, "rows": []}
-    for mode in ("train", "forward"):
+    for mode in args.steps:
         torch.manual_seed(0)
-        steps = {name: build(name, device, mode) for name in VARIANTS}
+        steps = {name: build(name, device, mode) for name in args.variants}
         times = {name: [] for name in steps}
         for repeat in tqdm(range(args.warmup + args.repeats), desc=f"{mode}: interleaved repeats"):
             for name, step in steps.items():
@@ -145,8 +145,8 @@ def measure_times(args, device):
 
 def measure_memory(args, device):
     result = {"device": device_name(device), "batch": BATCH, "rows": []}
-    for mode in ("train", "forward"):
-        for name in tqdm(VARIANTS, desc=f"{mode}: one process per variant"):
+    for mode in args.steps:
+        for name in tqdm(args.variants, desc=f"{mode}: one process per variant"):
             output = subprocess.run([sys.executable, __file__, "--only", name, "--mode", mode, "--device",
                                      args.device], capture_output=True, text=True, check=True).stdout
             result["rows"].append({"mode": mode, "variant": name,
@@ -168,9 +168,13 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--memory", action="store_true", help="peak memory per variant instead of times")
+    parser.add_argument("--steps", nargs="+", choices=("train", "forward"), default=("train", "forward"),
+                        help="which steps to measure (default: both)")
     parser.add_argument("--out", default=None, help="JSON file for the results")
     parser.add_argument("--only", default=None, help=argparse.SUPPRESS)  # internal: one variant's peak
     parser.add_argument("--mode", default="train", help=argparse.SUPPRESS)
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
+                        help="which variants to measure (default: all; include the stock rows they are compared to)")
     args = parser.parse_args()
     device = torch.device(args.device)
     if args.only is not None:

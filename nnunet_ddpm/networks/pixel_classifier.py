@@ -16,6 +16,9 @@ Two exact rewrites keep it cheap:
 In training the head's activations at full resolution (K x 384 channels per pixel kept for the backward pass) would
 dominate memory, so each member runs in its own activation checkpoint (``checkpoint_members``): the backward pass
 recomputes one member at a time from the shared features, and only one member's activations exist at once.
+Prediction runs member by member too, each BatchNorm folded into the convolution after it: a member's tensors are
+1/K of the fused head's, small enough for the CPU allocator to reuse instead of mapping fresh pages for every tile
+(``documentation/performance.md``).
 """
 import math
 from contextlib import contextmanager, nullcontext
@@ -87,9 +90,21 @@ class MLPEnsembleHead(nn.Module):
         self.register_buffer("region_based", torch.tensor(False))
 
     def forward(self, stage_features: Sequence[torch.Tensor], size: Sequence[int]) -> torch.Tensor:
-        if self.training and torch.is_grad_enabled() and self.checkpoint_members and \
-                not any(isinstance(m, nn.SyncBatchNorm) for m in self.layers):
-            return self._forward_member_by_member(stage_features, size)
+        with_gradients = self.training and torch.is_grad_enabled()
+        synchronised = any(isinstance(m, nn.SyncBatchNorm) for m in self.layers)  # only the module syncs statistics
+        if self.training and (synchronised or (with_gradients and not self.checkpoint_members)):
+            return self._fused(stage_features, size)
+        if self.training:
+            for norm in self.layers:  # counted once per forward pass, as the fused path counts
+                if isinstance(norm, _BatchNorm) and norm.track_running_stats:
+                    norm.num_batches_tracked.add_(1)
+        if with_gradients:
+            return self._checkpointed_members(stage_features, size)
+        # prediction, or validation without gradients: nothing is kept for a backward pass
+        return torch.stack([self._member(k, stage_features, size) for k in range(self.ensemble_size)], 1)
+
+    def _fused(self, stage_features, size):
+        """All members at once, the layers as built."""
         hidden = None
         for layer, features in zip(self.first_layer, stage_features):
             hidden = self._add_upsampled(hidden, layer(features), size)
@@ -99,13 +114,11 @@ class MLPEnsembleHead(nn.Module):
     def _add_upsampled(self, hidden, projected, size):
         if tuple(projected.shape[2:]) != tuple(size):
             projected = F.interpolate(projected, size=tuple(size), mode=self.interpolation, align_corners=False)
-        return projected if hidden is None else hidden + projected
+        # in place: neither the convolution nor the upsampling that made ``hidden`` keeps it for its backward pass
+        return projected if hidden is None else hidden.add_(projected)
 
     @torch.compiler.disable  # TorchDynamo cannot trace a checkpoint with context_fn; nnU-Net compiles on GPUs
-    def _forward_member_by_member(self, stage_features, size):
-        for norm in self.layers:  # counted once per forward, as the fused path does
-            if isinstance(norm, _BatchNorm) and norm.track_running_stats:
-                norm.num_batches_tracked.add_(1)
+    def _checkpointed_members(self, stage_features, size):
         members = [checkpoint(self._member, k, stage_features, size, use_reentrant=False,
                               context_fn=lambda: (nullcontext(), self._recomputation()))
                    for k in range(self.ensemble_size)]
@@ -124,9 +137,10 @@ class MLPEnsembleHead(nn.Module):
         """Member k alone: its slice of every layer's output channels (its group of each grouped convolution).
 
         Each BatchNorm is folded into the 1x1 convolution after it, conv(W, a * r + b) = conv(W a, r) + W b, with the
-        norm's per-channel scale a and shift b computed from the batch statistics of r as the norm computes them.
-        The same function, but the norm's output, a full-resolution tensor per hidden layer, is never stored for the
-        backward pass (the ReLU output r is stored anyway), which halves a member's activations.
+        norm's per-channel scale a and shift b (from the batch statistics of r in training, from the running ones in
+        eval). The same function, but the norm's output, a full-resolution tensor per hidden layer, is never built:
+        in training it is not stored for the backward pass (the ReLU output r is stored anyway), which halves a
+        member's activations, and in prediction a pass over the full-resolution tensor is saved.
         """
         def rows(width):
             return slice(k * width // self.ensemble_size, (k + 1) * width // self.ensemble_size)
@@ -152,8 +166,12 @@ class MLPEnsembleHead(nn.Module):
         return hidden
 
     def _batch_norm_affine(self, norm: _BatchNorm, channels: slice, x: torch.Tensor):
-        """Scale and shift with which ``norm`` (training mode, these channels) maps x; updates its running
-        statistics as ``F.batch_norm`` would, except while the backward pass recomputes a member."""
+        """Scale and shift with which ``norm`` (these channels) maps x. In training, from x's batch statistics, and
+        the running statistics are updated as ``F.batch_norm`` would, except while the backward pass recomputes a
+        member."""
+        if not norm.training and norm.track_running_stats:
+            scale = norm.weight[channels] * torch.rsqrt(norm.running_var[channels] + norm.eps)
+            return scale, norm.bias[channels] - norm.running_mean[channels] * scale
         var, mean = _ChannelMoments.apply(x)
         if norm.track_running_stats and not self._recomputing:
             momentum = norm.momentum if norm.momentum is not None else 1.0 / float(norm.num_batches_tracked)

@@ -86,10 +86,12 @@ def test_split_first_layer_equals_mlp_on_concatenated_upsampled_features():
     """Upsample-then-concatenate-then-MLP (the method as written) equals the head's cheaper order."""
     torch.manual_seed(0)
     head = MLPEnsembleHead([6, 5], num_classes=3, ensemble_size=2, hidden=(8, 4)).eval()
-    for m in head.modules():  # non-trivial batch-norm statistics
+    for m in head.modules():  # non-trivial batch-norm statistics and affine parameters (prediction folds them)
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.normal_()
             m.running_var.uniform_(0.5, 2)
+            m.weight.data.uniform_(0.5, 2)
+            m.bias.data.normal_()
     features = [torch.randn(2, 6, 4, 4), torch.randn(2, 5, 8, 8)]
     out = head(features, (8, 8))
     upsampled = torch.cat([F.interpolate(features[0], size=(8, 8), mode="bilinear", align_corners=False),
@@ -132,8 +134,13 @@ def test_member_checkpointing_changes_nothing_but_memory(dim):
         for (name, a), b in zip(fused.named_buffers(), members.buffers()):
             assert torch.allclose(a.float(), b.float(), atol=1e-6), name
     assert int(members.layers[1].num_batches_tracked) == 2
-    with torch.no_grad():  # without gradients (validation in training mode) the fused path runs
+    with torch.no_grad():  # without gradients (validation in training mode): member by member, not checkpointed
         assert torch.allclose(members(features, size), fused(features, size), atol=1e-5)
+    for (name, a), b in zip(fused.named_buffers(), members.buffers()):  # statistics updated and counted once
+        assert torch.allclose(a.float(), b.float(), atol=1e-6), name
+    assert int(members.layers[1].num_batches_tracked) == 3
+    fused.eval(), members.eval()
+    assert torch.allclose(members(features, size), fused._fused(features, size), atol=1e-5)  # prediction
 
 
 def test_member_checkpointing_under_autocast():
