@@ -9,6 +9,7 @@ peaks do not mix; the stock process is the reference.
     python benchmarks/bench_pixel_classifier.py --memory --out documentation/benchmarks/pixel_classifier_memory_cpu.json
 """
 import argparse
+import contextlib
 import json
 import platform
 import statistics
@@ -29,11 +30,13 @@ from bench_training_step import BATCH, CHANNELS, CLASSES, PLANS_2D, peak_rss, se
 from nnunet_ddpm.networks import EnsembleLoss  # noqa: E402
 from nnunet_ddpm.training.nnUNetTrainerDDPMPixelClassifier import nnUNetTrainerDDPMPixelClassifier  # noqa: E402
 
-# name: (timesteps, number of highest-resolution decoder stages, patch size[, members checkpointed]); the first pixel
-# row is the default
+# name: (timesteps, number of highest-resolution decoder stages, patch size[, members one at a time[, nnU-Net's own
+# train_step]]); the first pixel row is the default. nnU-Net's step (as under DDP or torch.compile) trains the members
+# one at a time under activation checkpointing, the trainer's own interleaves their forward and backward passes.
 VARIANTS = {
     "stock nnU-Net": None,
     "pixel classifier (default: 3 timesteps, 3 stages)": ((50, 150, 250), 3, 128),
+    "pixel classifier (default), members checkpointed (nnU-Net's train_step)": ((50, 150, 250), 3, 128, True, True),
     "pixel classifier (default), members not checkpointed": ((50, 150, 250), 3, 128, False),
     "pixel classifier, 1 timestep": ((50,), 3, 128),
     "pixel classifier, 2 timesteps": ((50, 150), 3, 128),
@@ -51,18 +54,26 @@ def pixel_classifier(timesteps, num_stages, checkpoint_members=True):
     return trainer.build_network_architecture(None, PLANS_2D, CHANNELS, CLASSES, False)
 
 
-def pixel_step(network, device, size):
-    """The trainer's step: per-member DC+CE (no deep supervision), backward, Adam on the head."""
-    loss = EnsembleLoss(DC_and_CE_loss({'batch_dice': True, 'smooth': 1e-5, 'do_bg': False, 'ddp': False}, {},
-                                       weight_ce=1, weight_dice=1, dice_class=MemoryEfficientSoftDiceLoss))
-    optimizer = torch.optim.Adam(network.head.parameters(), 1e-3)
-    x = torch.randn(BATCH, CHANNELS, size, size, device=device)
-    target = torch.randint(0, CLASSES, (BATCH, 1, size, size), device=device).float()
+def pixel_step(network, device, batch_size, patch_size, nnunet_step=False):
+    """The trainer's ``train_step`` (per-member DC+CE, no deep supervision, clipping, Adam on the head), or nnU-Net's,
+    on a trainer that holds what nnU-Net's ``initialize`` would give it. In float32 on every device, as the stock
+    step here runs (nnU-Net's float16 autocast on CUDA is off: like against like)."""
+    trainer = nnUNetTrainerDDPMPixelClassifier.__new__(nnUNetTrainerDDPMPixelClassifier)
+    trainer.network, trainer.device, trainer.is_ddp, trainer.grad_scaler = network, device, False, None
+    trainer.autocast = contextlib.nullcontext
+    trainer.loss = EnsembleLoss(DC_and_CE_loss({'batch_dice': True, 'smooth': 1e-5, 'do_bg': False, 'ddp': False}, {},
+                                               weight_ce=1, weight_dice=1, dice_class=MemoryEfficientSoftDiceLoss))
+    trainer.initial_lr, trainer.weight_decay, trainer.num_epochs = 1e-3, 0.0, 100
+    trainer.optimizer, _ = trainer.configure_optimizers()
+    batch = {"data": torch.randn(batch_size, CHANNELS, *patch_size, device=device),
+             "target": torch.randint(0, CLASSES, (batch_size, 1, *patch_size), device=device).float()}
+    if not nnunet_step:
+        return lambda: trainer.train_step(batch)
 
-    def step():
-        optimizer.zero_grad(set_to_none=True)
-        loss(network(x), target).backward()
-        optimizer.step()
+    def step():  # nnU-Net's train_step (members checkpointed in the forward pass), without its CUDA autocast
+        trainer.optimizer.zero_grad(set_to_none=True)
+        trainer.loss(network(batch["data"]), batch["target"]).backward()
+        trainer.clip_and_step(12)
     return step
 
 
@@ -84,10 +95,11 @@ def build(name, device, mode):
         network = network.to(device)
         return segmentation_step(network, device) if mode == "train" and size == 128 else \
             _stock_step(network, device, size, mode)
-    timesteps, num_stages, size, *checkpoint_members = spec
-    network = pixel_classifier(timesteps, num_stages, *checkpoint_members).to(device)
+    timesteps, num_stages, size, checkpoint_members, nnunet_step = (*spec, True, False)[:5]
+    network = pixel_classifier(timesteps, num_stages, checkpoint_members).to(device)
     network.train(mode == "train")
-    return pixel_step(network, device, size) if mode == "train" else forward_step(network, device, size)
+    return pixel_step(network, device, BATCH, (size, size), nnunet_step) if mode == "train" else \
+        forward_step(network, device, size)
 
 
 def _stock_step(network, device, size, mode):

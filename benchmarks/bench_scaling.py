@@ -21,16 +21,14 @@ import time
 from pathlib import Path
 
 import torch
-from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
-from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).parent))
+from bench_pixel_classifier import pixel_step  # noqa: E402
 from bench_training_step import CHANNELS, CLASSES, TensorMemory, denoising_step, peak_rss, planned_configuration, \
     segmentation_step  # noqa
 
-from nnunet_ddpm.networks import EnsembleLoss  # noqa: E402
 from nnunet_ddpm.training.nnUNetTrainerDDPMFinetune import nnUNetTrainerDDPMFinetune  # noqa: E402
 from nnunet_ddpm.training.nnUNetTrainerDDPMPixelClassifier import nnUNetTrainerDDPMPixelClassifier  # noqa: E402
 from nnunet_ddpm.training.nnUNetTrainerDDPMPretrain import nnUNetTrainerDDPMPretrain  # noqa: E402
@@ -46,21 +44,6 @@ def configuration(size: str):
     return planned_configuration([int(edge)] * int(dim[0]), BATCH[dim])
 
 
-def pixel_step(network, device, plans):
-    """The pixel classifier trainer's step: per-member DC+CE at full resolution, backward, Adam on the head."""
-    loss = EnsembleLoss(DC_and_CE_loss({'batch_dice': True, 'smooth': 1e-5, 'do_bg': False, 'ddp': False}, {},
-                                       weight_ce=1, weight_dice=1, dice_class=MemoryEfficientSoftDiceLoss))
-    optimizer = torch.optim.Adam(network.head.parameters(), 1e-3)
-    x = torch.randn(plans.batch_size, CHANNELS, *plans.patch_size, device=device)
-    target = torch.randint(0, CLASSES, (plans.batch_size, 1, *plans.patch_size), device=device).float()
-
-    def step():
-        optimizer.zero_grad(set_to_none=True)
-        loss(network(x), target).backward()
-        optimizer.step()
-    return step
-
-
 def build(variant: str, plans, device):
     if variant == "stock nnU-Net" or variant == "DDPM fine-tune":
         trainer = nnUNetTrainer if variant == "stock nnU-Net" else nnUNetTrainerDDPMFinetune
@@ -68,7 +51,7 @@ def build(variant: str, plans, device):
         return segmentation_step(network, device, plans=plans)
     if variant == "DDPM pixel classifier":
         network = nnUNetTrainerDDPMPixelClassifier.build_network_architecture(None, plans, CHANNELS, CLASSES, False)
-        return pixel_step(network.to(device).train(), device, plans)
+        return pixel_step(network.to(device).train(), device, plans.batch_size, plans.patch_size)
     denoiser, ema = (nnUNetTrainerDDPMPretrain.build_network_architecture(None, plans, CHANNELS, CHANNELS).to(device)
                      for _ in range(2))
     if variant == NO_RECOMPUTE:

@@ -14,8 +14,10 @@ Two exact rewrites keep it cheap:
   features), the later layers are grouped convolutions with K groups.
 
 In training the head's activations at full resolution (K x 384 channels per pixel kept for the backward pass) would
-dominate memory, so each member runs in its own activation checkpoint (``checkpoint_members``): the backward pass
-recomputes one member at a time from the shared features, and only one member's activations exist at once.
+dominate memory, so the members train one at a time (``checkpoint_members``): the trainer backpropagates each
+member's loss before running the next (``nnUNetTrainerDDPMPixelClassifier.train_step``, with ``member``); a plain
+forward pass in training (nnU-Net's own step under DDP or torch.compile) runs each member in its own activation
+checkpoint, whose backward pass recomputes one member at a time from the shared features.
 Prediction runs member by member too, each BatchNorm folded into the convolution after it: a member's tensors are
 1/K of the fused head's, small enough for the CPU allocator to reuse instead of mapping fresh pages for every tile
 (``documentation/performance.md``).
@@ -95,13 +97,18 @@ class MLPEnsembleHead(nn.Module):
         if self.training and (synchronised or (with_gradients and not self.checkpoint_members)):
             return self._fused(stage_features, size)
         if self.training:
-            for norm in self.layers:  # counted once per forward pass, as the fused path counts
-                if isinstance(norm, _BatchNorm) and norm.track_running_stats:
-                    norm.num_batches_tracked.add_(1)
+            self.count_batch()
         if with_gradients:
             return self._checkpointed_members(stage_features, size)
         # prediction, or validation without gradients: nothing is kept for a backward pass
-        return torch.stack([self._member(k, stage_features, size) for k in range(self.ensemble_size)], 1)
+        return torch.stack([self.member(k, stage_features, size) for k in range(self.ensemble_size)], 1)
+
+    def count_batch(self):
+        """Count one training batch in every BatchNorm, once per forward pass as the fused head counts; callers that
+        run the members one by one (``member``) call it once per batch."""
+        for norm in self.layers:
+            if isinstance(norm, _BatchNorm) and norm.track_running_stats:
+                norm.num_batches_tracked.add_(1)
 
     def _fused(self, stage_features, size):
         """All members at once, the layers as built."""
@@ -119,7 +126,7 @@ class MLPEnsembleHead(nn.Module):
 
     @torch.compiler.disable  # TorchDynamo cannot trace a checkpoint with context_fn; nnU-Net compiles on GPUs
     def _checkpointed_members(self, stage_features, size):
-        members = [checkpoint(self._member, k, stage_features, size, use_reentrant=False,
+        members = [checkpoint(self.member, k, stage_features, size, use_reentrant=False,
                               context_fn=lambda: (nullcontext(), self._recomputation()))
                    for k in range(self.ensemble_size)]
         return torch.stack(members, 1)
@@ -133,8 +140,9 @@ class MLPEnsembleHead(nn.Module):
         finally:
             self._recomputing = False
 
-    def _member(self, k: int, stage_features: Sequence[torch.Tensor], size: Sequence[int]) -> torch.Tensor:
-        """Member k alone: its slice of every layer's output channels (its group of each grouped convolution).
+    def member(self, k: int, stage_features: Sequence[torch.Tensor], size: Sequence[int]) -> torch.Tensor:
+        """Member k alone, logits (B, classes, *size): its slice of every layer's output channels (its group of each
+        grouped convolution). In training it updates the running statistics of its BatchNorm channels.
 
         Each BatchNorm is folded into the 1x1 convolution after it, conv(W, a * r + b) = conv(W a, r) + W b, with the
         norm's per-channel scale a and shift b (from the batch statistics of r in training, from the running ones in

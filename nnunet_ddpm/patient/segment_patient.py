@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from typing import Callable, List, Optional, Sequence
 
 import numpy as np
-from batchgenerators.utilities.file_and_folder_operations import isdir, isfile, join, load_json, maybe_mkdir_p, \
+from batchgenerators.utilities.file_and_folder_operations import isfile, join, load_json, maybe_mkdir_p, \
     save_json
 
 import nnunet_ddpm

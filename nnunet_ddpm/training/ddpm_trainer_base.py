@@ -8,7 +8,8 @@ import torch
 from batchgenerators.utilities.file_and_folder_operations import isfile, join, load_json, save_json
 from nnunetv2.paths import nnUNet_results
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-from torch import nn
+from nnunetv2.utilities.helpers import dummy_context
+from torch import autocast, nn
 from torch._dynamo import OptimizedModule
 from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -50,6 +51,25 @@ class nnUNetTrainerDDPMBase(nnUNetTrainer):
         train_cases, val_cases = super().do_split()
         check_fold_against_groups(self.preprocessed_dataset_folder_base, self.fold, train_cases, val_cases)
         return train_cases, val_cases
+
+    def autocast(self):
+        """nnU-Net's mixed precision: float16 autocast on CUDA, nothing elsewhere (``nnUNetTrainer.train_step``)."""
+        return autocast(self.device.type, enabled=True) if self.device.type == 'cuda' else dummy_context()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Gradients of ``loss``, scaled as nnU-Net scales them under float16; may be called several times per step."""
+        (self.grad_scaler.scale(loss) if self.grad_scaler is not None else loss).backward()
+
+    def clip_and_step(self, max_grad_norm: float) -> None:
+        """The end of ``nnUNetTrainer.train_step``: unscale, clip the gradient norm, optimizer step."""
+        if self.grad_scaler is not None:
+            self.grad_scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(self.network.parameters(), max_grad_norm)
+        if self.grad_scaler is not None:
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            self.optimizer.step()
 
     def unwrapped_network(self) -> nn.Module:
         """The network without DDP and torch.compile wrappers (their state-dict keys carry prefixes)."""

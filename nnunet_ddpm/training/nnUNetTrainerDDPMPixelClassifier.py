@@ -9,6 +9,7 @@ from typing import Optional, Tuple
 import torch
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from torch import nn
+from torch._dynamo import OptimizedModule
 
 from nnunet_ddpm.networks import EnsembleLoss, PixelClassifierNetwork, build_unet_from_plans
 from nnunet_ddpm.training.ddpm_trainer_base import UsesPretrainedDenoiser
@@ -27,9 +28,11 @@ class nnUNetTrainerDDPMPixelClassifier(UsesPretrainedDenoiser):
       most informative activations; large t mostly sees noise.
     * ``ensemble_size = 5`` MLPs of shape features -> 128 -> 64 -> classes (Baranchuk et al. use 10; 5 halves the
       head's cost; the mean probability of the members is the prediction, their entropy the uncertainty).
-    * ``checkpoint_members = True``: the members train one at a time under activation checkpointing, which keeps
-      the training step's memory near stock nnU-Net's (the full-resolution head activations of all members would
-      double it; ``documentation/performance.md``) for about one more forward pass of the head.
+    * ``checkpoint_members = True``: the members train one at a time, which keeps the training step's memory near
+      stock nnU-Net's (the full-resolution head activations of all members would double it;
+      ``documentation/performance.md``): each member's forward and backward pass before the next member's
+      (``train_step``), or, under DDP and torch.compile, under activation checkpointing (one more forward pass of
+      the head). ``False``: all members at once.
     * ``feature_timesteps_per_pass = None``: all feature timesteps in one denoiser pass for 2D plans (fewer, larger
       launches), one timestep per pass for 3D plans, where a pass over T x B volumes would hold T times the
       activations (1.34 x stock nnU-Net's peak memory at 96^3 before; ``documentation/performance.md``).
@@ -78,6 +81,33 @@ class nnUNetTrainerDDPMPixelClassifier(UsesPretrainedDenoiser):
 
     def _build_loss(self):
         return EnsembleLoss(super()._build_loss())
+
+    def train_step(self, batch: dict) -> dict:
+        """nnU-Net's step, with each member's loss backpropagated before the next member runs.
+
+        The gradient is that of nnU-Net's step (of the mean of the members' losses), and only one member's
+        activations exist at a time, as with ``checkpoint_members``, but none is recomputed: the checkpointed head
+        runs every member's forward pass twice, a third of the step on the CPU (``documentation/performance.md``).
+        Under DDP (a gradient all-reduce per backward pass) or torch.compile (whose graph is the whole network), and
+        with ``checkpoint_members = False`` (all members at once), nnU-Net's own step runs.
+        """
+        network = self.network
+        if self.is_ddp or isinstance(network, OptimizedModule) or not network.head.checkpoint_members:
+            return super().train_step(batch)
+        data = batch['data'].to(self.device, non_blocking=True)
+        target = batch['target'].to(self.device, non_blocking=True)
+        self.optimizer.zero_grad(set_to_none=True)
+        with self.autocast():
+            features = network.features(data)  # the frozen denoiser, without gradients
+        head, total = network.head, 0.0
+        head.count_batch()
+        for k in range(head.ensemble_size):
+            with self.autocast():
+                loss = self.loss.loss(head.member(k, features, data.shape[2:]), target) / head.ensemble_size
+            self.backward(loss)
+            total += loss.detach()
+        self.clip_and_step(12)  # nnU-Net's gradient clipping
+        return {'loss': total.cpu().numpy()}
 
     def configure_optimizers(self):
         head = self.unwrapped_network().head.parameters()

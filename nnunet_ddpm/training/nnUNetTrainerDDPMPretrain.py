@@ -17,8 +17,7 @@ from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
 from batchgeneratorsv2.transforms.utils.pseudo2d import Convert2DTo3DTransform, Convert3DTo2DTransform
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.utilities.collate_outputs import collate_outputs
-from nnunetv2.utilities.helpers import dummy_context
-from torch import autocast, distributed as dist, nn
+from torch import distributed as dist, nn
 
 from nnunet_ddpm.dataset_conversion.unlabeled_images import unlabeled_preprocessed_folder
 from nnunet_ddpm.diffusion import ddim_sample, sample_training_timesteps
@@ -141,7 +140,7 @@ class nnUNetTrainerDDPMPretrain(nnUNetTrainerDDPMBase):
         """E_{t, eps} || eps - eps_theta(sqrt(a_t) x + sqrt(1 - a_t) eps, t) ||^2 for a batch (B, C, *spatial)."""
         timesteps, noise = self.draw_timesteps_and_noise(images, generator)
         noisy = self.noise_scheduler.add_noise(images, noise, timesteps)
-        with autocast(self.device.type, enabled=True) if self.device.type == 'cuda' else dummy_context():
+        with self.autocast():
             prediction = self.network(noisy, timesteps)
         return F.mse_loss(prediction.float(), noise)
 
@@ -149,16 +148,8 @@ class nnUNetTrainerDDPMPretrain(nnUNetTrainerDDPMBase):
         images = batch['data'].to(self.device, non_blocking=True)
         self.optimizer.zero_grad(set_to_none=True)
         loss = self.denoising_loss(images)
-        if self.grad_scaler is not None:
-            self.grad_scaler.scale(loss).backward()
-            self.grad_scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 1.0)
-            self.grad_scaler.step(self.optimizer)
-            self.grad_scaler.update()
-        else:
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 1.0)
-            self.optimizer.step()
+        self.backward(loss)
+        self.clip_and_step(1.0)
         self.update_ema()
         return {'loss': loss.detach().cpu().numpy()}
 
