@@ -39,15 +39,17 @@ from nnunet_ddpm.networks.time_conditioned_unet import TimeConditionedUNet
 class _ChannelMoments(torch.autograd.Function):
     """Per-channel biased variance and mean of x (B, C, *spatial), as BatchNorm computes them in training.
 
-    ``torch.var_mean``'s backward builds three temporaries the size of x; this one builds one,
-    (2 / n) dvar (x - mean) + dmean / n, in place and in x's dtype. x is kept for the backward pass, but the head keeps
-    it anyway (it is the next convolution's input). The moments come out in float32, as BatchNorm keeps its
-    statistics under autocast (x is then float16 or bfloat16; its reduction accumulates in float32).
+    Forward: BatchNorm's own statistics kernel (``torch.batch_norm_update_stats``, one vectorised pass over a
+    channels-last tensor); ``torch.var_mean`` over the batch and spatial dimensions took ten times as long on the CPU
+    (a sixth of the pixel classifier's training step). Backward: (2 / n) dvar (x - mean) + dmean / n as one
+    multiply-add, x * a + c, in x's dtype (``torch.var_mean``'s backward builds three temporaries the size of x). x
+    is kept for the backward pass, but the head keeps it anyway (it is the next convolution's input). The moments come
+    out in float32, as BatchNorm keeps its statistics under autocast (x is then float16 or bfloat16).
     """
 
     @staticmethod
     def forward(ctx, x):
-        var, mean = torch.var_mean(x, dim=[0, *range(2, x.ndim)], correction=0)
+        mean, var = torch.batch_norm_update_stats(x, None, None, 0.0)
         ctx.save_for_backward(x, mean)
         return var.float(), mean.float()
 
@@ -55,9 +57,9 @@ class _ChannelMoments(torch.autograd.Function):
     def backward(ctx, grad_var, grad_mean):
         x, mean = ctx.saved_tensors
         n, per_channel = x.numel() // x.shape[1], (1, -1) + (1,) * (x.ndim - 2)
-        grad = x - mean.view(per_channel)
-        grad.mul_((grad_var * (2 / n)).to(x.dtype).view(per_channel))
-        return grad.add_((grad_mean / n).to(x.dtype).view(per_channel))
+        scale = grad_var * (2 / n)
+        shift = grad_mean / n - scale * mean.float()
+        return torch.addcmul(shift.to(x.dtype).view(per_channel), x, scale.to(x.dtype).view(per_channel))
 
 
 class MLPEnsembleHead(nn.Module):
