@@ -87,7 +87,7 @@ class nnUNetTrainerDDPMPixelClassifier(UsesPretrainedDenoiser):
 
         The gradient is that of nnU-Net's step (of the mean of the members' losses), and only one member's
         activations exist at a time, as with ``checkpoint_members``, but none is recomputed: the checkpointed head
-        runs every member's forward pass twice, a third of the step on the CPU (``documentation/performance.md``).
+        runs every member's forward pass twice, a quarter of the step on the CPU (``documentation/performance.md``).
         Under DDP (a gradient all-reduce per backward pass) or torch.compile (whose graph is the whole network), and
         with ``checkpoint_members = False`` (all members at once), nnU-Net's own step runs.
         """
