@@ -45,12 +45,16 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--out", default=None)
+    parser.add_argument("--networks", nargs="+", default=None, metavar="WORD",
+                        help="only the networks whose name contains one of these words (e.g. pixel denoiser)")
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
     x = torch.randn(BATCH, CHANNELS, 128, 128, device=device)
     rows = []
     for name, (network, call) in networks(device).items():
+        if args.networks and not any(word in name for word in args.networks):
+            continue
         network = network.to(device).eval()  # deterministic: no fine-tuning noise, the pixel head's running stats
         row = {"network": name}
         with torch.no_grad():

@@ -89,9 +89,12 @@ class MLPEnsembleHead(nn.Module):
             layers += [conv(k * width_in, k * width_out, 1, groups=k), nn.ReLU(inplace=True), norm(k * width_out)]
         layers.append(conv(k * hidden[-1], k * num_classes, 1, groups=k))
         self.layers = nn.Sequential(*layers)
-        # whether the classes are nnU-Net regions (sigmoid) or labels (softmax): set by the trainer from the label
-        # manager; a buffer so that nnUNetv2_predict gets it from the checkpoint
+        # whether the classes are nnU-Net regions (sigmoid) or labels (softmax), set by the trainer from the label
+        # manager: a buffer, so that nnUNetv2_predict gets it from the checkpoint, mirrored in a Python bool, on which
+        # torch.compile can branch without a graph break (on a tensor's value it cannot)
         self.register_buffer("region_based", torch.tensor(False))
+        self.predicts_regions = False
+        self.register_load_state_dict_post_hook(lambda head, _: head.set_region_based(bool(head.region_based)))
 
     def forward(self, stage_features: Sequence[torch.Tensor], size: Sequence[int]) -> torch.Tensor:
         with_gradients = self.training and torch.is_grad_enabled()
@@ -104,6 +107,10 @@ class MLPEnsembleHead(nn.Module):
             return self._checkpointed_members(stage_features, size)
         # prediction, or validation without gradients: nothing is kept for a backward pass
         return torch.stack([self.member(k, stage_features, size) for k in range(self.ensemble_size)], 1)
+
+    def set_region_based(self, flag: bool):
+        self.region_based.fill_(flag)
+        self.predicts_regions = bool(flag)
 
     def count_batch(self):
         """Count one training batch in every BatchNorm, once per forward pass as the fused head counts; callers that
@@ -238,8 +245,12 @@ class PixelClassifierNetwork(TimeConditionedUNet):
         return self.unet.decoder.seg_layers
 
     @property
-    def region_based(self) -> torch.Tensor:
-        return self.head.region_based
+    def region_based(self) -> bool:
+        return self.head.predicts_regions
+
+    @region_based.setter
+    def region_based(self, flag: bool):
+        self.head.set_region_based(flag)
 
     def train(self, mode: bool = True):
         super().train(False)  # the frozen denoiser: no dropout or running statistics may change
@@ -248,7 +259,7 @@ class PixelClassifierNetwork(TimeConditionedUNet):
         return self
 
     @torch.no_grad()
-    def features(self, x: torch.Tensor) -> List[torch.Tensor]:
+    def features(self, x: torch.Tensor, noise: torch.Tensor = None) -> List[torch.Tensor]:
         """Decoder features of all timesteps; per stage (B, T x C_stage, *stage_spatial), timestep-major channels.
 
         The denoiser runs on ``timesteps_per_pass`` noised copies of the batch at once: all of them in one pass saves
@@ -259,8 +270,7 @@ class PixelClassifierNetwork(TimeConditionedUNet):
         upsampling, sums) then runs on that layout, on which the CPU's upsampling kernels are about twice as fast
         (the 3D head's time halves; ``documentation/performance.md``).
         """
-        generator = torch.Generator(device=x.device).manual_seed(self.noise_seed)
-        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        noise = self.fixed_noise(x) if noise is None else noise
         num_t, batch, per_timestep = len(self.timesteps), x.shape[0], (-1,) + (1,) * x.ndim
         signal_scales, noise_scales = self.signal_scales.to(x.dtype), self.noise_scales.to(x.dtype)
         features = None
@@ -281,8 +291,18 @@ class PixelClassifierNetwork(TimeConditionedUNet):
             del outputs
         return features
 
+    @torch.compiler.disable  # TorchDynamo cannot trace a seeded generator
+    def fixed_noise(self, x: torch.Tensor) -> torch.Tensor:
+        """The noise image that brings x to the feature timesteps: drawn from ``noise_seed`` at every call, the same
+        for every input of x's shape."""
+        generator = torch.Generator(device=x.device).manual_seed(self.noise_seed)
+        return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # no timestep argument: the features use their own
-        member_logits = self.head(self.features(x), x.shape[2:])
+        # the noise first: drawn outside torch.compile's graph, it splits nothing off the graph (drawn inside
+        # ``features``, it split the network into three graphs)
+        noise = self.fixed_noise(x)
+        member_logits = self.head(self.features(x, noise), x.shape[2:])
         if self.training:
             return member_logits
         return self.mean_probability_logits(member_logits)
@@ -291,7 +311,7 @@ class PixelClassifierNetwork(TimeConditionedUNet):
         """Logits whose softmax (sigmoid for regions) is the members' mean probability."""
         member_logits = member_logits.float()
         k = member_logits.shape[1]
-        if bool(self.region_based):
+        if self.region_based:
             log_p = torch.logsumexp(F.logsigmoid(member_logits), 1) - math.log(k)
             log_not_p = torch.logsumexp(F.logsigmoid(-member_logits), 1) - math.log(k)
             return log_p - log_not_p

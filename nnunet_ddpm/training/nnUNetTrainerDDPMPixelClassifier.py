@@ -71,7 +71,7 @@ class nnUNetTrainerDDPMPixelClassifier(UsesPretrainedDenoiser):
 
     def initialize(self):
         super().initialize()
-        self.unwrapped_network().region_based.fill_(self.label_manager.has_regions)
+        self.unwrapped_network().region_based = self.label_manager.has_regions
 
     def apply_pretrained_weights(self, weights: dict) -> str:
         network = self.unwrapped_network()

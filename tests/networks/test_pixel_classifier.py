@@ -193,7 +193,7 @@ def test_member_checkpointing_under_torch_compile():
 @pytest.mark.parametrize("region_based", [False, True])
 def test_eval_output_is_the_mean_member_probability(region_based):
     network = make_network()
-    network.region_based.fill_(region_based)
+    network.region_based = region_based
     members = torch.randn(2, 3, 4, 5, 5)
     combined = network.mean_probability_logits(members)
     if region_based:
@@ -204,10 +204,35 @@ def test_eval_output_is_the_mean_member_probability(region_based):
 
 def test_region_flag_travels_in_the_state_dict():
     trained = make_network()
-    trained.region_based.fill_(True)
+    trained.region_based = True
     fresh = make_network()
+    assert not fresh.region_based
     fresh.load_state_dict(trained.state_dict())
-    assert bool(fresh.region_based)
+    assert fresh.region_based is True and bool(fresh.head.region_based)  # the Python flag follows the buffer
+    members = torch.randn(2, 3, 4, 5, 5)
+    assert torch.equal(fresh.mean_probability_logits(members), trained.mean_probability_logits(members))
+
+
+@pytest.mark.parametrize("region_based", [False, True])
+def test_torch_compile_traces_prediction_in_one_graph(region_based):
+    """nnU-Net compiles the network on GPUs and validates with it: prediction is one graph (the seeded noise is drawn
+    before it), training two (the checkpointed members run eagerly between them); outputs as in eager mode."""
+    graphs = []
+
+    def counting_backend(graph_module, example_inputs):  # TorchDynamo's graphs, run as traced (no C++ compiler)
+        graphs.append(graph_module)
+        return graph_module.forward
+
+    torch._dynamo.reset()
+    network = make_network()
+    network.region_based = region_based
+    x = torch.randn(2, 2, 16, 16)
+    expected = network.eval()(x)
+    compiled = torch.compile(network, backend=counting_backend)
+    assert torch.allclose(compiled(x), expected, atol=1e-6) and len(graphs) == 1
+    assert torch.allclose(compiled(x), expected, atol=1e-6) and len(graphs) == 1  # no recompilation
+    expected = network.train()(x)
+    assert torch.allclose(compiled(x), expected, atol=1e-6) and len(graphs) == 3
 
 
 def test_nnunet_pretrained_weights_loader_fills_the_denoiser_and_keeps_the_head(tmp_path):
