@@ -25,16 +25,17 @@ from nnunet_ddpm.training.nnUNetTrainerDDPMPretrain import nnUNetTrainerDDPMPret
 
 
 def networks(device):
-    """name -> (network, callable giving its main output tensor)."""
+    """name -> (network, callable giving its main output tensor); the plugin's networks first, the stock one last (a
+    run cut short by a time limit has checked what has not been checked before)."""
     t = torch.randint(0, 1000, (BATCH,), device=device)
     stock = nnUNetTrainer.build_network_architecture(None, PLANS_2D, CHANNELS, CLASSES, True)
     finetune = nnUNetTrainerDDPMFinetune.build_network_architecture(None, PLANS_2D, CHANNELS, CLASSES, True)
     denoiser = nnUNetTrainerDDPMPretrain.build_network_architecture(None, PLANS_2D, CHANNELS, CHANNELS)
     pixel = nnUNetTrainerDDPMPixelClassifier.build_network_architecture(None, PLANS_2D, CHANNELS, CLASSES, False)
-    return {"stock nnU-Net": (stock, lambda n, x: n(x)[0]),
-            "DDPM fine-tune": (finetune, lambda n, x: n(x)[0]),
+    return {"pixel classifier": (pixel, lambda n, x: n(x)),
             "DDPM denoiser (pretraining)": (denoiser, lambda n, x: n(x, t)),
-            "pixel classifier": (pixel, lambda n, x: n(x))}
+            "DDPM fine-tune": (finetune, lambda n, x: n(x)[0]),
+            "stock nnU-Net": (stock, lambda n, x: n(x)[0])}
 
 
 def relative_difference(a, b):
