@@ -261,6 +261,7 @@ class PixelClassifierNetwork(TimeConditionedUNet):
     @torch.no_grad()
     def features(self, x: torch.Tensor, noise: torch.Tensor = None) -> List[torch.Tensor]:
         """Decoder features of all timesteps; per stage (B, T x C_stage, *stage_spatial), timestep-major channels.
+        ``noise``: the image that brings x to each timestep, ``fixed_noise(x)`` unless given.
 
         The denoiser runs on ``timesteps_per_pass`` noised copies of the batch at once: all of them in one pass saves
         launches where they dominate (2D on a GPU); fewer per pass bound the peak memory of large 3D patches, where
