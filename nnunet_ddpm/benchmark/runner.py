@@ -26,9 +26,13 @@ METHODS = {  # method name -> trainer class name (before the budget suffix)
     "finetune": "nnUNetTrainerDDPMFinetune",
     "frozen": "nnUNetTrainerDDPMFinetuneFrozenEncoder",
     "pixel": "nnUNetTrainerDDPMPixelClassifier",
+    "finetune_encoderlr": "nnUNetTrainerDDPMFinetune_encoderLR0p1",
+    "finetune_warmup": "nnUNetTrainerDDPMFinetune_warmup",
 }
 METHOD_TITLES = {"baseline": "nnU-Net (supervised)", "finetune": "DDPM fine-tune",
-                 "frozen": "DDPM fine-tune, frozen encoder", "pixel": "DDPM pixel classifier"}
+                 "frozen": "DDPM fine-tune, frozen encoder", "pixel": "DDPM pixel classifier",
+                 "finetune_encoderlr": "DDPM fine-tune, encoder at 0.1 x lr",
+                 "finetune_warmup": "DDPM fine-tune, lr 1e-3 with warm-up"}
 PRETRAINER = "nnUNetTrainerDDPMPretrain"
 DONE_MARKER = "prediction_done.json"
 

@@ -28,6 +28,7 @@ from batchgenerators.utilities.file_and_folder_operations import isdir, isfile, 
 from nnunet_ddpm.dataset_conversion.raw_dataset import (DatasetConversionError, atomic_dataset_folder,
                                                          check_target_free, write_slice)
 from nnunet_ddpm.dataset_conversion.slice_rules import PAPER_SLICES, SliceRule
+from nnunet_ddpm.dataset_conversion.unlabeled_images import UNLABELED_IMAGES, unlabeled_cases
 from nnunet_ddpm.splits.grouped_folds import GROUPS_FILE
 
 SLICING_RECORD = "slicing.json"
@@ -183,10 +184,32 @@ def slices_with_content(images: np.ndarray) -> np.ndarray:
     return (images != 0).any(axis=(0, 2, 3))
 
 
+def _write_unlabeled_slices(images: np.ndarray, indices: List[int], spacing: List[float], job: dict) -> None:
+    """Slices (C, slices, H, W)[indices] as unlabeled pretraining images ``<case>_sNNN_XXXX.nii.gz``."""
+    if not indices:
+        return
+    stack = images[:, indices].astype(np.float32)
+    size = tuple(job["size"] or stack.shape[2:])
+    spacing = resampled_spacing(spacing, stack.shape[2:], size)
+    stack = resample_slices(stack, size, order=job["order"])
+    for k, index in enumerate(indices):
+        for c in range(stack.shape[0]):
+            write_slice(stack[c, k], join(job["unlabeled_folder"], f"{job['case']}_s{index:03d}_{c:04d}.nii.gz"),
+                        spacing)
+
+
 def slice_case(job: dict) -> dict:
     """Read one source case, cut the chosen slices, resample them and write them; returns counts for the summary."""
     io = job["reader_writer"]()
     images, properties = io.read_images(job["images"])
+    if job["label"] is None:  # an unlabeled source volume: only pretraining images
+        images = np.moveaxis(images, job["axis"] + 1, 1)
+        spacing = [s for i, s in enumerate(properties["spacing"]) if i != job["axis"]]
+        has_content = slices_with_content(images)
+        indices = [i for i in range(0, images.shape[1], job["unlabeled_step"]) if has_content[i]]
+        _write_unlabeled_slices(images, indices, spacing, job)
+        return {"case": job["case"], "slices": [], "empty_skipped": [], "pixels": 0, "label_pixels": {},
+                "label_slices": {}, "unlabeled_slices": indices}
     labels, _ = io.read_seg(job["label"])
     if images.shape[1:] != labels.shape[1:] or images.ndim != 4:
         raise DatasetConversionError(f"{job['case']}: image shape {images.shape[1:]} and label shape "
@@ -204,7 +227,11 @@ def slice_case(job: dict) -> dict:
     empty = [i for i in chosen if not has_content[i]]
     chosen = [i for i in chosen if has_content[i]]
     result = {"case": job["case"], "slices": chosen, "empty_skipped": empty, "pixels": 0, "label_pixels": {},
-              "label_slices": {}}
+              "label_slices": {}, "unlabeled_slices": []}
+    if job["unlabeled_step"] and job["part"] == "Tr":
+        result["unlabeled_slices"] = [i for i in range(0, images.shape[1], job["unlabeled_step"])
+                                      if has_content[i] and i not in chosen]
+        _write_unlabeled_slices(images, result["unlabeled_slices"], spacing, job)
     if not chosen:
         return result
     images, labels = images[:, chosen].astype(np.float32), labels[:, chosen]
@@ -233,15 +260,19 @@ def slice_dataset(source_folder: str, raw_folder: str, dataset_id: int, name: st
                   axis: int = 0, size: Optional[Sequence[int]] = (128, 128), order: int = 1,
                   test_patients: Optional[Sequence[str]] = None, num_test_patients: int = 0, seed: int = 0,
                   brats_regions: bool = False, overwrite: bool = False, num_processes: int = 1,
-                  progress: bool = True) -> dict:
+                  progress: bool = True, unlabeled_step: Optional[int] = None) -> dict:
     """Write ``raw_folder/Dataset{dataset_id:03d}_{name}``, the 2D slice dataset of ``source_folder``; returns the
     summary (also stored in the dataset's ``slicing.json``).
 
     ``axis``: the array axis to slice, as nnU-Net's readers return volumes (0 = the slowest-varying file axis,
     axial for BraTS and MSD). ``size``: (rows, columns) after resampling, or None to keep the source's.
     ``order``: spline order for images (labels always nearest). Held-out patients: ``test_patients`` by source case
-    name, or ``num_test_patients`` drawn with ``seed``.
+    name, or ``num_test_patients`` drawn with ``seed``. ``unlabeled_step``: every K-th other slice (with image
+    content) of the training patients, and of the source's ``imagesUnlabeled`` volumes, goes to ``imagesUnlabeled``
+    as a pretraining image; test patients give none.
     """
+    if unlabeled_step is not None and unlabeled_step < 1:
+        raise DatasetConversionError(f"unlabeled_step must be a positive number of slices, got {unlabeled_step}.")
     if axis not in (0, 1, 2):
         raise DatasetConversionError(f"axis must be 0, 1 or 2 (an array axis of the 3D volume), got {axis}.")
     if size is not None and (len(size) != 2 or min(size) < 1):
@@ -257,6 +288,12 @@ def slice_dataset(source_folder: str, raw_folder: str, dataset_id: int, name: st
     channels = dataset_json.get("channel_names", dataset_json.get("modality"))
     check_cases(cases, len(channels), dataset_json["file_ending"], axis, rule.fixed_indices())
     held_out = set(choose_test_patients(list(cases), test_patients, num_test_patients, seed))
+    unlabeled_source = join(source_folder, UNLABELED_IMAGES)
+    try:
+        unlabeled_volumes = unlabeled_cases(unlabeled_source, dataset_json) if unlabeled_step and \
+            isdir(unlabeled_source) else {}
+    except ValueError as e:
+        raise DatasetConversionError(str(e)) from None
     labels, regions_class_order = target_labels(dataset_json, brats_regions)
     members = _label_members(labels)
     from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
@@ -272,12 +309,19 @@ def slice_dataset(source_folder: str, raw_folder: str, dataset_id: int, name: st
             part = "Ts" if case in held_out else "Tr"
             jobs.append({"case": case, "images": files["images"], "label": files["label"],
                          "reader_writer": reader_writer, "axis": axis, "rule": rule, "size": size, "order": order,
-                         "label_members": members, "part": part,
+                         "label_members": members, "part": part, "unlabeled_step": unlabeled_step,
                          "image_folder": join(partial, f"images{part}"),
-                         "label_folder": join(partial, f"labels{part}")})
+                         "label_folder": join(partial, f"labels{part}"),
+                         "unlabeled_folder": join(partial, UNLABELED_IMAGES)})
         for part in {job["part"] for job in jobs}:
             maybe_mkdir_p(join(partial, f"images{part}"))
             maybe_mkdir_p(join(partial, f"labels{part}"))
+        if unlabeled_step:
+            maybe_mkdir_p(join(partial, UNLABELED_IMAGES))
+            for case, files in unlabeled_volumes.items():
+                jobs.append({"case": case, "images": files, "label": None, "reader_writer": reader_writer,
+                             "axis": axis, "size": size, "order": order, "part": "Unlabeled",
+                             "unlabeled_step": unlabeled_step, "unlabeled_folder": join(partial, UNLABELED_IMAGES)})
         results = _run(jobs, num_processes, progress)
         part_of = {job["case"]: job["part"] for job in jobs}
         groups = {f"{r['case']}_s{i:03d}": r["case"] for r in results if part_of[r["case"]] == "Tr"
@@ -320,7 +364,7 @@ def _run(jobs: List[dict], num_processes: int, progress: bool) -> List[dict]:
 
 
 def _summary(target: str, results: List[dict], part_of: Dict[str, str], members: dict) -> dict:
-    summary = {"folder": target}
+    summary = {"folder": target, "unlabeled_images": sum(len(r["unlabeled_slices"]) for r in results)}
     for part, title in (("Tr", "training"), ("Ts", "test")):
         mine = [r for r in results if part_of[r["case"]] == part]
         pixels = sum(r["pixels"] for r in mine)
@@ -335,7 +379,8 @@ def _summary(target: str, results: List[dict], part_of: Dict[str, str], members:
 
 
 def format_summary(summary: dict) -> str:
-    lines = [f"Wrote {summary['folder']}"]
+    lines = [f"Wrote {summary['folder']}"] + \
+        ([f"unlabeled pretraining images: {summary['unlabeled_images']}"] if summary.get("unlabeled_images") else [])
     for title in ("training", "test"):
         part = summary[title]
         if part["cases"] == 0 and not part["patients_without_slices"]:
@@ -403,6 +448,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--brats-regions", action="store_true",
                         help="write BraTS regions (whole tumor 1,2,3; tumor core 2,3; enhancing 3) for a source with "
                              "plain labels 0-3 such as MSD Task01")
+    parser.add_argument("--unlabeled-step", type=int, default=None, metavar="K",
+                        help="also write every K-th other slice of the training patients (and of the source's "
+                             "imagesUnlabeled volumes) to imagesUnlabeled, for the DDPM pretraining")
     parser.add_argument("--raw", default=None, help="where to write the new dataset (default: $nnUNet_raw)")
     parser.add_argument("-np", type=int, default=1, help="worker processes (default: 1)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing target dataset")
@@ -428,7 +476,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             raw = str(nnUNet_raw)
         summary = slice_dataset(resolve_source(args.s), raw, args.d, args.n, rule, args.axis,
                                 None if args.keep_size else args.size, args.order, args.test_patients,
-                                args.num_test_patients, args.seed, args.brats_regions, args.overwrite, args.np)
+                                args.num_test_patients, args.seed, args.brats_regions, args.overwrite, args.np,
+                                unlabeled_step=args.unlabeled_step)
     except DatasetConversionError as e:
         sys.exit(f"nnUNetv2_ddpm_slice_dataset: {e}")
     print(format_summary(summary))

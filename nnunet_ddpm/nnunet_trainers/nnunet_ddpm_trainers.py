@@ -8,6 +8,10 @@ from nnunet_ddpm.training.variants.demo_budget import (nnUNetTrainer_demo,  # no
                                                        nnUNetTrainerDDPMFinetuneFrozenEncoder_demo,
                                                        nnUNetTrainerDDPMPixelClassifier_demo,
                                                        nnUNetTrainerDDPMPretrain_demo)
+from nnunet_ddpm.training.variants.demo_budget import (nnUNetTrainerDDPMFinetune_encoderLR0p1_demo,  # noqa: F401
+                                                       nnUNetTrainerDDPMFinetune_warmup_demo)
+from nnunet_ddpm.training.variants.finetune_schedule import (nnUNetTrainerDDPMFinetune_encoderLR0p1,  # noqa: F401
+                                                             nnUNetTrainerDDPMFinetune_warmup)
 from nnunet_ddpm.training.variants.label_budget import LABEL_BUDGET_TRAINERS
 
 globals().update(LABEL_BUDGET_TRAINERS)  # nnUNetTrainer_20labels, nnUNetTrainerDDPMFinetune_20labels, ...

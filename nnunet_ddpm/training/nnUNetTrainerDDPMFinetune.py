@@ -4,11 +4,11 @@ The pretrained denoiser, run at one fixed timestep, gets a new segmentation head
 supervision) and is trained with nnU-Net's own loss, data pipeline and schedule; everything else is nnUNetTrainer.
 """
 import torch
-from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from torch import nn
 
 from nnunet_ddpm.networks import FixedTimestepUNet, build_unet_from_plans
 from nnunet_ddpm.training.ddpm_trainer_base import UsesPretrainedDenoiser
+from nnunet_ddpm.training.lr_schedule import WarmupPolyLRScheduler
 from nnunet_ddpm.training.pretrained_checkpoint import transfer_denoiser_weights
 
 
@@ -22,6 +22,10 @@ class nnUNetTrainerDDPMFinetune(UsesPretrainedDenoiser):
     finetune_timestep = 50  # diffusion timestep t at which the noise predictor is run; alpha_bar_50 ~ 0.99 (cosine)
     noise_in_training = True  # add the timestep's noise to training inputs, as the paper's code does
     freeze_encoder = False
+    # learning rate of the pretrained encoder and time embedding relative to the decoder and head (0 < scale <= 1),
+    # and the fraction of epochs of linear warm-up before nnU-Net's poly decay (lr_schedule.py)
+    encoder_lr_scale = 1.0
+    warmup_fraction = 0.0
 
     @classmethod
     def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels: int,
@@ -39,14 +43,21 @@ class nnUNetTrainerDDPMFinetune(UsesPretrainedDenoiser):
         transfer_denoiser_weights(self.unwrapped_network(), weights)
         return f"fine-tuning at timestep {self.finetune_timestep}"
 
+    def configure_optimizers(self):
+        """nnU-Net's SGD and poly decay (the defaults reproduce them exactly), over the trainable parameters in two
+        groups, so that the pretrained encoder can get a smaller learning rate."""
+        network = self.unwrapped_network()
+        encoder = {id(p) for module in (network.unet.encoder, network.time_embedding) for p in module.parameters()}
+        trainable = [p for p in network.parameters() if p.requires_grad]
+        groups = [{'params': [p for p in trainable if id(p) not in encoder], 'lr_scale': 1.0},
+                  {'params': [p for p in trainable if id(p) in encoder], 'lr_scale': self.encoder_lr_scale}]
+        optimizer = torch.optim.SGD([g for g in groups if g['params']], self.initial_lr,
+                                    weight_decay=self.weight_decay, momentum=0.99, nesterov=True)
+        warmup_epochs = round(self.warmup_fraction * self.num_epochs)
+        return optimizer, WarmupPolyLRScheduler(optimizer, self.initial_lr, self.num_epochs, warmup_epochs)
+
 
 class nnUNetTrainerDDPMFinetuneFrozenEncoder(nnUNetTrainerDDPMFinetune):
     """The paper's code default: encoder and timestep embedding keep their pretrained weights; decoder and head train."""
 
     freeze_encoder = True
-
-    def configure_optimizers(self):
-        trainable = [p for p in self.network.parameters() if p.requires_grad]
-        optimizer = torch.optim.SGD(trainable, self.initial_lr, weight_decay=self.weight_decay, momentum=0.99,
-                                    nesterov=True)
-        return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)

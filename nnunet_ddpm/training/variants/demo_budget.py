@@ -20,6 +20,8 @@ from nnunet_ddpm.training.nnUNetTrainerDDPMFinetune import (nnUNetTrainerDDPMFin
                                                             nnUNetTrainerDDPMFinetuneFrozenEncoder)
 from nnunet_ddpm.training.nnUNetTrainerDDPMPixelClassifier import nnUNetTrainerDDPMPixelClassifier
 from nnunet_ddpm.training.nnUNetTrainerDDPMPretrain import nnUNetTrainerDDPMPretrain
+from nnunet_ddpm.training.variants.finetune_schedule import (nnUNetTrainerDDPMFinetune_encoderLR0p1,
+                                                             nnUNetTrainerDDPMFinetune_warmup)
 
 
 def _positive_int(name: str, default: int) -> int:
@@ -63,6 +65,14 @@ class nnUNetTrainerDDPMFinetune_demo(DemoBudget, nnUNetTrainerDDPMFinetune):
 
 
 class nnUNetTrainerDDPMFinetuneFrozenEncoder_demo(DemoBudget, nnUNetTrainerDDPMFinetuneFrozenEncoder):
+    pretraining_trainer_name = "nnUNetTrainerDDPMPretrain_demo"
+
+
+class nnUNetTrainerDDPMFinetune_encoderLR0p1_demo(DemoBudget, nnUNetTrainerDDPMFinetune_encoderLR0p1):
+    pretraining_trainer_name = "nnUNetTrainerDDPMPretrain_demo"
+
+
+class nnUNetTrainerDDPMFinetune_warmup_demo(DemoBudget, nnUNetTrainerDDPMFinetune_warmup):
     pretraining_trainer_name = "nnUNetTrainerDDPMPretrain_demo"
 
 

@@ -17,13 +17,15 @@ from nnunet_ddpm.splits.label_budget import LABEL_BUDGETS, choose_labelled_cases
 from nnunet_ddpm.training.nnUNetTrainerDDPMFinetune import (nnUNetTrainerDDPMFinetune,
                                                             nnUNetTrainerDDPMFinetuneFrozenEncoder)
 from nnunet_ddpm.training.nnUNetTrainerDDPMPixelClassifier import nnUNetTrainerDDPMPixelClassifier
-from nnunet_ddpm.training.variants.demo_budget import (nnUNetTrainer_demo, nnUNetTrainerDDPMFinetune_demo,
-                                                       nnUNetTrainerDDPMFinetuneFrozenEncoder_demo,
-                                                       nnUNetTrainerDDPMPixelClassifier_demo)
+from nnunet_ddpm.training.variants import demo_budget, finetune_schedule
 
 BUDGETED_TRAINERS = (nnUNetTrainer, nnUNetTrainerDDPMFinetune, nnUNetTrainerDDPMFinetuneFrozenEncoder,
-                     nnUNetTrainerDDPMPixelClassifier, nnUNetTrainer_demo, nnUNetTrainerDDPMFinetune_demo,
-                     nnUNetTrainerDDPMFinetuneFrozenEncoder_demo, nnUNetTrainerDDPMPixelClassifier_demo)
+                     nnUNetTrainerDDPMPixelClassifier, finetune_schedule.nnUNetTrainerDDPMFinetune_encoderLR0p1,
+                     finetune_schedule.nnUNetTrainerDDPMFinetune_warmup, demo_budget.nnUNetTrainer_demo,
+                     demo_budget.nnUNetTrainerDDPMFinetune_demo, demo_budget.nnUNetTrainerDDPMFinetuneFrozenEncoder_demo,
+                     demo_budget.nnUNetTrainerDDPMPixelClassifier_demo,
+                     demo_budget.nnUNetTrainerDDPMFinetune_encoderLR0p1_demo,
+                     demo_budget.nnUNetTrainerDDPMFinetune_warmup_demo)
 
 
 class LabelBudget:

@@ -1,0 +1,136 @@
+"""Does DDPM pretraining pay off on real scans? The comparison on 23 real BraTS patients, patient-grouped.
+
+The patients are split into ``--outer-folds`` groups; outer fold k holds out group k as the test patients and gives
+the others to the training pool (the paper's axial slices 70..100 step 5 as labelled cases, every 5th other brain
+slice as unlabeled pretraining images; 64 x 64 slices, FLAIR and T1c). Each outer fold is its own nnU-Net dataset,
+planned, pretrained and compared with ``nnUNetv2_ddpm_benchmark`` (label budgets from inner fold 0 of that dataset),
+so a test patient is never seen, not even as an unlabeled image. Every method trains for the same number of
+iterations (the ``_demo`` trainers with their budget from the environment).
+
+    python benchmarks/real_patient_study.py prepare --brats18 DIR --brats2015 DIR -w WORK
+    python benchmarks/real_patient_study.py run -w WORK --methods baseline finetune frozen pixel --budgets 10
+    python benchmarks/real_patient_study.py collect -w WORK       # small result files -> documentation/evidence/
+
+``run`` resumes: the benchmark runner skips finished steps. Real data is never written into the repository.
+"""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+EVIDENCE = REPO / "documentation" / "evidence"
+SOURCE_ID, FIRST_FOLD_ID = 600, 610
+DUPLICATE = "brats_2013_pat0006_1"  # the 2015 sample's pat0006 is BraTS 2018's Brats18_2013_20_1
+
+
+def environment(work: Path, pretrain_iterations: int, iterations: int, iterations_per_epoch: int = 50) -> dict:
+    results = work / f"results_pretrain{pretrain_iterations}"
+    env = dict(os.environ, nnUNet_raw=str(work / "raw"), nnUNet_preprocessed=str(work / "preprocessed"),
+               nnUNet_results=str(results), nnUNet_def_n_proc="1", nnUNet_n_proc_DA="2", nnUNet_compile="false",
+               nnUNet_ddpm_demo_iterations=str(iterations_per_epoch),
+               nnUNet_ddpm_demo_epochs=str(iterations // iterations_per_epoch),
+               nnUNet_ddpm_demo_pretrain_epochs=str(pretrain_iterations // iterations_per_epoch),
+               nnUNet_ddpm_demo_skip_validation="1")
+    from nnunet_ddpm.nnunet_trainers import TRAINER_DIR
+    env["nnUNet_extTrainer"] = TRAINER_DIR
+    return env
+
+
+def sh(command, env, log=None):
+    print("+", " ".join(map(str, command)), flush=True)
+    with open(log, "a") if log else open(os.devnull, "w") as out:
+        subprocess.run([str(c) for c in command], env=env, check=True, stdout=out if log else None,
+                       stderr=subprocess.STDOUT if log else None)
+
+
+def outer_folds(patients, k: int):
+    """Patients sorted by name, dealt round-robin after a seeded shuffle: k groups of near-equal size."""
+    import numpy as np
+    order = np.random.default_rng(0).permutation(sorted(patients))
+    return [sorted(order[i::k].tolist()) for i in range(k)]
+
+
+def prepare(args) -> None:
+    work = Path(args.w)
+    env = environment(work, 0, 0)
+    for folder in ("raw", "preprocessed"):
+        (work / folder).mkdir(parents=True, exist_ok=True)
+    source = work / "raw" / f"Dataset{SOURCE_ID}_BraTSReal"
+    if not source.is_dir():
+        sh(["nnUNetv2_ddpm_convert_brats", "-i", args.brats18, args.brats2015, "-d", SOURCE_ID, "-n", "BraTSReal",
+            "--channels", "flair", "t1ce", "--exclude", DUPLICATE], env)
+    patients = sorted(p.name[:-len("_0000.nii.gz")] for p in (source / "imagesTr").glob("*_0000.nii.gz"))
+    folds = outer_folds(patients, args.outer_folds)
+    for k, test_patients in enumerate(folds):
+        dataset_id = FIRST_FOLD_ID + k
+        name = f"Dataset{dataset_id}_BraTSRealOuter{k}"
+        if not (work / "raw" / name).is_dir():
+            sh(["nnUNetv2_ddpm_slice_dataset", "-s", source, "-d", dataset_id, "-n", f"BraTSRealOuter{k}", "--size",
+                *args.size, "--test-patients", *test_patients, "--unlabeled-step", args.unlabeled_step], env)
+        if not (work / "preprocessed" / name / "nnUNetPlans.json").is_file():
+            sh(["nnUNetv2_plan_and_preprocess", "-d", dataset_id, "-c", "2d", "-np", "2"], env)
+            sh(["nnUNetv2_ddpm_make_splits", "-d", dataset_id, "--groups",
+                work / "raw" / name / "case_groups.json", "--overwrite"], env)
+            sh(["nnUNetv2_ddpm_preprocess_unlabeled", "-d", dataset_id, "-c", "2d"], env)
+    (work / "outer_folds.json").write_text(json.dumps({"folds": folds}, indent=1))
+
+
+def run(args) -> None:
+    work = Path(args.w)
+    folds = json.loads((work / "outer_folds.json").read_text())["folds"]
+    env = environment(work, args.pretrain_iterations, args.iterations)
+    for k in args.outer:
+        assert k < len(folds)
+        sh(["nnUNetv2_ddpm_benchmark", "-d", FIRST_FOLD_ID + k, "-c", "2d", "--methods", *args.methods,
+            "--budgets", *args.budgets, "--folds", "0", "--trainer-suffix", "_demo", "--device", "cpu", "--np", "1",
+            "-o", work / f"benchmark_pretrain{args.pretrain_iterations}_outer{k}"], env)
+
+
+def collect(args) -> None:
+    """Copy the per-case evaluations and each model's settings (small JSON files) into documentation/evidence."""
+    work = Path(args.w)
+    for benchmark in sorted(work.glob("benchmark_pretrain*_outer*")):
+        pretrain, outer = benchmark.name[len("benchmark_"):].split("_")
+        for evaluation in sorted(benchmark.glob("predictions/*/*/fold_*/evaluation.json")):
+            method, budget = evaluation.parts[-4], evaluation.parts[-3]
+            target = EVIDENCE / pretrain / outer / method / budget
+            target.mkdir(parents=True, exist_ok=True)
+            shutil.copy(evaluation, target / "evaluation.json")
+        report = benchmark / "results.json"
+        if report.is_file():
+            settings = json.loads(report.read_text())["settings"]
+            (EVIDENCE / pretrain / outer / "settings.json").write_text(json.dumps(settings, indent=1))
+    shutil.copy(work / "outer_folds.json", EVIDENCE / "outer_folds.json")
+    print(f"Collected into {EVIDENCE}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("prepare")
+    p.add_argument("-w", required=True, help="working folder (data, models; never inside the repository)")
+    p.add_argument("--brats18", required=True, help="folder of BraTS 2018 case folders")
+    p.add_argument("--brats2015", required=True, help="the BraTS 2015 DeepMedic sample folder")
+    p.add_argument("--outer-folds", type=int, default=3)
+    p.add_argument("--size", nargs=2, default=["64", "64"])
+    p.add_argument("--unlabeled-step", default="5")
+    r = sub.add_parser("run")
+    r.add_argument("-w", required=True)
+    r.add_argument("--methods", nargs="+", default=["baseline", "finetune", "frozen", "pixel"])
+    r.add_argument("--budgets", nargs="+", default=["10"])
+    r.add_argument("--outer", nargs="+", type=int, default=[0, 1, 2])
+    r.add_argument("--pretrain-iterations", type=int, default=4000)
+    r.add_argument("--iterations", type=int, default=1000, help="training iterations of every method")
+    c = sub.add_parser("collect")
+    c.add_argument("-w", required=True)
+    args = parser.parse_args()
+    {"prepare": prepare, "run": run, "collect": collect}[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO))
+    main()

@@ -1,0 +1,69 @@
+"""The fine-tune's optimiser: the defaults are nnU-Net's SGD + poly exactly; the variants change one thing each."""
+from types import SimpleNamespace
+
+import pytest
+import torch
+from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
+from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+from nnunet_ddpm.training.lr_schedule import warmup_poly_factor
+from nnunet_ddpm.training.nnUNetTrainerDDPMFinetune import (nnUNetTrainerDDPMFinetune,
+                                                            nnUNetTrainerDDPMFinetuneFrozenEncoder)
+from nnunet_ddpm.training.variants.finetune_schedule import (nnUNetTrainerDDPMFinetune_encoderLR0p1,
+                                                             nnUNetTrainerDDPMFinetune_warmup)
+from tests.networks.test_time_conditioned_unet import configuration
+
+
+def _optimizer(trainer_class, initial_lr=1e-2, num_epochs=20):
+    """``configure_optimizers`` of ``trainer_class`` on a fresh 2D network, without a dataset."""
+    network = trainer_class.build_network_architecture(None, configuration(2), 2, 3, True)
+    trainer = SimpleNamespace(unwrapped_network=lambda: network, initial_lr=initial_lr, weight_decay=3e-5,
+                              num_epochs=num_epochs, encoder_lr_scale=trainer_class.encoder_lr_scale,
+                              warmup_fraction=trainer_class.warmup_fraction)
+    optimizer, scheduler = trainer_class.configure_optimizers(trainer)
+    return network, optimizer, scheduler
+
+
+def _learning_rates(optimizer, scheduler, epochs):
+    rates = []
+    for epoch in range(epochs):
+        scheduler.step(epoch)
+        rates.append([group["lr"] for group in optimizer.param_groups])
+    return rates
+
+
+def test_default_schedule_is_nnunets_sgd_and_poly():
+    network, optimizer, scheduler = _optimizer(nnUNetTrainerDDPMFinetune)
+    reference = torch.optim.SGD(network.parameters(), 1e-2, weight_decay=3e-5, momentum=0.99, nesterov=True)
+    poly = PolyLRScheduler(reference, 1e-2, 20)
+    expected = _learning_rates(reference, poly, 20)
+    assert _learning_rates(optimizer, scheduler, 20) == [r * 2 for r in expected]  # two groups, same rate
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(network.parameters()))
+    assert all(g["momentum"] == 0.99 and g["nesterov"] and g["weight_decay"] == 3e-5 for g in optimizer.param_groups)
+
+
+def test_encoder_variant_scales_only_the_pretrained_encoder_and_time_embedding():
+    network, optimizer, scheduler = _optimizer(nnUNetTrainerDDPMFinetune_encoderLR0p1)
+    decoder_group, encoder_group = optimizer.param_groups
+    encoder = {id(p) for m in (network.unet.encoder, network.time_embedding) for p in m.parameters()}
+    assert {id(p) for p in encoder_group["params"]} == encoder
+    assert not encoder & {id(p) for p in decoder_group["params"]}
+    scheduler.step(3)
+    assert decoder_group["lr"] == pytest.approx(1e-2 * (1 - 3 / 20) ** 0.9)
+    assert encoder_group["lr"] == pytest.approx(1e-3 * (1 - 3 / 20) ** 0.9)
+
+
+def test_frozen_encoder_optimises_only_the_trainable_parameters():
+    network, optimizer, _ = _optimizer(nnUNetTrainerDDPMFinetuneFrozenEncoder)
+    assert len(optimizer.param_groups) == 1
+    assert {id(p) for p in optimizer.param_groups[0]["params"]} == \
+        {id(p) for p in network.parameters() if p.requires_grad}
+    assert not any(p.requires_grad for p in network.unet.encoder.parameters())
+
+
+def test_warmup_variant_rises_linearly_then_decays():
+    _, optimizer, scheduler = _optimizer(nnUNetTrainerDDPMFinetune_warmup, initial_lr=1e-3, num_epochs=20)
+    rates = [r[0] for r in _learning_rates(optimizer, scheduler, 20)]
+    assert rates[:3] == pytest.approx([5e-4, 1e-3, 1e-3])  # 2 warm-up epochs: 1/2, 2/2, then poly from 1
+    assert rates[2:] == pytest.approx([1e-3 * (1 - s / 18) ** 0.9 for s in range(18)])
+    assert warmup_poly_factor(0, 10, 0) == 1.0 and warmup_poly_factor(9, 10, 0) == pytest.approx(0.1 ** 0.9)
