@@ -28,11 +28,13 @@ METHODS = {  # method name -> trainer class name (before the budget suffix)
     "pixel": "nnUNetTrainerDDPMPixelClassifier",
     "finetune_encoderlr": "nnUNetTrainerDDPMFinetune_encoderLR0p1",
     "finetune_warmup": "nnUNetTrainerDDPMFinetune_warmup",
+    "init": "nnUNetTrainerDDPMInit",
 }
 METHOD_TITLES = {"baseline": "nnU-Net (supervised)", "finetune": "DDPM fine-tune",
                  "frozen": "DDPM fine-tune, frozen encoder", "pixel": "DDPM pixel classifier",
                  "finetune_encoderlr": "DDPM fine-tune, encoder at 0.1 x lr",
-                 "finetune_warmup": "DDPM fine-tune, lr 1e-3 with warm-up"}
+                 "finetune_warmup": "DDPM fine-tune, lr 1e-3 with warm-up",
+                 "init": "nnU-Net from folded DDPM weights"}
 PRETRAINER = "nnUNetTrainerDDPMPretrain"
 DONE_MARKER = "prediction_done.json"
 

@@ -1,6 +1,7 @@
 """Every trainer of nnunet_ddpm, for nnU-Net's trainer search (see ``__init__.py`` of this folder)."""
 from nnunet_ddpm.training.nnUNetTrainerDDPMFinetune import (nnUNetTrainerDDPMFinetune,  # noqa: F401
                                                             nnUNetTrainerDDPMFinetuneFrozenEncoder)
+from nnunet_ddpm.training.nnUNetTrainerDDPMInit import nnUNetTrainerDDPMInit  # noqa: F401
 from nnunet_ddpm.training.nnUNetTrainerDDPMPixelClassifier import nnUNetTrainerDDPMPixelClassifier  # noqa: F401
 from nnunet_ddpm.training.nnUNetTrainerDDPMPretrain import nnUNetTrainerDDPMPretrain  # noqa: F401
 from nnunet_ddpm.training.variants.demo_budget import (nnUNetTrainer_demo,  # noqa: F401
@@ -9,7 +10,8 @@ from nnunet_ddpm.training.variants.demo_budget import (nnUNetTrainer_demo,  # no
                                                        nnUNetTrainerDDPMPixelClassifier_demo,
                                                        nnUNetTrainerDDPMPretrain_demo)
 from nnunet_ddpm.training.variants.demo_budget import (nnUNetTrainerDDPMFinetune_encoderLR0p1_demo,  # noqa: F401
-                                                       nnUNetTrainerDDPMFinetune_warmup_demo)
+                                                       nnUNetTrainerDDPMFinetune_warmup_demo,
+                                                       nnUNetTrainerDDPMInit_demo)
 from nnunet_ddpm.training.variants.finetune_schedule import (nnUNetTrainerDDPMFinetune_encoderLR0p1,  # noqa: F401
                                                              nnUNetTrainerDDPMFinetune_warmup)
 from nnunet_ddpm.training.variants.label_budget import LABEL_BUDGET_TRAINERS

@@ -18,6 +18,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_ddpm.training.nnUNetTrainerDDPMFinetune import (nnUNetTrainerDDPMFinetune,
                                                             nnUNetTrainerDDPMFinetuneFrozenEncoder)
+from nnunet_ddpm.training.nnUNetTrainerDDPMInit import nnUNetTrainerDDPMInit
 from nnunet_ddpm.training.nnUNetTrainerDDPMPixelClassifier import nnUNetTrainerDDPMPixelClassifier
 from nnunet_ddpm.training.nnUNetTrainerDDPMPretrain import nnUNetTrainerDDPMPretrain
 from nnunet_ddpm.training.variants.finetune_schedule import (nnUNetTrainerDDPMFinetune_encoderLR0p1,
@@ -73,6 +74,10 @@ class nnUNetTrainerDDPMFinetune_encoderLR0p1_demo(DemoBudget, nnUNetTrainerDDPMF
 
 
 class nnUNetTrainerDDPMFinetune_warmup_demo(DemoBudget, nnUNetTrainerDDPMFinetune_warmup):
+    pretraining_trainer_name = "nnUNetTrainerDDPMPretrain_demo"
+
+
+class nnUNetTrainerDDPMInit_demo(DemoBudget, nnUNetTrainerDDPMInit):
     pretraining_trainer_name = "nnUNetTrainerDDPMPretrain_demo"
 
 

@@ -16,12 +16,14 @@ from nnunet_ddpm.splits.grouped_folds import check_fold_against_groups
 from nnunet_ddpm.splits.label_budget import LABEL_BUDGETS, choose_labelled_cases
 from nnunet_ddpm.training.nnUNetTrainerDDPMFinetune import (nnUNetTrainerDDPMFinetune,
                                                             nnUNetTrainerDDPMFinetuneFrozenEncoder)
+from nnunet_ddpm.training.nnUNetTrainerDDPMInit import nnUNetTrainerDDPMInit
 from nnunet_ddpm.training.nnUNetTrainerDDPMPixelClassifier import nnUNetTrainerDDPMPixelClassifier
 from nnunet_ddpm.training.variants import demo_budget, finetune_schedule
 
 BUDGETED_TRAINERS = (nnUNetTrainer, nnUNetTrainerDDPMFinetune, nnUNetTrainerDDPMFinetuneFrozenEncoder,
                      nnUNetTrainerDDPMPixelClassifier, finetune_schedule.nnUNetTrainerDDPMFinetune_encoderLR0p1,
-                     finetune_schedule.nnUNetTrainerDDPMFinetune_warmup, demo_budget.nnUNetTrainer_demo,
+                     finetune_schedule.nnUNetTrainerDDPMFinetune_warmup, nnUNetTrainerDDPMInit,
+                     demo_budget.nnUNetTrainer_demo, demo_budget.nnUNetTrainerDDPMInit_demo,
                      demo_budget.nnUNetTrainerDDPMFinetune_demo, demo_budget.nnUNetTrainerDDPMFinetuneFrozenEncoder_demo,
                      demo_budget.nnUNetTrainerDDPMPixelClassifier_demo,
                      demo_budget.nnUNetTrainerDDPMFinetune_encoderLR0p1_demo,

@@ -1,0 +1,67 @@
+"""The fixed-timestep network folded into nnU-Net's plain planned network computes the same function (2D and 3D),
+also with the residual-encoder architecture of nnU-Net's ResEnc presets."""
+import pytest
+import torch
+from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
+
+from nnunet_ddpm.networks import FixedTimestepUNet, TimeConditionedUNet, build_unet_from_plans
+from nnunet_ddpm.networks.folding import plain_state_dict
+from nnunet_ddpm.training.pretrained_checkpoint import transfer_denoiser_weights
+from tests.networks.test_time_conditioned_unet import configuration
+
+
+def residual_configuration(dim: int) -> ConfigurationManager:
+    plain = configuration(dim).configuration
+    arch = dict(plain["architecture"], network_class_name="dynamic_network_architectures.architectures.unet."
+                                                          "ResidualEncoderUNet")
+    arch["arch_kwargs"] = dict(arch["arch_kwargs"], n_blocks_per_stage=[1, 2, 2])
+    del arch["arch_kwargs"]["n_conv_per_stage"]
+    return ConfigurationManager(dict(plain, architecture=arch))
+
+
+def _pretrained_segmenter(config, timestep=120, alpha_bar=0.7):
+    torch.manual_seed(0)
+    denoiser = TimeConditionedUNet(build_unet_from_plans(config, 2, 2, deep_supervision=False))
+    for name, p in denoiser.named_parameters():  # a 'trained' denoiser: nothing at its zero initialisation
+        torch.nn.init.normal_(p, std=0.2 if "time_projection" in name else 0.5)
+    segmenter = FixedTimestepUNet(build_unet_from_plans(config, 2, 4, deep_supervision=True), timestep, alpha_bar)
+    transfer_denoiser_weights(segmenter, denoiser.state_dict())
+    return segmenter.eval()
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+@pytest.mark.parametrize("make_config", [configuration, residual_configuration])
+def test_folded_plain_network_computes_the_fixed_timestep_network(dim, make_config):
+    config = make_config(dim)
+    segmenter = _pretrained_segmenter(config)
+    plain = build_unet_from_plans(config, 2, 4, deep_supervision=True).eval()
+    folded = plain_state_dict(segmenter)
+    assert set(folded) == set(plain.state_dict())  # stock keys exactly: no time embedding, no projections
+    plain.load_state_dict(folded)
+    x = torch.randn(2, 2, *[16] * dim)
+    with torch.no_grad():
+        expected, got = segmenter(x), plain(x)
+    assert len(got) == len(expected)
+    for e, g in zip(expected, got):
+        assert torch.allclose(e, g, atol=1e-5, rtol=1e-4), (e - g).abs().max()
+    # the folding changed what it must: an untouched copy of the U-Net's weights computes something else
+    unfolded = build_unet_from_plans(config, 2, 4, deep_supervision=True).eval()
+    unfolded.load_state_dict({k[5:]: v for k, v in segmenter.state_dict().items()
+                              if k.startswith("unet.") and ".time_projection." not in k})
+    with torch.no_grad():
+        assert not torch.allclose(unfolded(x)[0], expected[0], atol=1e-3)
+
+
+def test_first_convolution_carries_the_input_scale():
+    segmenter = _pretrained_segmenter(configuration(2), alpha_bar=0.64)
+    folded = plain_state_dict(segmenter)
+    key = "encoder.stages.0.0.convs.0.conv.weight"
+    assert torch.allclose(folded[key], 0.8 * segmenter.state_dict()["unet." + key])
+    assert torch.equal(folded[key], folded["encoder.stages.0.0.convs.0.all_modules.0.weight"])
+    assert torch.equal(folded[key], folded["decoder.encoder.stages.0.0.convs.0.conv.weight"])
+
+
+def test_export_timestep_default_is_the_fine_tunes():
+    from nnunet_ddpm.export.stock_weights import DEFAULT_TIMESTEP
+    from nnunet_ddpm.training.nnUNetTrainerDDPMFinetune import nnUNetTrainerDDPMFinetune
+    assert DEFAULT_TIMESTEP == nnUNetTrainerDDPMFinetune.finetune_timestep
