@@ -9,7 +9,8 @@ iterations (the ``_demo`` trainers with their budget from the environment).
 
     python benchmarks/real_patient_study.py prepare --brats18 DIR --brats2015 DIR -w WORK
     python benchmarks/real_patient_study.py run -w WORK --methods baseline finetune frozen pixel --budgets 10
-    python benchmarks/real_patient_study.py collect -w WORK       # small result files -> documentation/evidence/
+    python benchmarks/real_patient_study.py collect -w WORK       # re-evaluate, copy small result files to documentation/evidence/
+    python benchmarks/real_patient_study.py report                # documentation/evidence/tables.md from those files alone
 
 ``run`` resumes: the benchmark runner skips finished steps. Real data is never written into the repository.
 """
@@ -19,6 +20,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -91,21 +93,105 @@ def run(args) -> None:
 
 
 def collect(args) -> None:
-    """Copy the per-case evaluations and each model's settings (small JSON files) into documentation/evidence."""
+    """Evaluate every finished prediction folder again with the current evaluation code, then copy the per-case
+    evaluations and each model's settings (small JSON files) into documentation/evidence."""
+    from nnunet_ddpm.benchmark.evaluation import evaluate_prediction_folder
     work = Path(args.w)
     for benchmark in sorted(work.glob("benchmark_pretrain*_outer*")):
         pretrain, outer = benchmark.name[len("benchmark_"):].split("_")
-        for evaluation in sorted(benchmark.glob("predictions/*/*/fold_*/evaluation.json")):
-            method, budget = evaluation.parts[-4], evaluation.parts[-3]
+        dataset = f"Dataset{FIRST_FOLD_ID + int(outer[len('outer'):])}_BraTSReal{outer.capitalize()}"
+        for done in sorted(benchmark.glob("predictions/*/*/fold_*/prediction_done.json")):
+            prediction = done.parent
+            evaluate_prediction_folder(str(prediction), str(work / "raw" / dataset / "labelsTs"),
+                                       str(work / "preprocessed" / dataset), "nnUNetPlans", 1)
+            method, budget = prediction.parts[-3], prediction.parts[-2]
             target = EVIDENCE / pretrain / outer / method / budget
             target.mkdir(parents=True, exist_ok=True)
-            shutil.copy(evaluation, target / "evaluation.json")
+            shutil.copy(prediction / "evaluation.json", target / "evaluation.json")
         report = benchmark / "results.json"
         if report.is_file():
             settings = json.loads(report.read_text())["settings"]
             (EVIDENCE / pretrain / outer / "settings.json").write_text(json.dumps(settings, indent=1))
     shutil.copy(work / "outer_folds.json", EVIDENCE / "outer_folds.json")
     print(f"Collected into {EVIDENCE}")
+
+
+def _load_results(pretrain: str) -> dict:
+    """{method: {budget: {region: {patient: (mean Dice, mean HD95) over the patient's test slices}}}} from the
+    committed evaluation files of one pretraining length, all outer folds pooled (their test patients are
+    disjoint)."""
+    import numpy as np
+    results = {}
+    for evaluation in sorted((EVIDENCE / pretrain).glob("outer*/*/*labels/evaluation.json")):
+        method, budget = evaluation.parts[-3], int(evaluation.parts[-2][:-len("labels")])
+        per_patient = {}
+        for row in json.loads(evaluation.read_text())["per_case"]:
+            patient = row["case"].rsplit("_s", 1)[0]
+            per_patient.setdefault(row["region"], {}).setdefault(patient, []).append((row["dice"], row["hd95"]))
+        target = results.setdefault(method, {}).setdefault(budget, {})
+        for region, patients in per_patient.items():
+            for patient, values in patients.items():
+                values = np.array(values, float)
+                with warnings.catch_warnings():  # a patient without the region in any slice: NaN, left out
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    target.setdefault(region, {})[patient] = (float(np.nanmean(values[:, 0])),
+                                                              float(np.nanmean(values[:, 1])))
+    return results
+
+
+def _paired(results, method, budget, region, metric):
+    from nnunet_ddpm.benchmark.statistics import paired_difference
+    mine, base = results[method][budget][region], results["baseline"][budget][region]
+    patients = sorted(set(mine) & set(base))
+    index = 0 if metric == "dice" else 1
+    return paired_difference([mine[p][index] for p in patients], [base[p][index] for p in patients])
+
+
+def report(args) -> None:
+    """documentation/evidence.md's tables from the committed result files alone."""
+    import numpy as np
+    from nnunet_ddpm.benchmark.runner import METHOD_TITLES
+    lines = []
+    for pretrain_folder in sorted(EVIDENCE.glob("pretrain*"), key=lambda p: int(p.name[len("pretrain"):])):
+        results = _load_results(pretrain_folder.name)
+        methods = [m for m in ("baseline", "finetune", "finetune_encoderlr", "finetune_warmup", "frozen", "init",
+                               "pixel") if m in results]
+        budgets = sorted(results["baseline"])
+        regions = list(next(iter(results["baseline"].values())))
+        iterations = pretrain_folder.name[len("pretrain"):]
+        for budget in budgets:
+            patients = len(results["baseline"][budget][regions[0]])
+            lines += [f"### {budget} labelled slices, pretraining {iterations} iterations ({patients} test patients)",
+                      "", "Dice and HD95 (mm): mean over test patients of each patient's mean over its slices. "
+                      "Paired difference to the supervised nnU-Net on the same patients, with its 95 % bootstrap "
+                      "interval over patients (10,000 resamples, seeded).", "",
+                      "| method | " + " | ".join(f"Dice {r}" for r in regions) + " | " +
+                      " | ".join(f"HD95 {r}" for r in regions) + " |", "|---" * (1 + 2 * len(regions)) + "|"]
+            for method in methods:
+                if budget not in results[method]:
+                    continue
+                cells = []
+                for index in (0, 1):
+                    for region in regions:
+                        values = [v[index] for v in results[method][budget][region].values()]
+                        cells.append(f"{np.nanmean(values):.3f}" if index == 0 else f"{np.nanmean(values):.1f}")
+                lines.append(f"| {METHOD_TITLES[method]} | " + " | ".join(cells) + " |")
+            lines += ["", "| method | " + " | ".join(f"Dice difference {r}" for r in regions) + " | " +
+                      " | ".join(f"HD95 difference {r}" for r in regions) + " |",
+                      "|---" * (1 + 2 * len(regions)) + "|"]
+            for method in methods[1:]:
+                if budget not in results[method]:
+                    continue
+                cells = []
+                for metric, digits in (("dice", 3), ("hd95", 1)):
+                    for region in regions:
+                        d = _paired(results, method, budget, region, metric)
+                        cells.append(f"{d['mean']:+.{digits}f} [{d['low']:+.{digits}f}, {d['high']:+.{digits}f}]")
+                lines.append(f"| {METHOD_TITLES[method]} | " + " | ".join(cells) + " |")
+            lines.append("")
+    text = "\n".join(lines)
+    (EVIDENCE / "tables.md").write_text(text + "\n")
+    print(text)
 
 
 def main() -> None:
@@ -127,8 +213,9 @@ def main() -> None:
     r.add_argument("--iterations", type=int, default=1000, help="training iterations of every method")
     c = sub.add_parser("collect")
     c.add_argument("-w", required=True)
+    sub.add_parser("report", help="write documentation/evidence/tables.md from the committed result files")
     args = parser.parse_args()
-    {"prepare": prepare, "run": run, "collect": collect}[args.command](args)
+    {"prepare": prepare, "run": run, "collect": collect, "report": report}[args.command](args)
 
 
 if __name__ == "__main__":
