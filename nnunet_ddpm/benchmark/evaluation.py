@@ -1,5 +1,6 @@
 """Dice (nnU-Net's evaluator) and HD95 (MONAI's surface distances) per test case and label or region."""
 import os
+import warnings
 from typing import Dict, List, Union
 
 import numpy as np
@@ -11,26 +12,48 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 EVALUATION_FILE = "evaluation.json"
 
 
+def region_key(region: Union[int, tuple]) -> str:
+    """nnU-Net's summary key of a label (``"1"``) or region (``"(2, 3)"``, ``"(3,)"``)."""
+    return str(tuple(int(v) for v in region)) if isinstance(region, (list, tuple)) else str(int(region))
+
+
 def region_names(dataset_json: dict, regions_or_labels: List[Union[int, tuple]]) -> Dict[str, str]:
-    """nnU-Net's summary key of each label or region -> its name in dataset.json."""
-    names = {}
+    """nnU-Net's summary key of each label or region -> its name in dataset.json.
+
+    A label or region is matched by the set of labels it covers, so a one-label region (``"enhancing tumor": [3]``,
+    nnU-Net's region ``(3,)``) finds its name like a plain label (``"edema": 1``) does."""
+    by_labels = {}
     for name, value in dataset_json["labels"].items():
-        value = tuple(value) if isinstance(value, (list, tuple)) and len(value) > 1 else \
-            (value[0] if isinstance(value, (list, tuple)) else value)
-        names[str(value)] = name
-    return {str(r): names.get(str(r), str(r)) for r in regions_or_labels}
+        by_labels.setdefault(frozenset(np.atleast_1d(value).astype(int).tolist()), name)
+    return {region_key(r): by_labels.get(frozenset(np.atleast_1d(r).astype(int).tolist()), region_key(r))
+            for r in regions_or_labels}
 
 
 def hd95(prediction: np.ndarray, reference: np.ndarray, spacing) -> float:
-    """95th percentile symmetric Hausdorff distance in mm; 0 if both are empty, NaN if only one is."""
+    """95th-percentile symmetric Hausdorff distance in mm between two boolean masks, on the case's own
+    dimensionality: axes of size 1 are dropped with their spacing, so nnU-Net's (1, H, W) volume of a 2D image (whose
+    out-of-plane spacing is a placeholder such as 999) is measured as the H x W image it is. In 3D, a one-slice mask
+    has no interior: every pixel would count as surface.
+
+    Definition (MONAI's ``compute_hausdorff_distance``): the surface of a mask is the mask minus its binary erosion
+    (face connectivity); for each surface pixel of one mask, the Euclidean distance (with the spacing) to the nearest
+    surface pixel of the other; the 95th percentile of those distances (linear interpolation) in each direction; the
+    larger of the two directed values. Both masks empty: 0. Exactly one empty: NaN, the distance is undefined (the
+    report leaves such cases out and counts them)."""
     if not prediction.any() and not reference.any():
         return 0.0
     if not prediction.any() or not reference.any():
         return float("nan")
     import torch
     from monai.metrics import compute_hausdorff_distance
-    value = compute_hausdorff_distance(torch.from_numpy(prediction[None, None]), torch.from_numpy(reference[None, None]),
-                                       include_background=True, percentile=95, spacing=list(spacing))
+    axes = [a for a, size in enumerate(prediction.shape) if size > 1] or list(range(prediction.ndim))
+    shape = [prediction.shape[a] for a in axes]
+    masks = (torch.from_numpy(np.ascontiguousarray(m, dtype=bool).reshape(shape)[None, None])
+             for m in (prediction, reference))
+    with warnings.catch_warnings():  # MONAI's own call of a deprecated argument of its get_mask_edges
+        warnings.filterwarnings("ignore", "monai.metrics.utils get_mask_edges", FutureWarning)
+        value = compute_hausdorff_distance(*masks, include_background=True, percentile=95,
+                                           spacing=[float(spacing[a]) for a in axes])
     return float(value.item())
 
 
@@ -74,7 +97,7 @@ def evaluate_prediction_folder(prediction_folder: str, labels_folder: str, prepr
         prediction, properties = reader.read_seg(case_result["prediction_file"])
         reference, _ = reader.read_seg(case_result["reference_file"])
         for region in regions:
-            key = str(tuple(region)) if isinstance(region, (list, tuple)) else str(region)
+            key = region_key(region)
             metrics = case_result["metrics"][key] if key in case_result["metrics"] else \
                 case_result["metrics"][region]
             per_case.append({
