@@ -127,7 +127,10 @@ def _load_results(pretrain: str) -> dict:
         per_patient = {}
         for row in json.loads(evaluation.read_text())["per_case"]:
             patient = row["case"].rsplit("_s", 1)[0]
-            per_patient.setdefault(row["region"], {}).setdefault(patient, []).append((row["dice"], row["hd95"]))
+            # nnU-Net leaves a slice without the region in reference and prediction out of the Dice (NaN); here it
+            # scores 1, the BraTS challenge's convention, so that every patient counts for every method
+            dice = 1.0 if row["dice"] is None or np.isnan(row["dice"]) else row["dice"]
+            per_patient.setdefault(row["region"], {}).setdefault(patient, []).append((dice, row["hd95"]))
         target = results.setdefault(method, {}).setdefault(budget, {})
         for region, patients in per_patient.items():
             for patient, values in patients.items():
@@ -162,7 +165,9 @@ def report(args) -> None:
         for budget in budgets:
             patients = len(results["baseline"][budget][regions[0]])
             lines += [f"### {budget} labelled slices, pretraining {iterations} iterations ({patients} test patients)",
-                      "", "Dice and HD95 (mm): mean over test patients of each patient's mean over its slices. "
+                      "", "Dice and HD95 (mm): mean over test patients of each patient's mean over its slices (a slice "
+                      "without the region in reference and prediction scores Dice 1 and HD95 0; where only one of "
+                      "them has it, HD95 is undefined and left out). "
                       "Paired difference to the supervised nnU-Net on the same patients, with its 95 % bootstrap "
                       "interval over patients (10,000 resamples, seeded).", "",
                       "| method | " + " | ".join(f"Dice {r}" for r in regions) + " | " +
