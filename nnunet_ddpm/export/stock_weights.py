@@ -62,9 +62,42 @@ def export_pretraining_weights(checkpoint_path: str, output_file: str, timestep:
               "alpha_bar": diffusion.alpha_bar(timestep), "dataset_name": metadata["dataset_name"],
               "plans_name": metadata["plans_name"], "configuration": metadata["configuration"],
               "pretraining_epochs": checkpoint["current_epoch"]}
+    plan = adaptation_plan(plans_manager, metadata["configuration"], metadata["num_input_channels"], weights)
     maybe_mkdir_p(os.path.dirname(os.path.abspath(output_file)))
-    _save_atomically({"network_weights": weights, "ddpm_export": record}, output_file)
+    _save_atomically({"network_weights": weights, "ddpm_export": record, "nnssl_adaptation_plan": plan}, output_file)
     return record
+
+
+def adaptation_plan(plans_manager: PlansManager, configuration: str, num_input_channels: int,
+                    weights: Dict[str, torch.Tensor]) -> dict:
+    """How nnssl (MIC-DKFZ/nnssl) describes a pretrained checkpoint to the tools that adapt it to a downstream task
+    (its ``AdaptationPlan``, which nnU-Net's development branch copies into the plans as ``pretrain_info``): the
+    architecture as a dynamic-network-architectures class and its keyword arguments, the pretraining plans, the
+    input channels, a recommended patch size, and where encoder and stem weights sit in ``network_weights``.
+
+    Written as plain JSON-like values, without importing nnssl. The plain planned network has no separate stem: its
+    stem key is the first convolution block, whose input channels a tool may adapt."""
+    configuration_manager = plans_manager.get_configuration(configuration)
+    class_name = configuration_manager.network_arch_class_name.rsplit(".", 1)[-1]
+    stem = "encoder.stem" if any(k.startswith("encoder.stem.") for k in weights) else "encoder.stages.0.0.convs.0"
+    plans = plans_manager.plans
+    return {
+        "architecture_plans": {"arch_class_name": class_name,
+                               "arch_kwargs": dict(configuration_manager.network_arch_init_kwargs),
+                               "arch_kwargs_requiring_import": list(
+                                   configuration_manager.network_arch_init_kwargs_req_import)},
+        "pretrain_plan": {"dataset_name": plans["dataset_name"], "plans_name": plans["plans_name"],
+                          "original_median_spacing_after_transp": plans["original_median_spacing_after_transp"],
+                          "image_reader_writer": plans["image_reader_writer"],
+                          "transpose_forward": plans["transpose_forward"],
+                          "transpose_backward": plans["transpose_backward"],
+                          "experiment_planner_used": plans["experiment_planner_used"],
+                          "configurations": {configuration: plans["configurations"][configuration]}},
+        "pretrain_num_input_channels": int(num_input_channels),
+        "recommended_downstream_patchsize": [int(i) for i in configuration_manager.patch_size],
+        "key_to_encoder": "encoder.stages",
+        "key_to_stem": stem,
+    }
 
 
 def _segmentation_network(trainer_name: str, plans_manager: PlansManager, configuration: str,

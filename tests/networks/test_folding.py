@@ -65,3 +65,37 @@ def test_export_timestep_default_is_the_fine_tunes():
     from nnunet_ddpm.export.stock_weights import DEFAULT_TIMESTEP
     from nnunet_ddpm.training.nnUNetTrainerDDPMFinetune import nnUNetTrainerDDPMFinetune
     assert DEFAULT_TIMESTEP == nnUNetTrainerDDPMFinetune.finetune_timestep
+
+
+def test_exported_weights_carry_an_nnssl_adaptation_plan(tmp_path):
+    """The plan's architecture, built the way nnssl builds it (dynamic-network-architectures from the class name and
+    keyword arguments), takes the exported encoder and stem weights by their keys."""
+    from dynamic_network_architectures.architectures.unet import ResidualEncoderUNet
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+    from nnunet_ddpm.export.stock_weights import fold_denoiser, adaptation_plan
+    from nnunet_ddpm.diffusion import DiffusionSettings
+    config = residual_configuration(2)
+    plans = PlansManager({"dataset_name": "Dataset001_X", "plans_name": "nnResEncUNetMPlans",
+                          "original_median_spacing_after_transp": [999.0, 1.0, 1.0],
+                          "image_reader_writer": "SimpleITKIO", "transpose_forward": [0, 1, 2],
+                          "transpose_backward": [0, 1, 2], "experiment_planner_used": "ResEncUNetPlanner",
+                          "configurations": {"2d": config.configuration}})
+    denoiser = TimeConditionedUNet(build_unet_from_plans(config, 2, 2, deep_supervision=False))
+    weights = fold_denoiser(denoiser.state_dict(), plans.get_configuration("2d"), 2, 50, DiffusionSettings())
+    plan = adaptation_plan(plans, "2d", 2, weights)
+    assert plan["architecture_plans"]["arch_class_name"] == "ResidualEncoderUNet"
+    assert (plan["key_to_encoder"], plan["key_to_stem"]) == ("encoder.stages", "encoder.stem")
+    assert plan["pretrain_num_input_channels"] == 2 and plan["recommended_downstream_patchsize"] == [16, 16]
+    assert plan["pretrain_plan"]["configurations"]["2d"]["architecture"]["network_class_name"].endswith(
+        "ResidualEncoderUNet")
+    import json
+    json.dumps(plan)  # plain JSON values, as nnssl serialises it
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+    arch = plan["architecture_plans"]
+    network = get_network_from_plans(ResidualEncoderUNet.__module__ + "." + arch["arch_class_name"],
+                                     arch["arch_kwargs"], arch["arch_kwargs_requiring_import"], 2, 3,
+                                     allow_init=False, deep_supervision=False)
+    for prefix in (plan["key_to_encoder"], plan["key_to_stem"]):
+        part = {k[len(prefix) + 1:]: v for k, v in weights.items() if k.startswith(prefix + ".")}
+        module = network.get_submodule(prefix)
+        module.load_state_dict(part)  # strict: every key of the encoder (stem) is there, nothing else
