@@ -29,12 +29,14 @@ METHODS = {  # method name -> trainer class name (before the budget suffix)
     "finetune_encoderlr": "nnUNetTrainerDDPMFinetune_encoderLR0p1",
     "finetune_warmup": "nnUNetTrainerDDPMFinetune_warmup",
     "init": "nnUNetTrainerDDPMInit",
+    "pixel_defaultfeatures": "nnUNetTrainerDDPMPixelClassifier_defaultFeatures",
 }
 METHOD_TITLES = {"baseline": "nnU-Net (supervised)", "finetune": "DDPM fine-tune",
                  "frozen": "DDPM fine-tune, frozen encoder", "pixel": "DDPM pixel classifier",
                  "finetune_encoderlr": "DDPM fine-tune, encoder at 0.1 x lr",
                  "finetune_warmup": "DDPM fine-tune, lr 1e-3 with warm-up",
-                 "init": "nnU-Net from folded DDPM weights"}
+                 "init": "nnU-Net from folded DDPM weights",
+                 "pixel_defaultfeatures": "DDPM pixel classifier, built-in features"}
 PRETRAINER = "nnUNetTrainerDDPMPretrain"
 DONE_MARKER = "prediction_done.json"
 

@@ -4,16 +4,23 @@ The pretrained denoiser (EMA weights) stays frozen; an ensemble of small MLPs, w
 every pixel from decoder activations at a few timesteps (``nnunet_ddpm.networks.pixel_classifier``). nnU-Net's patch
 sampling, augmentation, Dice + CE loss (per member), validation and sliding-window prediction are used unchanged.
 """
+import warnings
 from typing import Optional, Tuple
 
 import torch
+from batchgenerators.utilities.file_and_folder_operations import isfile, join, load_json
+from nnunetv2.paths import nnUNet_results
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from torch import nn
 from torch._dynamo import OptimizedModule
 
+from nnunet_ddpm.features.probe import CHOICE_FILE, file_digest
 from nnunet_ddpm.networks import EnsembleLoss, PixelClassifierNetwork, build_unet_from_plans
 from nnunet_ddpm.training.ddpm_trainer_base import UsesPretrainedDenoiser
 from nnunet_ddpm.training.pretrained_checkpoint import transfer_denoiser_weights
+
+
+PROBED_FEATURES_KEY = "ddpm_pixel_features"  # in the plans' configuration, saved with the model
 
 
 class nnUNetTrainerDDPMPixelClassifier(UsesPretrainedDenoiser):
@@ -47,6 +54,7 @@ class nnUNetTrainerDDPMPixelClassifier(UsesPretrainedDenoiser):
     checkpoint_members = True
     feature_timesteps_per_pass: Optional[int] = None  # None: all at once in 2D, one at a time in 3D
     noise_seed = 0  # seeds the noise that brings inputs to the feature timesteps: deterministic features
+    use_probed_features = True  # stages and timesteps from nnUNetv2_ddpm_probe_features, where it has run
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
@@ -55,6 +63,34 @@ class nnUNetTrainerDDPMPixelClassifier(UsesPretrainedDenoiser):
         self.initial_lr = 1e-3
         self.weight_decay = 0.0
         self.num_epochs = 100
+        self.probed_features = self._adopt_probed_features() if self.use_probed_features else None
+
+    def _adopt_probed_features(self) -> Optional[dict]:
+        """The choice of ``nnUNetv2_ddpm_probe_features`` beside the dataset's pretraining, if there is one, written
+        into the plans: ``build_network_architecture`` reads it from there, and nnU-Net saves these plans with the
+        model, so that ``nnUNetv2_predict`` builds the same network. A model folder whose plans hold another choice
+        (another fold trained before a new probe) is refused: its models would no longer load."""
+        if not nnUNet_results.is_set():
+            return None
+        folder = join(str(nnUNet_results), self.plans_manager.dataset_name,
+                      f"{self.pretraining_trainer_name}__{self.plans_manager.plans_name}__{self.configuration_name}",
+                      "fold_all")
+        if not isfile(join(folder, CHOICE_FILE)):
+            return None
+        record = load_json(join(folder, CHOICE_FILE))
+        choice = {"stages": record["stages"], "timesteps": record["timesteps"], "file": join(folder, CHOICE_FILE),
+                  "checkpoint_sha1": record["checkpoint_sha1"]}
+        saved_plans = join(self.output_folder_base, "plans.json")
+        if isfile(saved_plans):
+            saved = load_json(saved_plans)["configurations"][self.configuration_name].get(PROBED_FEATURES_KEY)
+            if saved is not None and (saved["stages"], saved["timesteps"]) != (choice["stages"], choice["timesteps"]):
+                raise RuntimeError(
+                    f"{self.output_folder_base} holds models with decoder stages {saved['stages']} and timesteps "
+                    f"{saved['timesteps']}, but {choice['file']} now chooses {choice['stages']} and "
+                    f"{choice['timesteps']}. Train into another results folder, or delete that model folder.")
+        self.plans_manager.plans["configurations"][self.configuration_name][PROBED_FEATURES_KEY] = choice
+        self.configuration_manager.configuration[PROBED_FEATURES_KEY] = choice
+        return choice
 
     @classmethod
     def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels: int,
@@ -62,16 +98,30 @@ class nnUNetTrainerDDPMPixelClassifier(UsesPretrainedDenoiser):
         # the denoiser exactly as pretrained (one output per input channel); the head replaces its output layers
         unet = build_unet_from_plans(configuration_manager, num_input_channels, num_input_channels,
                                      deep_supervision=False)
-        alpha_bars = [cls.diffusion.alpha_bar(t) for t in cls.feature_timesteps]
-        stages = cls.feature_stages or tuple(range(-min(3, len(unet.decoder.stages)), 0))
+        probed = configuration_manager.configuration.get(PROBED_FEATURES_KEY) if cls.use_probed_features else None
+        timesteps = tuple(probed["timesteps"]) if probed else cls.feature_timesteps
+        alpha_bars = [cls.diffusion.alpha_bar(t) for t in timesteps]
+        stages = tuple(probed["stages"]) if probed else \
+            cls.feature_stages or tuple(range(-min(3, len(unet.decoder.stages)), 0))
         per_pass = cls.feature_timesteps_per_pass or (None if len(configuration_manager.patch_size) == 2 else 1)
-        return PixelClassifierNetwork(unet, stages, cls.feature_timesteps, alpha_bars, num_output_channels,
+        return PixelClassifierNetwork(unet, stages, timesteps, alpha_bars, num_output_channels,
                                       cls.ensemble_size, cls.mlp_hidden, cls.noise_seed, cls.timestep_embedding_dim,
                                       cls.checkpoint_members, per_pass)
 
     def initialize(self):
         super().initialize()
         self.unwrapped_network().region_based = self.label_manager.has_regions
+
+    def load_pretrained_denoiser(self, *args):
+        """The base's loading, then a warning when the probed feature choice was made for another checkpoint."""
+        source = super().load_pretrained_denoiser(*args)
+        if self.probed_features and source and file_digest(source["checkpoint"]) != \
+                self.probed_features["checkpoint_sha1"]:
+            message = (f"The feature choice {self.probed_features['file']} was made for another pretraining "
+                       f"checkpoint than {source['checkpoint']}; run nnUNetv2_ddpm_probe_features again for it.")
+            warnings.warn(message)
+            self.print_to_log_file("WARNING: " + message)
+        return source
 
     def apply_pretrained_weights(self, weights: dict) -> str:
         network = self.unwrapped_network()

@@ -23,6 +23,7 @@ from nnunet_ddpm.training.nnUNetTrainerDDPMPixelClassifier import nnUNetTrainerD
 from nnunet_ddpm.training.nnUNetTrainerDDPMPretrain import nnUNetTrainerDDPMPretrain
 from nnunet_ddpm.training.variants.finetune_schedule import (nnUNetTrainerDDPMFinetune_encoderLR0p1,
                                                              nnUNetTrainerDDPMFinetune_warmup)
+from nnunet_ddpm.training.variants.pixel_features import nnUNetTrainerDDPMPixelClassifier_defaultFeatures
 
 
 def _positive_int(name: str, default: int) -> int:
@@ -82,6 +83,11 @@ class nnUNetTrainerDDPMInit_demo(DemoBudget, nnUNetTrainerDDPMInit):
 
 
 class nnUNetTrainerDDPMPixelClassifier_demo(DemoBudget, nnUNetTrainerDDPMPixelClassifier):
+    pretraining_trainer_name = "nnUNetTrainerDDPMPretrain_demo"
+
+
+class nnUNetTrainerDDPMPixelClassifier_defaultFeatures_demo(DemoBudget,
+                                                           nnUNetTrainerDDPMPixelClassifier_defaultFeatures):
     pretraining_trainer_name = "nnUNetTrainerDDPMPretrain_demo"
 
 

@@ -18,11 +18,13 @@ from nnunet_ddpm.training.nnUNetTrainerDDPMFinetune import (nnUNetTrainerDDPMFin
                                                             nnUNetTrainerDDPMFinetuneFrozenEncoder)
 from nnunet_ddpm.training.nnUNetTrainerDDPMInit import nnUNetTrainerDDPMInit
 from nnunet_ddpm.training.nnUNetTrainerDDPMPixelClassifier import nnUNetTrainerDDPMPixelClassifier
-from nnunet_ddpm.training.variants import demo_budget, finetune_schedule
+from nnunet_ddpm.training.variants import demo_budget, finetune_schedule, pixel_features
 
 BUDGETED_TRAINERS = (nnUNetTrainer, nnUNetTrainerDDPMFinetune, nnUNetTrainerDDPMFinetuneFrozenEncoder,
                      nnUNetTrainerDDPMPixelClassifier, finetune_schedule.nnUNetTrainerDDPMFinetune_encoderLR0p1,
                      finetune_schedule.nnUNetTrainerDDPMFinetune_warmup, nnUNetTrainerDDPMInit,
+                     pixel_features.nnUNetTrainerDDPMPixelClassifier_defaultFeatures,
+                     demo_budget.nnUNetTrainerDDPMPixelClassifier_defaultFeatures_demo,
                      demo_budget.nnUNetTrainer_demo, demo_budget.nnUNetTrainerDDPMInit_demo,
                      demo_budget.nnUNetTrainerDDPMFinetune_demo, demo_budget.nnUNetTrainerDDPMFinetuneFrozenEncoder_demo,
                      demo_budget.nnUNetTrainerDDPMPixelClassifier_demo,

@@ -1,0 +1,105 @@
+"""``nnUNetv2_ddpm_probe_features`` on the 2D phantom's pretraining: the choice reads only the fold's labelled training
+cases, lands beside the pretraining, and the pixel classifier trained through nnUNetv2_train uses it."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from nnunet_ddpm.features.probe import CHOICE_FILE, PROBE_FOLDER, choose_features, cluster_picture, probe_features
+from tests.conftest import PHANTOM_2D
+
+pytestmark = pytest.mark.slow
+DATASET_ID, DATASET = PHANTOM_2D
+PROBE = ("nnUNetv2_ddpm_probe_features", "-d", DATASET_ID, "-c", "2d", "-f", 0, "--budget", 5,
+         "-tr", "nnUNetTrainerDDPMPretrain_demo", "--timesteps", 50,
+         250, "--max-stages", 2, "--max-timesteps", 1, "--pixels-per-case", 300, "--picture-cases", 1)
+
+
+@pytest.fixture(scope="module")
+def probed(nnunet, pretrained_2d):
+    nnunet.run("nnUNetv2_ddpm_make_splits", "-d", DATASET_ID, "--overwrite", training=False)
+    result = nnunet.run(*PROBE, training=False)
+    return json.loads((pretrained_2d / CHOICE_FILE).read_text()), result.output
+
+
+def test_probe_writes_scores_pictures_and_a_choice(probed, pretrained_2d):
+    record, output = probed
+    assert len(record["stages"]) == 2 and len(record["timesteps"]) == 1 and record["timesteps"][0] in (50, 250)
+    assert record["budget"] == 5 and len(record["cases"]) == 5
+    num_stages = len({key.split(",")[0] for key in record["scores"]})
+    assert len(record["scores"]) == 2 * num_stages  # every stage at both timesteps
+    assert all(-num_stages <= s < 0 for s in record["stages"])
+    # the choice follows from the scores: the best stages by their mean over timesteps
+    scores = {(int(k.split(",")[0]), int(k.split(",")[1])): v for k, v in record["scores"].items()}
+    assert choose_features(scores, 2, 1) == {"stages": record["stages"], "timesteps": record["timesteps"]}
+    rows = (pretrained_2d / PROBE_FOLDER / "scores.csv").read_text().splitlines()
+    assert rows[0] == "stage,stage_from_end,timestep,probe_dice" and len(rows) == 1 + 2 * num_stages
+    assert f"Chosen: decoder stages {record['stages']} at timesteps {record['timesteps']}" in output
+    assert len(list((pretrained_2d / PROBE_FOLDER).glob("clusters_*.png"))) == 1
+
+
+def test_probe_never_reads_held_out_labels(probed, nnunet, pretrained_2d, tmp_path):
+    """Every case outside the 5 labelled ones gets random labels in a copy of the dataset: same scores, same choice."""
+    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+    record, _ = probed
+    source = nnunet.preprocessed / DATASET
+    poisoned = nnunet.preprocessed / "Dataset993_PhantomPoisoned"
+    shutil.copytree(source, poisoned)
+    folder = poisoned / "nnUNetPlans_2d"
+    dataset = infer_dataset_class(str(folder))(str(folder))
+    rng = np.random.default_rng(0)
+    held_out = [c for c in dataset.identifiers if c not in record["cases"]]
+    assert held_out
+    for case in held_out:
+        data, seg, _, properties = dataset.load_case(case)
+        dataset.save_case(np.asarray(data), rng.integers(0, 4, np.asarray(seg).shape).astype(np.int8), properties,
+                          str(folder / case))
+    plans = json.loads((poisoned / "nnUNetPlans.json").read_text())
+    plans["dataset_name"] = "Dataset993_PhantomPoisoned"
+    (poisoned / "nnUNetPlans.json").write_text(json.dumps(plans))
+    checkpoint = tmp_path / "checkpoint_final.pth"
+    shutil.copy(pretrained_2d / "checkpoint_final.pth", checkpoint)
+    import os
+    os.environ.update(nnUNet_preprocessed=str(nnunet.preprocessed), nnUNet_raw=str(nnunet.raw),
+                      nnUNet_results=str(nnunet.results))
+    (nnunet.raw / "Dataset993_PhantomPoisoned").mkdir(exist_ok=True)
+    again = probe_features(993, "2d", 0, 5, checkpoint=str(checkpoint), timesteps=(50, 250), max_stages=2,
+                           max_timesteps=1, pixels_per_case=300, picture_cases=0, progress=False)
+    assert again["cases"] == record["cases"]
+    assert again["scores"] == record["scores"]
+    assert (again["stages"], again["timesteps"]) == (record["stages"], record["timesteps"])
+
+
+def test_pixel_classifier_uses_the_choice_and_warns_for_another_pretraining(probed, nnunet, pretrained_2d):
+    record, _ = probed
+    result = nnunet.train(DATASET_ID, "2d", 4, "nnUNetTrainerDDPMPixelClassifier_demo")
+    assert f"features of decoder stages" in result.output
+    folder = nnunet.trainer_folder(DATASET, "nnUNetTrainerDDPMPixelClassifier_demo", "2d", 4)
+    plans = json.loads((folder.parent / "plans.json").read_text())
+    assert plans["configurations"]["2d"]["ddpm_pixel_features"]["timesteps"] == record["timesteps"]
+    checkpoint = torch.load(folder / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    first_layer = [v for k, v in checkpoint["network_weights"].items() if ".seg_layers." in k and v.ndim == 4][0]
+    assert "another pretraining" not in result.output
+    # one timestep, two stages: the head's first layer reads fewer channels than the default 3 stages x 3 timesteps
+    debug = json.loads((folder / "debug.json").read_text())
+    assert str(record["stages"]) in debug["probed_features"]
+    choice = pretrained_2d / CHOICE_FILE
+    original = choice.read_text()
+    try:
+        choice.write_text(json.dumps(dict(record, checkpoint_sha1="0" * 40)))
+        warned = nnunet.train(DATASET_ID, "2d", 3, "nnUNetTrainerDDPMPixelClassifier_demo")
+        assert "was made for another pretraining checkpoint" in warned.output
+    finally:
+        choice.write_text(original)
+    assert first_layer.shape[1] > 0
+
+
+def test_cluster_picture_grid(tmp_path):
+    features = {(s, t): torch.randn(4, 12, 10) for s in (0, 1, 2) for t in (10, 50)}
+    image, seg = np.random.rand(2, 12, 10), np.zeros((1, 12, 10))
+    assert cluster_picture(image, seg, features, str(tmp_path / "p.png"), "x", num_clusters=3) == (3, 3)
+    import matplotlib.image
+    picture = matplotlib.image.imread(str(tmp_path / "p.png"))
+    assert picture.ndim == 3 and picture.std() > 0
