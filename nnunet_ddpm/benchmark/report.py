@@ -1,9 +1,12 @@
-"""The comparison report: mean and standard deviation over folds of the per-fold mean Dice / HD95 per region, as CSV,
-JSON (with the case-level results and the settings), a Markdown table laid out like the paper's and a PNG plot.
+"""The comparison report: per region, the mean Dice / HD95 of every method and budget (mean and standard deviation
+over folds of the per-fold mean over test cases), and each DDPM method's paired difference to the supervised baseline
+on the same test cases with a bootstrap interval; as CSV, JSON (with the case-level results and the settings),
+Markdown tables and a PNG plot.
 
 Honesty rules: the settings every model was trained with (epochs, iterations, diffusion timesteps) are read from
 its own output folder, and models of one method must agree, else the report is refused; the machine and the number
-of test cases are stated.
+of test cases are stated; a standard deviation is only given where there are several folds, and a difference
+between methods only with its interval.
 """
 import csv
 import math
@@ -15,6 +18,7 @@ from batchgenerators.utilities.file_and_folder_operations import isfile, join, l
 
 from nnunet_ddpm.benchmark.evaluation import EVALUATION_FILE
 from nnunet_ddpm.benchmark.runner import METHOD_TITLES, Benchmark, BenchmarkError
+from nnunet_ddpm.benchmark.statistics import RESAMPLES, SEED, paired_difference
 
 SETTINGS_KEYS = ("num_epochs", "num_iterations_per_epoch", "initial_lr", "finetune_timestep", "feature_timesteps",
                  "feature_stages", "ensemble_size", "diffusion")
@@ -59,10 +63,38 @@ def _settings_by_method(benchmark: Benchmark) -> Dict[str, dict]:
 
 
 def _mean_std(values: List[float]):
+    """Mean and sample standard deviation over folds; no standard deviation (NaN) from a single fold."""
     values = [v for v in values if not math.isnan(v)]
     if not values:
         return float("nan"), float("nan")
-    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
+
+
+def _paired_rows(benchmark: Benchmark, case_rows: List[dict], regions: List[str], cases: List[str]) -> List[dict]:
+    """Each DDPM method minus the supervised baseline, per budget and region, on the same test cases and folds
+    (``statistics.paired_difference``); none without the baseline."""
+    if "baseline" not in benchmark.methods:
+        return []
+    value = {(r["method"], r["labelled_cases"], r["fold"], r["region"], r["case"]): r for r in case_rows}
+
+    def table(method, budget, region, metric):  # (folds, cases); NaN where a case has no result
+        return np.array([[value[(method, budget, fold, region, case)][metric]
+                          if (method, budget, fold, region, case) in value else float("nan") for case in cases]
+                         for fold in benchmark.folds], dtype=float)
+
+    rows = []
+    for method in (m for m in benchmark.methods if m != "baseline"):
+        for budget in benchmark.budgets:
+            for region in regions:
+                row = {"method": method, "baseline": "baseline", "labelled_cases": budget, "region": region}
+                for metric in ("dice", "hd95"):
+                    found = paired_difference(table(method, budget, region, metric),
+                                              table("baseline", budget, region, metric))
+                    row |= {f"{metric}_difference": found["mean"], f"{metric}_low": found["low"],
+                            f"{metric}_high": found["high"], f"{metric}_cases": found["cases"],
+                            f"{metric}_dropped_pairs": found["dropped_pairs"]}
+                rows.append(row)
+    return rows
 
 
 def write_report(benchmark: Benchmark, cases: List[str]) -> dict:
@@ -80,7 +112,8 @@ def write_report(benchmark: Benchmark, cases: List[str]) -> dict:
                 for region in evaluation["regions"]:
                     values = [r for r in evaluation["per_case"] if r["region"] == region]
                     per_fold.setdefault(region, []).append(
-                        (float(np.nanmean([r["dice"] for r in values])) if values else float("nan"),
+                        (float(np.nanmean([r["dice"] for r in values]))
+                         if any(not math.isnan(r["dice"]) for r in values) else float("nan"),
                          float(np.nanmean([r["hd95"] for r in values]))
                          if any(not math.isnan(r["hd95"]) for r in values) else float("nan"),
                          sum(math.isnan(r["hd95"]) for r in values)))
@@ -90,23 +123,28 @@ def write_report(benchmark: Benchmark, cases: List[str]) -> dict:
                 rows.append({"method": method, "labelled_cases": budget, "region": region, "folds": len(folds),
                              "dice_mean": dice_mean, "dice_std": dice_std, "hd95_mean": hd_mean, "hd95_std": hd_std,
                              "hd95_undefined_cases": sum(f[2] for f in folds)})
+    paired = _paired_rows(benchmark, case_rows, regions, cases)
     folder = benchmark.output_folder
     files = {"csv": join(folder, "results.csv"), "case_csv": join(folder, "results_per_case.csv"),
-             "json": join(folder, "results.json"), "markdown": join(folder, "results.md"),
-             "plot": join(folder, "dice_vs_labels.png")}
+             "paired_csv": join(folder, "paired_differences.csv"), "json": join(folder, "results.json"),
+             "markdown": join(folder, "results.md"), "plot": join(folder, "dice_vs_labels.png")}
     header = (f"{benchmark.dataset_name}, {benchmark.configuration}, {len(cases)} test cases, folds "
               f"{list(benchmark.folds)}, {machine(benchmark.device)}")
-    markdown = _markdown(benchmark, rows, regions, settings, header)
+    markdown = _markdown(benchmark, rows, paired, regions, settings, header)
     report = {"dataset": benchmark.dataset_name, "configuration": benchmark.configuration, "plans": benchmark.plans,
               "machine": machine(benchmark.device), "test_cases": len(cases), "methods": list(benchmark.methods),
               "budgets": list(benchmark.budgets), "folds": list(benchmark.folds), "regions": regions,
-              "settings": settings, "results": rows, "per_case": case_rows, "markdown": markdown, "files": files}
+              "settings": settings, "results": rows, "paired_differences": paired,
+              "bootstrap": {"confidence": 0.95, "resamples": RESAMPLES, "seed": SEED, "unit": "test case"},
+              "per_case": case_rows, "markdown": markdown, "files": files}
     _write_csv(files["csv"], rows)
     _write_csv(files["case_csv"], case_rows)
+    if paired:
+        _write_csv(files["paired_csv"], paired)
     save_json({k: v for k, v in report.items() if k not in ("markdown", "files")}, files["json"], sort_keys=False)
     with open(files["markdown"], "w") as f:
         f.write(markdown)
-    _plot(benchmark, rows, regions, files["plot"], header)
+    _plot(benchmark, rows, paired, regions, files["plot"], header)
     return report
 
 
@@ -117,50 +155,106 @@ def _write_csv(path: str, rows: List[dict]) -> None:
         writer.writerows(rows)
 
 
-def _cell(mean: float, std: float, digits: int) -> str:
-    return "n/a" if math.isnan(mean) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+def _cell(mean: float, std: float, digits: int, best: bool = False) -> str:
+    if math.isnan(mean):
+        return "n/a"
+    text = f"{mean:.{digits}f}" + ("" if math.isnan(std) else f" ± {std:.{digits}f}")
+    return f"**{text}**" if best else text
 
 
-def _markdown(benchmark: Benchmark, rows: List[dict], regions: List[str], settings: dict, header: str) -> str:
+def _difference_cell(row: dict, metric: str, digits: int) -> str:
+    mean, low, high = (row[f"{metric}_{k}"] for k in ("difference", "low", "high"))
+    if math.isnan(mean):
+        return "n/a"
+    text = f"{mean:+.{digits}f}" + ("" if math.isnan(low) else f" [{low:+.{digits}f}, {high:+.{digits}f}]")
+    dropped = row[f"{metric}_dropped_pairs"]
+    return text + f" ({row[f'{metric}_cases']} cases" + (f", {dropped} pairs dropped)" if dropped else ")")
+
+
+METRICS = (("dice", 3, "Dice", max), ("hd95", 2, "HD95 (mm)", min))  # name, digits, title, which value is best
+
+
+def _markdown(benchmark: Benchmark, rows: List[dict], paired: List[dict], regions: List[str], settings: dict,
+              header: str) -> str:
     lookup = {(r["method"], r["labelled_cases"], r["region"]): r for r in rows}
-    lines = [f"# Semi-supervised comparison: {benchmark.dataset_name}", "", header + ".",
-             "Mean ± standard deviation over folds of the mean over test cases. HD95 in mm; cases where exactly one "
-             "of prediction and reference is empty have no HD95 and are left out (counted in results.csv).", ""]
-    for metric, digits, title in (("dice", 3, "Dice"), ("hd95", 2, "HD95 (mm)")):
-        lines += [f"## {title}", ""]
-        columns = [f"{METHOD_TITLES[m]}: {r}" for m in benchmark.methods for r in regions]
-        lines.append("| labelled cases | " + " | ".join(columns) + " |")
-        lines.append("|---" * (len(columns) + 1) + "|")
-        for budget in benchmark.budgets:
-            cells = [_cell(lookup[(m, budget, r)][f"{metric}_mean"], lookup[(m, budget, r)][f"{metric}_std"], digits)
-                     for m in benchmark.methods for r in regions]
-            lines.append(f"| {budget} | " + " | ".join(cells) + " |")
-        lines.append("")
+    one_fold = len(benchmark.folds) == 1
+    lines = [f"# Semi-supervised comparison: {benchmark.dataset_name}", "", header + ".", "",
+             ("Each value is the mean over the test cases (one fold: no standard deviation)." if one_fold else
+              "Each value is the mean ± standard deviation over folds of the per-fold mean over the test cases.") +
+             " The best value of each row is in bold (Dice: highest, HD95: lowest). HD95 in mm; a case where exactly "
+             "one of prediction and reference is empty has no HD95 and is left out (the count follows the value).", ""]
+    if paired:
+        lines += ["Paired difference: method minus nnU-Net (supervised) on the same test cases and folds, per case "
+                  "(averaged over folds), then the mean over cases [95 % percentile bootstrap interval over test "
+                  f"cases, {RESAMPLES} resamples, seed {SEED}]. Dice: positive is better; HD95: negative is better. "
+                  "Pairs where either value is undefined are dropped.", ""]
+    for region in regions:
+        lines += [f"## {region}", ""]
+        for metric, digits, title, best in METRICS:
+            lines += [f"### {title}", "", "| labelled cases | " + " | ".join(
+                METHOD_TITLES[m] for m in benchmark.methods) + " |", "|---" * (len(benchmark.methods) + 1) + "|"]
+            for budget in benchmark.budgets:
+                found = [lookup[(m, budget, region)] for m in benchmark.methods]
+                means = [r[f"{metric}_mean"] for r in found if not math.isnan(r[f"{metric}_mean"])]
+                top = best(means) if len(means) > 1 else None
+                cells = [_cell(r[f"{metric}_mean"], r[f"{metric}_std"], digits, r[f"{metric}_mean"] == top) +
+                         (f" ({r['hd95_undefined_cases']} undefined)" if metric == "hd95" and
+                          r["hd95_undefined_cases"] else "") for r in found]
+                lines.append(f"| {budget} | " + " | ".join(cells) + " |")
+            lines.append("")
+        if paired:
+            compared = [m for m in benchmark.methods if m != "baseline"]
+            lines += [f"### Paired difference to {METHOD_TITLES['baseline']}", "",
+                      "| labelled cases | " + " | ".join(f"{METHOD_TITLES[m]}: {title}" for m in compared
+                                                         for _, _, title, _ in METRICS) + " |",
+                      "|---" * (2 * len(compared) + 1) + "|"]
+            by_key = {(r["method"], r["labelled_cases"], r["region"]): r for r in paired}
+            for budget in benchmark.budgets:
+                cells = [_difference_cell(by_key[(m, budget, region)], metric, digits)
+                         for m in compared for metric, digits, _, _ in METRICS]
+                lines.append(f"| {budget} | " + " | ".join(cells) + " |")
+            lines.append("")
     lines += ["## Training settings (read from each model's debug.json)", ""]
     for name, values in settings.items():
         lines.append(f"- {METHOD_TITLES.get(name, name)}: " + ", ".join(f"{k} {v}" for k, v in values.items()))
     return "\n".join(lines) + "\n"
 
 
-def _plot(benchmark: Benchmark, rows: List[dict], regions: List[str], path: str, header: str) -> None:
+def _plot(benchmark: Benchmark, rows: List[dict], paired: List[dict], regions: List[str], path: str,
+          header: str) -> None:
+    """Dice against labelled cases per region (error bars: standard deviation over folds, where there are several);
+    below, with the baseline, each DDPM method's paired Dice difference with its bootstrap interval."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    figure, axes = plt.subplots(1, len(regions), figsize=(4.2 * len(regions), 3.6), squeeze=False)
-    for axis, region in zip(axes[0], regions):
+    panel_rows = 2 if paired else 1
+    figure, axes = plt.subplots(panel_rows, len(regions), figsize=(4.2 * len(regions), 3.6 * panel_rows),
+                                squeeze=False)
+    for column, region in enumerate(regions):
+        axis = axes[0][column]
         for method in benchmark.methods:
             series = sorted((r for r in rows if r["method"] == method and r["region"] == region),
                             key=lambda r: r["labelled_cases"])
-            x = [r["labelled_cases"] for r in series]
-            mean = np.array([r["dice_mean"] for r in series])
             std = np.array([r["dice_std"] for r in series])
-            axis.plot(x, mean, marker="o", label=METHOD_TITLES[method])
-            axis.fill_between(x, mean - std, mean + std, alpha=0.2)
-        axis.set_title(region)
-        axis.set_xlabel("labelled training cases")
-        axis.set_ylabel("Dice")
-        axis.set_ylim(0, 1)
+            axis.errorbar([r["labelled_cases"] for r in series], [r["dice_mean"] for r in series],
+                          yerr=None if np.isnan(std).all() else np.nan_to_num(std), marker="o", capsize=3,
+                          label=METHOD_TITLES[method])
+        axis.set(title=region, xlabel="labelled training cases", ylabel="Dice", ylim=(0, 1))
         axis.grid(alpha=0.3)
+        if paired:
+            axis = axes[1][column]
+            for method in (m for m in benchmark.methods if m != "baseline"):
+                series = sorted((r for r in paired if r["method"] == method and r["region"] == region),
+                                key=lambda r: r["labelled_cases"])
+                mean = np.array([r["dice_difference"] for r in series])
+                interval = np.nan_to_num([mean - [r["dice_low"] for r in series],
+                                          [r["dice_high"] for r in series] - mean])
+                axis.errorbar([r["labelled_cases"] for r in series], mean, yerr=interval, marker="o", capsize=3,
+                              label=METHOD_TITLES[method])
+            axis.axhline(0, color="black", linewidth=0.8)
+            axis.set(title=f"{region}: paired difference", xlabel="labelled training cases",
+                     ylabel=f"Dice minus {METHOD_TITLES['baseline']}\n(95 % bootstrap interval)")
+            axis.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     figure.suptitle(header, fontsize=9)
     figure.tight_layout()
