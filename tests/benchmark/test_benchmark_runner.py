@@ -7,6 +7,8 @@ import pytest
 
 from tests.conftest import PHANTOM_2D
 
+pytestmark = pytest.mark.slow  # end-to-end: real nnU-Net console scripts
+
 DATASET_ID, DATASET_NAME = PHANTOM_2D
 
 

@@ -1,6 +1,10 @@
 """The README's main job, nnUNetv2_ddpm_demo, end to end at a tiny size, and resumed."""
 import json
 
+import pytest
+
+pytestmark = pytest.mark.slow  # end-to-end: real nnU-Net console scripts
+
 
 def test_demo_runs_the_comparison_end_to_end_and_resumes(nnunet, tmp_path):
     out = tmp_path / "demo"

@@ -13,6 +13,8 @@ from nnunet_ddpm.dataset_conversion.phantom_difficulty import measure
 from nnunet_ddpm.dataset_conversion.raw_dataset import DatasetConversionError
 from nnunet_ddpm.dataset_conversion.synthetic_phantom import LABELS, phantom_case, write_phantom_dataset
 
+pytestmark = pytest.mark.slow  # end-to-end: real nnU-Net console scripts
+
 REPO = Path(__file__).resolve().parents[2]
 
 

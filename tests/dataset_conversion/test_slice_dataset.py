@@ -20,6 +20,8 @@ from nnunet_ddpm.dataset_conversion.slice_rules import PAPER_SLICES, SliceRule
 from tests.dataset_conversion.standins import (write_brats21_standin, write_msd_task01_standin,
                                                write_tiny_raw_dataset)
 
+pytestmark = pytest.mark.slow  # end-to-end: real nnU-Net console scripts
+
 REPO = Path(__file__).resolve().parents[2]
 BRATS3D, BRATS2D, MSD3D, MSD2D = 980, 981, 982, 983
 TEST_PATIENTS = ["BraTS2021_00001", "BraTS2021_00004"]

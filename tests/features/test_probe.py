@@ -54,8 +54,11 @@ def test_probe_never_reads_held_out_labels(probed, nnunet, pretrained_2d, tmp_pa
     assert held_out
     for case in held_out:
         data, seg, _, properties = dataset.load_case(case)
-        dataset.save_case(np.asarray(data), rng.integers(0, 4, np.asarray(seg).shape).astype(np.int8), properties,
-                          str(folder / case))
+        data, shape = np.array(data), np.asarray(seg).shape
+        del seg
+        for stored in folder.glob(f"{case}*.b2nd"):
+            stored.unlink()
+        dataset.save_case(data, rng.integers(0, 4, shape).astype(np.int8), properties, str(folder / case))
     plans = json.loads((poisoned / "nnUNetPlans.json").read_text())
     plans["dataset_name"] = "Dataset993_PhantomPoisoned"
     (poisoned / "nnUNetPlans.json").write_text(json.dumps(plans))

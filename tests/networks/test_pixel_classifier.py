@@ -173,6 +173,7 @@ def test_member_checkpointing_under_autocast():
         assert a.dtype == b.dtype and torch.allclose(a.float(), b.float(), atol=1e-2, rtol=1e-2), name
 
 
+@pytest.mark.slow  # TorchDynamo tracing takes about a minute on the CPU
 def test_member_checkpointing_under_torch_compile():
     """nnU-Net compiles the network on GPUs: the checkpointed members must survive TorchDynamo (run eagerly there)."""
     torch.manual_seed(0)
@@ -213,6 +214,7 @@ def test_region_flag_travels_in_the_state_dict():
     assert torch.equal(fresh.mean_probability_logits(members), trained.mean_probability_logits(members))
 
 
+@pytest.mark.slow  # TorchDynamo tracing takes about a minute on the CPU
 @pytest.mark.parametrize("region_based", [False, True])
 def test_torch_compile_traces_prediction_in_one_graph(region_based):
     """nnU-Net compiles the network on GPUs and validates with it: prediction is one graph (the seeded noise is drawn

@@ -180,6 +180,7 @@ def test_recomputed_encoder_stages_change_memory_not_results(dim):
         assert torch.equal(recomputing(x, timesteps), plain.eval()(x, timesteps))
 
 
+@pytest.mark.slow  # TorchDynamo tracing takes about a minute on the CPU
 def test_recomputed_encoder_stages_under_torch_compile():
     """nnU-Net compiles the network on GPUs: the checkpointed stages trace without a graph break (no side effect
     inside the checkpoint while compiling) and give the eager gradients."""

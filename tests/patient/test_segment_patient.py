@@ -16,6 +16,8 @@ import torch
 from nnunet_ddpm.dataset_conversion.synthetic_phantom import phantom_case
 from tests.conftest import REAL_SAMPLE
 
+pytestmark = pytest.mark.slow  # end-to-end: real nnU-Net console scripts
+
 REPO = Path(__file__).resolve().parents[2]
 COMMAND = (sys.executable, "-m", "nnunet_ddpm.patient.segment_patient")
 TINY_BUDGET = ("--epochs", "1", "--pretrain-epochs", "1", "--iterations", "2", "--device", "cpu")

@@ -1,7 +1,10 @@
 """Label budgets and grouped splits through the real nnUNetv2_train and nnUNetv2_ddpm_make_splits."""
 import json
 
+import pytest
 from tests.conftest import PHANTOM_2D
+
+pytestmark = pytest.mark.slow  # end-to-end: real nnU-Net console scripts
 
 DATASET_ID, DATASET_NAME = PHANTOM_2D
 

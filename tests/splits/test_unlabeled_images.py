@@ -2,7 +2,10 @@
 import json
 import shutil
 
+import pytest
 from nnunet_ddpm.dataset_conversion.synthetic_phantom import write_phantom_dataset
+
+pytestmark = pytest.mark.slow  # end-to-end: real nnU-Net console scripts
 
 DATASET_ID, DATASET_NAME = 996, "Dataset996_PhantomUnlabeled"
 

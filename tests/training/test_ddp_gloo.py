@@ -23,6 +23,8 @@ import numpy as np
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow  # end-to-end: real nnU-Net console scripts
+
 WORLD_SIZE = 2
 BATCH = 4  # global batch; nnU-Net gives each rank BATCH // WORLD_SIZE samples
 CHANNELS = 2

@@ -3,10 +3,13 @@ import os
 import shutil
 import subprocess
 
+import pytest
 import torch
 
 from nnunet_ddpm.nnunet_trainers import TRAINER_DIR
 from tests.conftest import PHANTOM_2D
+
+pytestmark = pytest.mark.slow  # end-to-end: real nnU-Net console scripts
 
 DATASET_ID, DATASET_NAME = PHANTOM_2D
 

@@ -2,11 +2,14 @@
 import json
 import shutil
 
+import pytest
 import numpy as np
 import SimpleITK as sitk
 import torch
 
 from tests.conftest import PHANTOM_2D
+
+pytestmark = pytest.mark.slow  # end-to-end: real nnU-Net console scripts
 
 DATASET_ID = PHANTOM_2D[0]
 

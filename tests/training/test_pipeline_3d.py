@@ -1,9 +1,12 @@
 """The same trainers (pretraining, fine-tuning, pixel classifier) on a 3D configuration (3d_fullres), and a 3D checkpoint refused by a 2D run."""
+import pytest
 import numpy as np
 import SimpleITK as sitk
 import torch
 
 from tests.conftest import PHANTOM_2D
+
+pytestmark = pytest.mark.slow  # end-to-end: real nnU-Net console scripts
 
 DATASET_ID, DATASET_NAME = 993, "Dataset993_Phantom3D"
 

@@ -3,11 +3,14 @@ uncertainty maps, errors; 2D and 3D."""
 import json
 import shutil
 
+import pytest
 import numpy as np
 import SimpleITK as sitk
 import torch
 
 from tests.conftest import PHANTOM_2D
+
+pytestmark = pytest.mark.slow  # end-to-end: real nnU-Net console scripts
 
 DATASET_ID, DATASET_NAME = PHANTOM_2D
 TRAINER = "nnUNetTrainerDDPMPixelClassifier_demo"

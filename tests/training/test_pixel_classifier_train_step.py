@@ -37,7 +37,7 @@ def _count_member_passes(network) -> list:
     return calls
 
 
-@pytest.mark.parametrize("compiled", [False, True])
+@pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_interleaved_members_train_as_nnunets_step_without_recomputing(compiled):
     torch.manual_seed(0)
     network = make_network(ensemble_size=3, num_classes=CLASSES).train()

@@ -15,7 +15,8 @@ DATASET_ID, DATASET_NAME = 994, "Dataset994_BraTS2015Sample"
 SIZE, STEP = 48, 5  # 240 x 240 -> 48 x 48 by 5 x 5 block means (images) and block centres (labels)
 LABELS = {"background": 0, "necrosis": 1, "edema": 2, "non_enhancing": 3, "enhancing": 4}
 
-pytestmark = pytest.mark.skipif(not REAL_SAMPLE.is_dir(), reason=f"real BraTS sample not found at {REAL_SAMPLE}")
+pytestmark = [pytest.mark.skipif(not REAL_SAMPLE.is_dir(), reason=f"real BraTS sample not found at {REAL_SAMPLE}"),
+              pytest.mark.slow]
 
 
 def _write_slice(array, path):
