@@ -25,6 +25,7 @@ import SimpleITK as sitk
 from batchgenerators.utilities.file_and_folder_operations import isdir, isfile, join, load_json, maybe_mkdir_p, \
     save_json
 
+from nnunet_ddpm.dataset_conversion.image_integrity import IncompleteImageError, check_image_complete
 from nnunet_ddpm.dataset_conversion.raw_dataset import (DatasetConversionError, atomic_dataset_folder,
                                                          check_target_free, write_slice)
 from nnunet_ddpm.dataset_conversion.slice_rules import PAPER_SLICES, SliceRule
@@ -84,6 +85,10 @@ def check_cases(cases: Dict[str, dict], num_channels: int, file_ending: str, axi
         if not isfile(files["label"]):
             problems.append(f"{case}: label file {files['label']} missing")
             continue
+        incomplete = _incomplete_images(files["images"] + [files["label"]])
+        if incomplete:
+            problems += [f"{case}: {message}" for message in incomplete]
+            continue
         if not file_ending.lower().endswith(_HEADER_READABLE):
             continue
         file_shapes = {f: _header_shape(f) for f in files["images"] + [files["label"]]}
@@ -105,6 +110,17 @@ def check_cases(cases: Dict[str, dict], num_channels: int, file_ending: str, axi
         raise DatasetConversionError(f"{len(problems)} of {len(cases)} source cases cannot be sliced:\n  " +
                                      "\n  ".join(problems[:10]) + ("\n  ..." if len(problems) > 10 else ""))
     return shapes
+
+
+def _incomplete_images(paths: Sequence[str]) -> List[str]:
+    """Messages for the files that do not decode completely (a truncated one would be sliced as zeros)."""
+    messages = []
+    for path in paths:
+        try:
+            check_image_complete(path)
+        except IncompleteImageError as e:
+            messages.append(str(e))
+    return messages
 
 
 def _header_shape(path: str) -> Tuple[int, ...]:

@@ -8,7 +8,6 @@ its training images. No other trainer looks there, and no split file lists them.
 """
 import os
 import re
-import shutil
 from collections import defaultdict
 from typing import Dict, List, Optional
 
@@ -18,6 +17,9 @@ from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from tqdm import tqdm
+
+from nnunet_ddpm.dataset_conversion.image_integrity import check_image_complete
+from nnunet_ddpm.dataset_conversion.raw_dataset import atomic_dataset_folder
 
 UNLABELED_IMAGES = "imagesUnlabeled"
 
@@ -56,7 +58,8 @@ def preprocess_unlabeled(dataset: str, configuration: str, image_folder: Optiona
                          plans_identifier: str = "nnUNetPlans", allow_test_images: bool = False) -> str:
     """Preprocess a folder of unlabeled images with the dataset's plans; returns the output folder.
 
-    The output is written to a temporary folder and moved into place at the end, so an interrupted run leaves
+    Every image is checked to decode completely first. The output is written to a temporary folder and moved into
+    place at the end (removed on any error), so a failed or interrupted run leaves the previous output as it was and
     nothing the pretrainer would pick up.
     """
     dataset_name = maybe_convert_to_dataset_name(dataset)
@@ -83,15 +86,14 @@ def preprocess_unlabeled(dataset: str, configuration: str, image_folder: Optiona
     if clashes:
         raise ValueError(f"{len(clashes)} unlabeled cases have the identifier of a training case "
                          f"(first: {clashes[:3]}); rename them.")
+    for files in cases.values():  # a truncated file would be read as mostly zeros, without an error
+        for f in files:
+            check_image_complete(f)
     output = unlabeled_preprocessed_folder(preprocessed, configuration_manager.data_identifier)
-    partial = output + ".partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    os.makedirs(partial)
     preprocessor = configuration_manager.preprocessor_class(verbose=False)
-    for case, files in tqdm(cases.items(), desc="Preprocessing unlabeled images"):
-        # nnU-Net's own preprocessing and file format; its "segmentation" is only the nonzero mask, no label
-        preprocessor.run_case_save(join(partial, case), files, None, plans_manager, configuration_manager,
-                                   dataset_json)
-    shutil.rmtree(output, ignore_errors=True)
-    os.replace(partial, output)
+    with atomic_dataset_folder(output) as partial:
+        for case, files in tqdm(cases.items(), desc="Preprocessing unlabeled images"):
+            # nnU-Net's own preprocessing and file format; its "segmentation" is only the nonzero mask, no label
+            preprocessor.run_case_save(join(partial, case), files, None, plans_manager, configuration_manager,
+                                       dataset_json)
     return output

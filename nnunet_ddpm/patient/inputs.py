@@ -14,6 +14,8 @@ import numpy as np
 import SimpleITK as sitk
 from batchgenerators.utilities.file_and_folder_operations import load_json
 
+from nnunet_ddpm.dataset_conversion.image_integrity import IncompleteImageError, check_image_complete
+
 # header values are floats written by many tools; these tolerances accept rounding, not a different grid
 SPACING_ORIGIN_TOLERANCE_MM = 1e-3
 DIRECTION_TOLERANCE = 1e-4
@@ -73,6 +75,10 @@ def resolve_image_files(inputs: Sequence[str]) -> List[str]:
 def _read(path: str, pixel_type=None) -> sitk.Image:
     if not os.path.isfile(path):
         raise PatientInputError(f"File not found: {path}")
+    try:
+        check_image_complete(path)  # SimpleITK would read a truncated file as mostly zeros
+    except IncompleteImageError as e:
+        raise PatientInputError(str(e)) from None
     try:
         return sitk.ReadImage(path, pixel_type) if pixel_type is not None else sitk.ReadImage(path)
     except RuntimeError as e:

@@ -15,10 +15,13 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from nnunet_ddpm.diffusion import DiffusionSettings
 from nnunet_ddpm.splits.grouped_folds import check_fold_against_groups
-from nnunet_ddpm.training.command_line import nnunet_train_options
+from nnunet_ddpm.training.given_weights import pretrained_weights_given_by_nnunet
 from nnunet_ddpm.training.pretrained_checkpoint import (check_compatible, denoiser_metadata,
                                                         find_pretraining_checkpoint, load_checkpoint_file,
                                                         pretraining_command)
+
+
+PRETRAINING_RECORD = 'ddpm_pretraining.json'
 
 
 def _seed_all(seed: int) -> None:
@@ -108,36 +111,58 @@ class nnUNetTrainerDDPMBase(nnUNetTrainer):
 class UsesPretrainedDenoiser(nnUNetTrainerDDPMBase):
     """Base of the segmentation trainers that start from the DDPM pretraining (fine-tune, pixel classifier).
 
-    The denoiser's EMA weights come from ``-pretrained_weights`` if given, else from the ``pretraining_trainer_name``
-    run of the same dataset, plans and configuration (fold ``all``); either is checked for compatibility before
-    training. Subclasses say what to do with the weights in ``apply_pretrained_weights``.
+    The denoiser's EMA weights come from ``pretrained_weights`` if nnU-Net was given a file (``nnUNetv2_train
+    -pretrained_weights`` or ``run_training(pretrained_weights=...)``), else from the ``pretraining_trainer_name`` run
+    of the same dataset, plans and configuration (fold ``all``); either is checked for compatibility before training.
+    A run that nnU-Net resumes or validates (``load_checkpoint``) needs neither. Nothing is read from the process's
+    command line, so the Python API behaves as the shell. Subclasses say what to do with the weights in
+    ``apply_pretrained_weights``.
     """
 
+    pretraining_source: Optional[dict] = None  # where the starting weights came from (ddpm_pretraining.json)
+    starts_from_own_checkpoint = False  # set by load_checkpoint: --c, --val, --val_best
+
     def initialize(self):
+        first_time = not self.was_initialized
         super().initialize()
-        self.pretraining_source = self.load_pretrained_denoiser()
+        given = pretrained_weights_given_by_nnunet() if first_time else None
+        if given is not None:
+            # nnU-Net copies the file into the network as soon as this returns, checking tensor shapes only
+            self.pretraining_source = self.load_pretrained_denoiser(given)
+
+    def load_checkpoint(self, filename_or_checkpoint) -> None:
+        """This run's own checkpoint holds the (trained) pretrained weights; the record of their source stays."""
+        self.starts_from_own_checkpoint = True
+        super().load_checkpoint(filename_or_checkpoint)
+        record = join(self.output_folder, PRETRAINING_RECORD)
+        self.pretraining_source = load_json(record) if isfile(record) else None
+
+    def on_train_start(self):
+        """The default pretraining is looked for here, once nnU-Net's run script has had its say: before this,
+        a ``pretrained_weights`` file or the run's own checkpoint may still be loaded. Its refusals come before
+        nnU-Net writes anything; the record is written after nnU-Net's own checks (split, label budget) passed."""
+        if not self.was_initialized:
+            self.initialize()
+        if self.pretraining_source is None and not self.starts_from_own_checkpoint:
+            self.pretraining_source = self.load_pretrained_denoiser(None)
+        super().on_train_start()
+        if self.local_rank == 0 and self.pretraining_source is not None:
+            save_json(self.pretraining_source, join(self.output_folder, PRETRAINING_RECORD))
 
     def apply_pretrained_weights(self, weights: dict) -> str:
         """Put the pretrained denoiser's state dict into ``self.network``; returns how it is used, for the log."""
         raise NotImplementedError
 
-    def load_pretrained_denoiser(self) -> Optional[dict]:
-        """Check and load the pretrained denoiser's EMA weights.
+    def load_pretrained_denoiser(self, path: Optional[str]) -> dict:
+        """Check the pretraining checkpoint ``path`` (None: the default pretraining run's) and load its EMA weights.
 
-        Returns where they came from, also written to ``ddpm_pretraining.json`` in the output folder so that a
-        resumed run (whose weights come from its own checkpoint) still knows it.
+        Returns where they came from; ``on_train_start`` writes it to ``ddpm_pretraining.json`` in the output folder,
+        so that a resumed run (whose weights come from its own checkpoint) still knows it.
         """
-        record = join(self.output_folder, 'ddpm_pretraining.json')
-        options = nnunet_train_options()
-        resuming = options.c and any(isfile(join(self.output_folder, f'checkpoint_{k}.pth'))
-                                     for k in ('final', 'latest', 'best'))
-        if options.val or (resuming and options.pretrained_weights is None):
-            # nnU-Net loads this run's own checkpoint next
-            return load_json(record) if isfile(record) else None
         dataset_name = self.plans_manager.dataset_name
         command = pretraining_command(dataset_name, self.configuration_name, self.plans_manager.plans_name,
                                       self.pretraining_trainer_name)
-        path = options.pretrained_weights or find_pretraining_checkpoint(
+        path = path or find_pretraining_checkpoint(
             nnUNet_results, dataset_name, self.plans_manager.plans_name, self.configuration_name,
             self.pretraining_trainer_name)
         checkpoint = load_checkpoint_file(path)
@@ -146,8 +171,6 @@ class UsesPretrainedDenoiser(nnUNetTrainerDDPMBase):
         use = self.apply_pretrained_weights(checkpoint['network_weights'])
         source = {'checkpoint': os.path.abspath(path), 'dataset_name': checkpoint['ddpm']['dataset_name'],
                   'epochs': checkpoint['current_epoch'], 'use': use}
-        if self.local_rank == 0:
-            save_json(source, record)
         self.print_to_log_file(f"Initialised from the DDPM pretraining checkpoint {path} "
                                f"(dataset {source['dataset_name']}, {source['epochs']} epochs, EMA weights); {use}.")
         return source

@@ -20,8 +20,12 @@ MUST_MATCH = ("plans_name", "configuration", "num_input_channels", "patch_size",
               "network_arch_init_kwargs", "timestep_embedding_dim", "diffusion")
 
 
-class PretrainingCheckpointError(RuntimeError):
-    """Raised before training when the DDPM pretraining checkpoint is missing, unreadable or does not fit."""
+class PretrainingCheckpointError(SystemExit):
+    """Raised before training when the DDPM pretraining checkpoint is missing, unreadable or does not fit.
+
+    A SystemExit: raised inside ``nnUNetv2_train`` it ends the program with its message alone (exit status 1), not
+    after a traceback through nnU-Net's run script, whose code is not ours to wrap. Python callers catch it by name.
+    """
 
 
 def denoiser_metadata(trainer, diffusion_settings, timestep_embedding_dim: Optional[int], ema_decay: float) -> dict:

@@ -43,6 +43,20 @@ def test_unlabeled_images_join_pretraining_and_bad_folders_are_refused(nnunet, t
     assert sorted(p.name for p in preprocessed.glob("*.b2nd") if not p.name.endswith("_seg.b2nd")) == \
         [f"scan_{i:03d}.b2nd" for i in range(4)]
 
+    # a truncated image (SimpleITK reads it as mostly zeros) or an undecodable one is refused, naming it; the
+    # previous output stays as it was and no .partial folder is left behind
+    before = {p.name: p.read_bytes() for p in preprocessed.iterdir()}
+    damaged = tmp_path / "damaged"
+    shutil.copytree(unlabeled, damaged)
+    cut = damaged / "scan_002_0001.nii.gz"
+    for content in (cut.read_bytes()[:300], b"\x1f\x8b" + bytes(200)):
+        cut.write_bytes(content)
+        result = nnunet.run("nnUNetv2_ddpm_preprocess_unlabeled", "-d", DATASET_ID, "-c", "2d", "-i", damaged,
+                            training=False, ok=False)
+        assert f"{cut}" in result.output and "Traceback" not in result.output
+        assert {p.name: p.read_bytes() for p in preprocessed.iterdir()} == before
+        assert not list(preprocessed.parent.glob("*.partial"))
+
     nnunet.train(DATASET_ID, "2d", "all", "nnUNetTrainerDDPMPretrain_demo")
     output = nnunet.trainer_folder(DATASET_NAME, "nnUNetTrainerDDPMPretrain_demo", "2d", "all")
     cases = json.loads((output / "pretraining_cases.json").read_text())

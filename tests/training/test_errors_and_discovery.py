@@ -1,7 +1,9 @@
 """Bad starting points fail before any training, with a message that says what to run; trainers are found."""
+import json
 import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -12,6 +14,28 @@ from tests.conftest import PHANTOM_2D
 pytestmark = pytest.mark.slow  # end-to-end: real nnU-Net console scripts
 
 DATASET_ID, DATASET_NAME = PHANTOM_2D
+# nnU-Net's Python API as a notebook calls it; the process's command line is python's, not nnUNetv2_train's
+RUN_TRAINING = """
+import sys, torch
+from nnunetv2.run.run_training import run_training
+dataset, fold, trainer, weights, mode = sys.argv[1:]
+run_training(dataset, '2d', int(fold), trainer, pretrained_weights=weights or None,
+             only_run_validation=mode == 'val', continue_training=mode == 'c', device=torch.device('cpu'))
+"""
+
+
+def _train_from_python(nnunet, fold, trainer, weights="", mode="train", ok=True, extra_env=None):
+    return nnunet.run(sys.executable, "-c", RUN_TRAINING, DATASET_ID, fold, trainer, weights, mode, ok=ok,
+                      extra_env=extra_env)
+
+
+def _train(nnunet, entry, fold, weights, ok=True, extra_env=None):
+    """One fine-tuning run from the shell or from Python."""
+    trainer = "nnUNetTrainerDDPMFinetune_demo"
+    if entry == "shell":
+        return nnunet.train(DATASET_ID, "2d", fold, trainer, "-pretrained_weights", weights, ok=ok,
+                            extra_env=extra_env)
+    return _train_from_python(nnunet, fold, trainer, str(weights), ok=ok, extra_env=extra_env)
 
 
 def _assert_no_training(nnunet, result, trainer, fold=0):
@@ -58,6 +82,57 @@ def test_pretrained_weights_option_trains_from_the_given_checkpoint(nnunet, pret
     shutil.copy(pretrained_2d / "checkpoint_final.pth", given)
     result = nnunet.train(DATASET_ID, "2d", 3, "nnUNetTrainerDDPMFinetune_demo", "-pretrained_weights", given)
     assert f"Initialised from the DDPM pretraining checkpoint {given}" in result.output
+
+
+@pytest.mark.parametrize("entry", ["shell", "python"])
+def test_pretrained_weights_from_elsewhere_without_the_default_pretraining(nnunet, pretrained_2d, tmp_path, entry):
+    """The given file is checked, used and recorded, from nnUNetv2_train and from run_training() alike; the default
+    pretraining is neither demanded nor read (this run's nnUNet_results has none), nor by a later --val."""
+    given = tmp_path / "elsewhere" / "given.pth"
+    given.parent.mkdir()
+    shutil.copy(pretrained_2d / "checkpoint_final.pth", given)
+    results = tmp_path / "results"
+    result = _train(nnunet, entry, 0, given, extra_env={"nnUNet_results": str(results)})
+    assert f"Initialised from the DDPM pretraining checkpoint {given}" in result.output
+    folder = results / DATASET_NAME / "nnUNetTrainerDDPMFinetune_demo__nnUNetPlans__2d" / "fold_0"
+    record = json.loads((folder / "ddpm_pretraining.json").read_text())
+    checkpoint = torch.load(folder / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert record["checkpoint"] == checkpoint["ddpm_pretraining"]["checkpoint"] == str(given)
+    assert json.loads((folder / "demo_budget.json").read_text()) == {"num_epochs": 2, "num_iterations_per_epoch": 3}
+    if entry == "python":  # validate, resume (nnU-Net loads the run's own checkpoint): no pretraining needed
+        for mode in ("val", "c"):
+            _train_from_python(nnunet, 0, "nnUNetTrainerDDPMFinetune_demo", mode=mode,
+                               extra_env={"nnUNet_results": str(results)})
+        assert json.loads((folder / "ddpm_pretraining.json").read_text()) == record
+    else:  # resuming under another demo budget is refused, naming both
+        result = nnunet.train(DATASET_ID, "2d", 0, "nnUNetTrainerDDPMFinetune_demo", "--c", ok=False,
+                              extra_env={"nnUNet_results": str(results), "nnUNet_ddpm_demo_epochs": "3"})
+        assert (f"{folder} was trained with the budget {{'num_epochs': 2, 'num_iterations_per_epoch': 3}}, this run "
+                f"has {{'num_epochs': 3, 'num_iterations_per_epoch': 3}}") in result.output
+        assert "Traceback" not in result.output
+
+
+def test_a_too_large_label_budget_is_refused_before_anything_is_recorded(nnunet, pretrained_2d):
+    trainer = "nnUNetTrainerDDPMFinetune_demo_100labels"  # fold 0 of the 8-case phantom has 6 training cases
+    result = nnunet.train(DATASET_ID, "2d", 0, trainer, ok=False)
+    assert "A budget of 100 labelled cases was asked for, but fold 0 has only 6 training cases" in result.output
+    assert "Traceback" not in result.output
+    folder = nnunet.trainer_folder(DATASET_NAME, trainer, "2d", 0)
+    assert not (folder / "ddpm_pretraining.json").exists() and not (folder / "labelled_cases.json").exists()
+
+
+@pytest.mark.parametrize("entry", ["shell", "python"])
+def test_another_noise_schedule_is_refused_from_the_shell_and_from_python(nnunet, pretrained_2d, tmp_path, entry):
+    checkpoint = torch.load(pretrained_2d / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    checkpoint["ddpm"]["diffusion"]["beta_schedule"] = "linear"
+    other = tmp_path / "linear_schedule.pth"
+    torch.save(checkpoint, other)
+    result = _train(nnunet, entry, 1, other, ok=False, extra_env={"nnUNet_results": str(tmp_path / "results")})
+    assert f"The pretraining checkpoint {other} does not fit this run" in result.output
+    assert "diffusion: checkpoint has {'num_train_timesteps': 1000, 'beta_schedule': 'linear'}" in result.output
+    assert "Traceback" not in result.output  # the refusal ends the program, not a traceback through nnU-Net
+    assert result.stderr.strip().splitlines()[-1].startswith("Pretrain for these plans and configuration with:")
+    assert not list((tmp_path / "results").rglob("checkpoint_*.pth"))
 
 
 def test_trainers_are_found_in_a_fresh_shell_after_one_setting(nnunet, pretrained_2d, tmp_path):

@@ -1,8 +1,10 @@
-"""Unit tests of the checkpoint rules and the command-line options (fast; no training)."""
+"""Unit tests of the checkpoint rules and of how a trainer learns the given pretrained weights (fast; no training)."""
+import inspect
+
 import pytest
 import torch
 
-from nnunet_ddpm.training.command_line import nnunet_train_options
+from nnunet_ddpm.training.given_weights import pretrained_weights_given_by_nnunet
 from nnunet_ddpm.training.pretrained_checkpoint import (PretrainingCheckpointError, check_compatible,
                                                         find_pretraining_checkpoint, load_checkpoint_file)
 
@@ -59,8 +61,23 @@ def test_finding_the_pretraining_checkpoint(tmp_path):
     assert find_pretraining_checkpoint(*args) == str(fold / "checkpoint_final.pth")
 
 
-def test_train_options_from_the_command_line():
-    options = nnunet_train_options(["501", "2d", "0", "-tr", "T", "-p", "nnUNetResEncUNetMPlans", "--c"])
-    assert options.c and not options.val and options.pretrained_weights is None  # '-p' is not -pretrained_weights
-    options = nnunet_train_options(["501", "2d", "0", "-pretrained_weights", "/x.pth", "--val"])
-    assert options.pretrained_weights == "/x.pth" and options.val
+def test_the_pretrained_weights_file_is_read_from_nnunets_call_not_from_the_command_line(monkeypatch):
+    """The path nnU-Net's maybe_load_checkpoint was given reaches a trainer's initialize, at any depth of the call."""
+    import sys
+    import nnunetv2.run.run_training as nnunet_run_training
+
+    class Trainer:  # what maybe_load_checkpoint touches before it loads the file
+        was_initialized = False
+        network = None
+
+        def initialize(self):
+            self.seen = pretrained_weights_given_by_nnunet()
+            raise StopIteration  # nnU-Net would load the file next
+
+    monkeypatch.setattr(sys, "argv", ["nnUNetv2_train", "1", "2d", "0", "-pretrained_weights", "/argv.pth"])
+    trainer = Trainer()
+    with pytest.raises(StopIteration):
+        nnunet_run_training.maybe_load_checkpoint(trainer, False, False, "/given.pth")
+    assert trainer.seen == "/given.pth"
+    assert pretrained_weights_given_by_nnunet() is None  # outside nnU-Net's call: nothing, whatever argv says
+    assert "pretrained_weights_file" in inspect.signature(nnunet_run_training.maybe_load_checkpoint).parameters

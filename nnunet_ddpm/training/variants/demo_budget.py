@@ -10,10 +10,14 @@ nnU-Net's own ``nnUNet_n_proc_DA``, so that one set of classes serves a 2-minute
   its benchmark evaluates the held-out test set instead, and the validation's export workers cost about 25 s per
   training on 2 cores; so do the patient tool, whose fold ``all`` would validate on its training slices, and the
   tests, except where they check the validation). The pretraining's sample grid is always written.
+
+The budget is recorded in ``demo_budget.json`` in the output folder; resuming (``--c``) under other settings is
+refused, since the schedule (learning-rate decay over ``num_epochs``) would silently change midway.
 """
 import os
 
 import torch
+from batchgenerators.utilities.file_and_folder_operations import isfile, join, load_json, save_json
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_ddpm.training.nnUNetTrainerDDPMFinetune import (nnUNetTrainerDDPMFinetune,
@@ -24,6 +28,9 @@ from nnunet_ddpm.training.nnUNetTrainerDDPMPretrain import nnUNetTrainerDDPMPret
 from nnunet_ddpm.training.variants.finetune_schedule import (nnUNetTrainerDDPMFinetune_encoderLR0p1,
                                                              nnUNetTrainerDDPMFinetune_warmup)
 from nnunet_ddpm.training.variants.pixel_features import nnUNetTrainerDDPMPixelClassifier_defaultFeatures
+
+
+BUDGET_RECORD = 'demo_budget.json'
 
 
 def _positive_int(name: str, default: int) -> int:
@@ -49,6 +56,21 @@ class DemoBudget:
             self.initial_lr = 1e-3
         self.num_epochs = epochs
         self.save_every = max(1, epochs // 4)
+
+    def budget(self) -> dict:
+        return {'num_epochs': self.num_epochs, 'num_iterations_per_epoch': self.num_iterations_per_epoch}
+
+    def on_train_start(self):
+        """Refuse a resumed run (nnU-Net loaded its checkpoint: epoch > 0) whose budget differs from the recorded."""
+        record = join(self.output_folder, BUDGET_RECORD)
+        if self.current_epoch > 0 and isfile(record) and load_json(record) != self.budget():
+            raise SystemExit(
+                f"{self.output_folder} was trained with the budget {load_json(record)}, this run has {self.budget()} "
+                f"(nnUNet_ddpm_demo_epochs, _pretrain_epochs, _iterations). Resume with the settings it was started "
+                f"with, or train into another nnUNet_results folder.")
+        super().on_train_start()
+        if self.local_rank == 0:
+            save_json(self.budget(), record)
 
     def perform_actual_validation(self, save_probabilities: bool = False):
         if os.environ.get('nnUNet_ddpm_demo_skip_validation') == '1' and \

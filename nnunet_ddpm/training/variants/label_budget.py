@@ -40,7 +40,10 @@ class LabelBudget:
     def do_split(self):
         train_cases, val_cases = super().do_split()
         check_fold_against_groups(self.preprocessed_dataset_folder_base, self.fold, train_cases, val_cases)  # stock
-        labelled = choose_labelled_cases(train_cases, self.num_labelled_cases, self.fold)
+        try:
+            labelled = choose_labelled_cases(train_cases, self.num_labelled_cases, self.fold)
+        except ValueError as e:  # ends nnUNetv2_train with the message, not a traceback through nnU-Net
+            raise SystemExit(f"{self.__class__.__name__}: {e}") from None
         if self.local_rank == 0:
             save_json({"num_labelled_cases": self.num_labelled_cases, "fold": self.fold,
                        "drawn_from_training_cases": len(train_cases), "cases": labelled},
