@@ -10,7 +10,7 @@ iterations (the ``_demo`` trainers with their budget from the environment).
     python benchmarks/real_patient_study.py prepare --brats18 DIR --brats2015 DIR -w WORK
     python benchmarks/real_patient_study.py run -w WORK --methods baseline finetune frozen pixel --budgets 10
     python benchmarks/real_patient_study.py collect -w WORK       # re-evaluate, copy small result files to documentation/evidence/
-    python benchmarks/real_patient_study.py report                # documentation/evidence/tables.md from those files alone
+    python benchmarks/real_patient_study.py report                # evidence.md's tables from those files alone
 
 ``run`` resumes: the benchmark runner skips finished steps. Real data is never written into the repository.
 """
@@ -26,7 +26,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 EVIDENCE = REPO / "documentation" / "evidence"
 SOURCE_ID, FIRST_FOLD_ID = 600, 610
-DUPLICATE = "brats_2013_pat0006_1"  # the 2015 sample's pat0006 is BraTS 2018's Brats18_2013_20_1
+DUPLICATE = "brats_2013_pat0006_1"
+TABLES_START = "<!-- tables: python benchmarks/real_patient_study.py report -->"
+TABLES_END = "<!-- end of tables -->"  # the 2015 sample's pat0006 is BraTS 2018's Brats18_2013_20_1
 
 
 def environment(work: Path, pretrain_iterations: int, iterations: int, iterations_per_epoch: int = 50) -> dict:
@@ -151,7 +153,7 @@ def _paired(results, method, budget, region, metric):
 
 
 def report(args) -> None:
-    """documentation/evidence.md's tables from the committed result files alone."""
+    """Rewrite the tables between the markers of documentation/evidence.md from the committed result files alone."""
     import numpy as np
     from nnunet_ddpm.benchmark.runner import METHOD_TITLES
     lines = []
@@ -195,7 +197,10 @@ def report(args) -> None:
                 lines.append(f"| {METHOD_TITLES[method]} | " + " | ".join(cells) + " |")
             lines.append("")
     text = "\n".join(lines)
-    (EVIDENCE / "tables.md").write_text(text + "\n")
+    page = EVIDENCE.parent / "evidence.md"
+    before, rest = page.read_text().split(TABLES_START, 1)
+    after = rest.split(TABLES_END, 1)[1]
+    page.write_text(f"{before}{TABLES_START}\n{text}\n{TABLES_END}{after}")
     print(text)
 
 
@@ -218,7 +223,7 @@ def main() -> None:
     r.add_argument("--iterations", type=int, default=1000, help="training iterations of every method")
     c = sub.add_parser("collect")
     c.add_argument("-w", required=True)
-    sub.add_parser("report", help="write documentation/evidence/tables.md from the committed result files")
+    sub.add_parser("report", help="rewrite the tables in documentation/evidence.md from the committed result files")
     args = parser.parse_args()
     {"prepare": prepare, "run": run, "collect": collect, "report": report}[args.command](args)
 
