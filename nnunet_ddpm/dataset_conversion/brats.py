@@ -29,6 +29,7 @@ import numpy as np
 import SimpleITK as sitk
 from batchgenerators.utilities.file_and_folder_operations import join, maybe_mkdir_p
 
+from nnunet_ddpm.dataset_conversion.image_integrity import IncompleteImageError, check_image_complete
 from nnunet_ddpm.dataset_conversion.raw_dataset import (DatasetConversionError, atomic_dataset_folder,
                                                          check_target_free)
 
@@ -86,8 +87,8 @@ class BratsCase:
 
 
 def find_cases(input_folders: Sequence[str], channels: Sequence[str], exclude: Sequence[str] = ()) -> List[BratsCase]:
-    """Every case folder under the inputs with its layout; refuses unknown folders, missing channels and duplicate
-    case names, before anything is written."""
+    """Every case folder under the inputs with its layout; refuses unknown folders, missing channels, duplicate
+    case names and image files that do not decode completely, before anything is written."""
     cases, problems = {}, []
     for folder in map(Path, input_folders):
         if not folder.is_dir():
@@ -118,6 +119,16 @@ def find_cases(input_folders: Sequence[str], channels: Sequence[str], exclude: S
         raise DatasetConversionError(f"{len(problems)} problem(s) in the BraTS input:\n  " + "\n  ".join(problems[:10]))
     if not cases:
         raise DatasetConversionError(f"No BraTS case folders in {', '.join(map(str, input_folders))}.")
+    for case in cases.values():
+        for name, path in case.files.items():
+            if name in channels or name == "mask" or (name == "seg" and path.is_file()):
+                try:
+                    check_image_complete(str(path))
+                except IncompleteImageError as e:
+                    problems.append(str(e))
+    if problems:
+        raise DatasetConversionError(f"{len(problems)} image file(s) cannot be read completely; re-download or "
+                                     f"--exclude their cases:\n  " + "\n  ".join(problems[:10]))
     return list(cases.values())
 
 

@@ -140,6 +140,11 @@ def test_refusals_before_writing(downloads, tmp_path):
                                                      r"2018-2021 labels"):
         convert_brats([brats18], str(raw), 702, "X", exclude=["Brats18_NoSeg"], progress=False)
     assert not raw.exists() or not list(raw.iterdir())  # nothing written, no .partial folder left
+    flair = brats18 / "Brats18_TCIA_1" / "Brats18_TCIA_1_flair.nii.gz"
+    flair.write_bytes(flair.read_bytes()[:-40])  # a download cut short: SimpleITK would read it without an error
+    with pytest.raises(DatasetConversionError, match=r"(?s)cannot be read completely.*Brats18_TCIA_1_flair.nii.gz is truncated"):
+        convert_brats([brats18], str(raw), 702, "X", exclude=["Brats18_TCIA_0", "Brats18_NoSeg"], progress=False)
+    assert not raw.exists() or not list(raw.iterdir())
 
 
 def test_slicer_writes_other_slices_as_unlabeled_images(downloads, tmp_path):
