@@ -20,8 +20,10 @@ import os
 import shutil
 import subprocess
 import sys
-import warnings
 from pathlib import Path
+from typing import Tuple
+
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 EVIDENCE = REPO / "documentation" / "evidence"
@@ -119,78 +121,93 @@ def collect(args) -> None:
 
 
 def _load_results(pretrain: str) -> dict:
-    """{method: {budget: {region: {patient: (mean Dice, mean HD95) over the patient's test slices}}}} from the
-    committed evaluation files of one pretraining length, all outer folds pooled (their test patients are
-    disjoint)."""
-    import numpy as np
+    """{method: {budget: {region: {patient: {slice: (Dice, HD95)}}}}} from the committed evaluation files of one
+    pretraining length, all outer folds pooled (their test patients are disjoint).
+
+    nnU-Net leaves a slice without the region in reference and prediction out of the Dice (NaN); here it scores 1,
+    the BraTS challenge's convention, so that every patient counts for every method. HD95 stays NaN where exactly
+    one of the two has the region (no distance exists)."""
     results = {}
     for evaluation in sorted((EVIDENCE / pretrain).glob("outer*/*/*labels/evaluation.json")):
         method, budget = evaluation.parts[-3], int(evaluation.parts[-2][:-len("labels")])
-        per_patient = {}
-        for row in json.loads(evaluation.read_text())["per_case"]:
-            patient = row["case"].rsplit("_s", 1)[0]
-            # nnU-Net leaves a slice without the region in reference and prediction out of the Dice (NaN); here it
-            # scores 1, the BraTS challenge's convention, so that every patient counts for every method
-            dice = 1.0 if row["dice"] is None or np.isnan(row["dice"]) else row["dice"]
-            per_patient.setdefault(row["region"], {}).setdefault(patient, []).append((dice, row["hd95"]))
         target = results.setdefault(method, {}).setdefault(budget, {})
-        for region, patients in per_patient.items():
-            for patient, values in patients.items():
-                values = np.array(values, float)
-                with warnings.catch_warnings():  # a patient without the region in any slice: NaN, left out
-                    warnings.simplefilter("ignore", RuntimeWarning)
-                    target.setdefault(region, {})[patient] = (float(np.nanmean(values[:, 0])),
-                                                              float(np.nanmean(values[:, 1])))
+        for row in json.loads(evaluation.read_text())["per_case"]:
+            dice = 1.0 if row["dice"] is None or np.isnan(row["dice"]) else row["dice"]
+            hd95 = float("nan") if row["hd95"] is None else row["hd95"]
+            patient = row["case"].rsplit("_s", 1)[0]
+            target.setdefault(row["region"], {}).setdefault(patient, {})[row["case"]] = (dice, hd95)
     return results
 
 
-def _paired(results, method, budget, region, metric):
+def _patient_means(per_slice: dict, metric: int, slices=None) -> float:
+    values = [v[metric] for k, v in per_slice.items() if slices is None or k in slices]
+    values = [v for v in values if not np.isnan(v)]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def _summary(results, method, budget, region) -> Tuple[float, float, int]:
+    """Mean over patients of the per-patient mean Dice and HD95, and the slices without an HD95."""
+    patients = results[method][budget][region]
+    dice = np.mean([_patient_means(p, 0) for p in patients.values()])
+    hd95 = np.nanmean([_patient_means(p, 1) for p in patients.values()])
+    undefined = sum(np.isnan(v[1]) for p in patients.values() for v in p.values())
+    return float(dice), float(hd95), int(undefined)
+
+
+def _paired(results, method, budget, region, metric: int) -> dict:
+    """Paired difference to the supervised baseline over patients; for HD95 each patient's means are taken over the
+    slices where both methods have one."""
     from nnunet_ddpm.benchmark.statistics import paired_difference
     mine, base = results[method][budget][region], results["baseline"][budget][region]
     patients = sorted(set(mine) & set(base))
-    index = 0 if metric == "dice" else 1
-    return paired_difference([mine[p][index] for p in patients], [base[p][index] for p in patients])
+    a, b = [], []
+    for p in patients:
+        common = {k for k in mine[p] if k in base[p] and not np.isnan(mine[p][k][metric])
+                  and not np.isnan(base[p][k][metric])}
+        a.append(_patient_means(mine[p], metric, common))
+        b.append(_patient_means(base[p], metric, common))
+    return paired_difference(a, b)
 
 
 def report(args) -> None:
     """Rewrite the tables between the markers of documentation/evidence.md from the committed result files alone."""
-    import numpy as np
     from nnunet_ddpm.benchmark.runner import METHOD_TITLES
     lines = []
     for pretrain_folder in sorted(EVIDENCE.glob("pretrain*"), key=lambda p: int(p.name[len("pretrain"):])):
         results = _load_results(pretrain_folder.name)
         methods = [m for m in ("baseline", "finetune", "finetune_encoderlr", "finetune_warmup", "frozen", "init",
-                               "pixel") if m in results]
-        budgets = sorted(results["baseline"])
-        regions = list(next(iter(results["baseline"].values())))
+                               "pixel", "pixel_defaultfeatures") if m in results]
         iterations = pretrain_folder.name[len("pretrain"):]
-        for budget in budgets:
+        outer = sorted(p.name for p in pretrain_folder.glob("outer*"))
+        for budget in sorted(results["baseline"]):
+            regions = list(results["baseline"][budget])
             patients = len(results["baseline"][budget][regions[0]])
-            lines += [f"### {budget} labelled slices, pretraining {iterations} iterations ({patients} test patients)",
-                      "", "Dice and HD95 (mm): mean over test patients of each patient's mean over its slices (a slice "
-                      "without the region in reference and prediction scores Dice 1 and HD95 0; where only one of "
-                      "them has it, HD95 is undefined and left out). "
-                      "Paired difference to the supervised nnU-Net on the same patients, with its 95 % bootstrap "
-                      "interval over patients (10,000 resamples, seeded).", "",
+            slices = sum(len(p) for p in results["baseline"][budget][regions[0]].values())
+            lines += [f"### {budget} labelled slices, pretraining {iterations} iterations",
+                      "", f"{patients} test patients ({slices} slices; outer folds {', '.join(outer)}). Dice and "
+                      "HD95 (mm): the mean over patients of each patient's mean over its test slices; a slice "
+                      "without the region in reference and prediction scores Dice 1 and HD95 0, a slice where only "
+                      "one of them has it has no HD95 (counted in 'no HD95').", "",
                       "| method | " + " | ".join(f"Dice {r}" for r in regions) + " | " +
-                      " | ".join(f"HD95 {r}" for r in regions) + " |", "|---" * (1 + 2 * len(regions)) + "|"]
+                      " | ".join(f"HD95 {r}" for r in regions) + " | no HD95 (slices) |",
+                      "|---" * (2 + 2 * len(regions)) + "|"]
             for method in methods:
                 if budget not in results[method]:
                     continue
-                cells = []
-                for index in (0, 1):
-                    for region in regions:
-                        values = [v[index] for v in results[method][budget][region].values()]
-                        cells.append(f"{np.nanmean(values):.3f}" if index == 0 else f"{np.nanmean(values):.1f}")
-                lines.append(f"| {METHOD_TITLES[method]} | " + " | ".join(cells) + " |")
-            lines += ["", "| method | " + " | ".join(f"Dice difference {r}" for r in regions) + " | " +
-                      " | ".join(f"HD95 difference {r}" for r in regions) + " |",
-                      "|---" * (1 + 2 * len(regions)) + "|"]
+                summaries = [_summary(results, method, budget, r) for r in regions]
+                lines.append(f"| {METHOD_TITLES[method]} | " + " | ".join(f"{d:.3f}" for d, _, _ in summaries) +
+                             " | " + " | ".join(f"{h:.1f}" for _, h, _ in summaries) + " | " +
+                             " / ".join(str(u) for _, _, u in summaries) + " |")
+            lines += ["", "Paired difference to the supervised nnU-Net on the same patients (method minus nnU-Net; "
+                      "HD95 over the slices where both have one), with its 95 % bootstrap interval over patients "
+                      "(10,000 resamples, seeded):", "",
+                      "| method | " + " | ".join(f"Dice {r}" for r in regions) + " | " +
+                      " | ".join(f"HD95 {r}" for r in regions) + " |", "|---" * (1 + 2 * len(regions)) + "|"]
             for method in methods[1:]:
                 if budget not in results[method]:
                     continue
                 cells = []
-                for metric, digits in (("dice", 3), ("hd95", 1)):
+                for metric, digits in ((0, 3), (1, 1)):
                     for region in regions:
                         d = _paired(results, method, budget, region, metric)
                         cells.append(f"{d['mean']:+.{digits}f} [{d['low']:+.{digits}f}, {d['high']:+.{digits}f}]")
