@@ -10,7 +10,7 @@ setup(
     packages=find_packages(include=["nnunet_ddpm", "nnunet_ddpm.*"]),
     install_requires=[
         "nnunetv2>=2.8.1,<2.9",  # trainer hooks, MetaLogger and the extTrainer search of 2.8
-        "torch>=2.1",
+        "torch>=2.3",  # torch.compiler.is_compiling (networks/time_conditioned_unet.py)
         "numpy",
         "SimpleITK",
         "batchgenerators",
@@ -21,6 +21,8 @@ setup(
         "blosc2",
         "scikit-learn>=1.6",  # GroupKFold(shuffle=True) for patient-grouped folds
         "monai>=1.3",  # surface distances (HD95) in the benchmark report
+        "tqdm",  # progress bars (unlabeled preprocessing, slice converter, uncertainty maps)
+        "threadpoolctl",  # one OpenMP thread for the phantom difficulty check
     ],
     extras_require={"test": ["pytest>=7", "pytest-xdist>=3"]},
     entry_points={

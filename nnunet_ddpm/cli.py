@@ -6,6 +6,22 @@ import sys
 from nnunet_ddpm.nnunet_trainers import TRAINER_DIR
 
 
+def require_writable_folder(program: str, folder: str, option: str = "-o") -> None:
+    """Create ``folder`` and write a probe file in it, or end ``program`` with one line naming the folder.
+
+    Checked before any work starts: a read-only file system or a path below a file would otherwise end a long run
+    (training, prediction) with a traceback from whichever step writes first.
+    """
+    import tempfile
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        sys.exit(f"{program}: cannot write to the output folder {os.path.abspath(folder)} ({e.strerror or e}). "
+                 f"Choose a writable folder with {option}.")
+
+
 def trainer_dir_entry():
     """nnUNetv2_ddpm_trainer_dir: print the folder to put into ``nnUNet_extTrainer``."""
     argparse.ArgumentParser(description="Print the folder that holds nnunet_ddpm's trainers. Use it as "

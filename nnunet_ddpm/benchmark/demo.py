@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from nnunet_ddpm.cli import require_writable_folder
 from nnunet_ddpm.dataset_conversion.synthetic_phantom import write_phantom_dataset
 from nnunet_ddpm.nnunet_trainers import TRAINER_DIR
 from nnunet_ddpm.splits.label_budget import LABEL_BUDGETS
@@ -118,6 +119,7 @@ def demo_entry():
     if max(args.budgets) > fold_size:
         parser.error(f"--budgets {args.budgets}: fold 0 trains on {fold_size} of the {args.train_cases} cases; "
                      f"give smaller budgets or more --train-cases")
+    require_writable_folder("nnUNetv2_ddpm_demo", args.output)
     try:
         run_demo(args.output, args.size, args.train_cases, args.test_cases, args.epochs, args.pretrain_epochs,
                  args.iterations, args.budgets, args.methods, args.device)

@@ -18,6 +18,7 @@ from batchgenerators.utilities.file_and_folder_operations import isdir, isfile, 
 from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw, nnUNet_results
 from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 
+from nnunet_ddpm.cli import require_writable_folder
 from nnunet_ddpm.splits.label_budget import LABEL_BUDGETS
 from nnunet_ddpm.training.variants.label_budget import LABEL_BUDGET_TRAINERS
 
@@ -285,6 +286,7 @@ def benchmark_entry():
         if args.dry_run:
             print("\n".join(dry_run(benchmark)))
             return
+        require_writable_folder("nnUNetv2_ddpm_benchmark", benchmark.output_folder)
         report = run(benchmark)
     except (BenchmarkError, RuntimeError) as e:
         sys.exit(f"nnUNetv2_ddpm_benchmark: {e}")

@@ -25,6 +25,7 @@ from batchgenerators.utilities.file_and_folder_operations import isfile, join, l
 
 import nnunet_ddpm
 from nnunet_ddpm.benchmark.runner import METHOD_TITLES, METHODS
+from nnunet_ddpm.cli import require_writable_folder
 from nnunet_ddpm.nnunet_trainers import TRAINER_DIR
 from nnunet_ddpm.patient.evaluation import dice_per_label
 from nnunet_ddpm.patient.inputs import PatientInput, PatientInputError, read_patient
@@ -385,6 +386,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if min(args.size) < 8:
         parser.error(f"--size must be at least 8 x 8 pixels, got {args.size}")
+    require_writable_folder("nnUNetv2_ddpm_segment_patient", args.o)
     try:
         if args.pretrained_weights and not isfile(args.pretrained_weights):
             raise PatientInputError(f"--pretrained-weights {args.pretrained_weights} does not exist.")

@@ -91,6 +91,19 @@ def case_identifiers(preprocessed_dataset_folder: str) -> List[str]:
     return sorted(f[:-len(ending)] for f in subfiles(gt_folder, suffix=ending, join=False))
 
 
+def _read_groups_file(groups_file: str) -> Dict[str, str]:
+    """{case: patient} from a JSON object file; a message naming the file otherwise."""
+    try:
+        groups = load_json(groups_file)
+    except (ValueError, UnicodeDecodeError) as e:  # json.JSONDecodeError is a ValueError
+        raise ValueError(f"Group mapping file {groups_file} is not valid JSON ({e}). It must be a JSON object "
+                         f'{{"case identifier": "patient", ...}}, e.g. the slice converter\'s case_groups.json.') from None
+    if not isinstance(groups, dict):
+        raise ValueError(f"Group mapping file {groups_file} holds a JSON {type(groups).__name__}, not an object "
+                         f'{{"case identifier": "patient", ...}}.')
+    return {str(k): str(v) for k, v in groups.items()}
+
+
 def make_splits(dataset: str, groups_file: Optional[str] = None, group_regex: Optional[str] = None,
                 n_splits: int = 5, seed: int = 12345, overwrite: bool = False) -> str:
     """Write ``splits_final.json`` (and ``case_groups.json`` with groups) for a preprocessed dataset; returns its path.
@@ -109,7 +122,7 @@ def make_splits(dataset: str, groups_file: Optional[str] = None, group_regex: Op
     if groups_file:
         if not isfile(groups_file):
             raise FileNotFoundError(f"Group mapping file {groups_file} does not exist.")
-        groups = {str(k): str(v) for k, v in load_json(groups_file).items()}
+        groups = _read_groups_file(groups_file)
         check_groups_cover_cases(groups, cases, groups_file)
         groups = {c: groups[c] for c in cases}
     else:

@@ -4,6 +4,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -133,6 +134,19 @@ def test_another_noise_schedule_is_refused_from_the_shell_and_from_python(nnunet
     assert "Traceback" not in result.output  # the refusal ends the program, not a traceback through nnU-Net
     assert result.stderr.strip().splitlines()[-1].startswith("Pretrain for these plans and configuration with:")
     assert not list((tmp_path / "results").rglob("checkpoint_*.pth"))
+
+
+def test_the_python_api_snippet_of_how_it_works_runs_as_written(nnunet, phantom_2d, tmp_path):
+    """documentation/how_it_works.md, section "From Python": every trainer from run_training, in its own results."""
+    text = (Path(__file__).resolve().parents[2] / "documentation" / "how_it_works.md").read_text()
+    snippet = text.split("### From Python", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    results = tmp_path / "results"
+    nnunet.run(sys.executable, "-c", snippet, extra_env={"nnUNet_results": str(results)})
+    folder = results / DATASET_NAME
+    for trainer, fold in (("nnUNetTrainerDDPMFinetune_demo", 0), ("nnUNetTrainerDDPMFinetuneFrozenEncoder_demo", 0),
+                          ("nnUNetTrainerDDPMPixelClassifier_demo", 0), ("nnUNetTrainer_demo", 0),
+                          ("nnUNetTrainerDDPMFinetune_demo", 1)):
+        assert (folder / f"{trainer}__nnUNetPlans__2d" / f"fold_{fold}" / "checkpoint_final.pth").is_file()
 
 
 def test_trainers_are_found_in_a_fresh_shell_after_one_setting(nnunet, pretrained_2d, tmp_path):
