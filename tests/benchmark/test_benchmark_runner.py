@@ -1,9 +1,12 @@
 """nnUNetv2_ddpm_benchmark end to end on the 2D test phantom: dry run = what runs, report = evaluation, resume, errors."""
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
+from matplotlib.image import imread
 
 from tests.conftest import PHANTOM_2D
 
@@ -61,10 +64,19 @@ def test_benchmark_runs_what_the_dry_run_prints_and_reports_the_evaluation(nnune
                               "summary.json").read_text())
         label = {"edema": "1", "necrosis": "2", "enhancing": "3"}[row["region"]]
         assert float(row["dice_mean"]) == pytest.approx(summary["mean"][label]["Dice"], nan_ok=True)
+    # learnt something: every test case has edema, so predicting background scores 0 there
+    assert all((sitk.GetArrayFromImage(sitk.ReadImage(str(f))) == 1).any()
+               for f in sorted(Path(test_set[1]).glob("*.nii.gz")))
+    assert all(float(r["dice_mean"]) > 0.1 for r in rows if r["region"] == "edema")
     markdown = (out / "results.md").read_text()
-    assert "| labelled cases | DDPM pixel classifier: edema" in markdown and "3 test cases" in markdown
-    assert "num_epochs 2" in markdown
-    assert (out / "dice_vs_labels.png").stat().st_size > 10_000
+    assert "## edema\n\n### Dice\n\n| labelled cases | DDPM pixel classifier |" in markdown
+    assert "3 test cases" in markdown and "num_epochs 2" in markdown
+    edema = [float(r["dice_mean"]) for r in rows if r["region"] == "edema"]  # one method: no best, one fold: no std
+    assert f"| 1 | {edema[0]:.3f} |\n| 2 | {edema[1]:.3f} |" in markdown and "±" not in markdown
+    assert "Paired difference" not in markdown and not (out / "paired_differences.csv").exists()  # no baseline
+    plot = imread(out / "dice_vs_labels.png")
+    assert plot.shape[:2] == (432, 1512)  # three regions side by side, 4.2 x 3.6 inches each at 120 dpi
+    assert plot[..., :3].std() > 0.05  # drawn, not blank
     with open(out / "results_per_case.csv") as f:
         assert len(list(csv.DictReader(f))) == 2 * 3 * 3  # ... x cases
 

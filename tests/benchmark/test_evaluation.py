@@ -38,6 +38,13 @@ def square(shape=(40, 40), rows=(5, 25), columns=(5, 25)) -> np.ndarray:
     return mask
 
 
+def cube(slices) -> np.ndarray:
+    """The 20 x 20 square on 20 slices of a 30-slice volume."""
+    volume = np.zeros((30, 40, 40), dtype=bool)
+    volume[slices[0]:slices[1]] = square()
+    return volume
+
+
 # Hand values. A 20 x 20 square against itself shifted by 3 pixels along the first axis: the shifted-away side of each
 # square (20 surface pixels, 26 % of the 76) lies 3 pixels from the other square's surface, so 3 pixels times that
 # axis's spacing. Against itself missing its last column: that column's 20 pixels lie 1 pixel from the new edge.
@@ -50,9 +57,7 @@ def square(shape=(40, 40), rows=(5, 25), columns=(5, 25)) -> np.ndarray:
     (square()[None], square(rows=(8, 28))[None], (999, 1, 1), 3.0),  # nnU-Net's volume of a 2D image
     (square()[None], square(columns=(5, 24))[None], (999, 1, 1), 1.0),
     (square()[None], square(rows=(8, 28))[None], (999, 2, 1), 6.0),
-    (np.broadcast_to(square(), (30, 40, 40)) & (np.arange(30) >= 3)[:, None, None] & (np.arange(30) < 23)[:, None, None],
-     np.broadcast_to(square(), (30, 40, 40)) & (np.arange(30) >= 5)[:, None, None] & (np.arange(30) < 25)[:, None, None],
-     (3, 1, 1), 6.0),
+    (cube(slices=(3, 23)), cube(slices=(5, 25)), (3, 1, 1), 6.0),
 ], ids=["shift3", "missing_column", "anisotropic_shift_first_axis", "anisotropic_shift_second_axis", "volume_shift3",
         "volume_missing_column", "volume_anisotropic", "cube_3d_anisotropic"])
 def test_hd95_hand_values(prediction, reference, spacing, expected):
