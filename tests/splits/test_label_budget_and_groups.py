@@ -63,3 +63,24 @@ def test_bad_groups_and_leaking_splits_are_refused():
         check_no_group_leakage(leaking, groups)
     with pytest.raises(ValueError, match="2 groups cannot fill 5 folds"):
         grouped_crossval_split(CASES[:20], groups)
+
+
+def test_a_groups_file_that_is_not_a_json_object_is_named_in_one_line(tmp_path):
+    """nnUNetv2_ddpm_make_splits --groups on a stand-in preprocessed dataset (only what the command reads first)."""
+    import os
+    import subprocess
+    dataset = tmp_path / "preprocessed" / "Dataset990_Fake"
+    (dataset / "gt_segmentations").mkdir(parents=True)
+    (dataset / "dataset.json").write_text('{"file_ending": ".nii.gz"}')
+    for i in range(6):
+        (dataset / "gt_segmentations" / f"case{i}.nii.gz").write_bytes(b"")
+    env = dict(os.environ, nnUNet_preprocessed=str(tmp_path / "preprocessed"), nnUNet_raw=str(tmp_path),
+               nnUNet_results=str(tmp_path))
+    groups = tmp_path / "groups.json"
+    for content, message in (("{case0: 1", "is not valid JSON"), ('["case0"]', "holds a JSON list")):
+        groups.write_text(content)
+        result = subprocess.run(["nnUNetv2_ddpm_make_splits", "-d", "990", "--groups", str(groups)], env=env,
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        assert f"Group mapping file {groups} {message}" in result.stderr
+    assert not (dataset / "splits_final.json").exists()
