@@ -7,15 +7,21 @@ from nnunet_ddpm.nnunet_trainers import TRAINER_DIR
 
 
 def require_writable_folder(program: str, folder: str, option: str = "-o") -> None:
-    """Create ``folder`` and write a probe file in it, or end ``program`` with one line naming the folder.
+    """End ``program`` with one line naming ``folder`` unless it can be written, without creating anything.
 
     Checked before any work starts: a read-only file system or a path below a file would otherwise end a long run
-    (training, prediction) with a traceback from whichever step writes first.
+    (training, prediction) with a traceback from whichever step writes first. The probe is a temporary file in the
+    nearest existing folder on the path, so that a refusal later in the checks leaves nothing behind.
     """
+    import errno
     import tempfile
+    existing = os.path.abspath(folder)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
     try:
-        os.makedirs(folder, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
+        if not os.path.isdir(existing):
+            raise NotADirectoryError(errno.ENOTDIR, f"{existing} is a file")
+        with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as e:
         sys.exit(f"{program}: cannot write to the output folder {os.path.abspath(folder)} ({e.strerror or e}). "

@@ -99,6 +99,7 @@ def test_benchmark_runs_what_the_dry_run_prints_and_reports_the_evaluation(nnune
     (("--budgets", "10"), "exceed the 6 training cases of fold 0"),
     (("--test-labels", "/nonexistent"), "have no label in /nonexistent"),
     (("--methods", "pixel", "--pretrained-weights", "/nonexistent.pth"), "/nonexistent.pth does not exist"),
+    (("-o", "/dev/null/out"), "cannot write to the output folder /dev/null/out"),  # below a file, refused for root too
 ])
 def test_bad_input_is_refused_before_training(nnunet, phantom_2d, test_set, tmp_path, extra, message):
     args = list(benchmark_args(nnunet, test_set, tmp_path / "out"))
@@ -106,7 +107,7 @@ def test_bad_input_is_refused_before_training(nnunet, phantom_2d, test_set, tmp_
         if option in args:
             i = args.index(option)
             j = i + 1
-            while j < len(args) and not args[j].startswith("-"):
+            while j < len(args) and not str(args[j]).startswith("-"):
                 j += 1
             del args[i:j]
     result = nnunet.run(*args, *extra, ok=False)

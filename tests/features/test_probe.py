@@ -19,9 +19,13 @@ PROBE = ("nnUNetv2_ddpm_probe_features", "-d", DATASET_ID, "-c", "2d", "-f", 0, 
 
 @pytest.fixture(scope="module")
 def probed(nnunet, pretrained_2d):
+    """The probe's choice beside the shared pretraining, removed afterwards: other test files on this worker train
+    the pixel classifier from the same pretraining with its built-in features."""
     nnunet.run("nnUNetv2_ddpm_make_splits", "-d", DATASET_ID, "--overwrite", training=False)
     result = nnunet.run(*PROBE, training=False)
-    return json.loads((pretrained_2d / CHOICE_FILE).read_text()), result.output
+    yield json.loads((pretrained_2d / CHOICE_FILE).read_text()), result.output
+    (pretrained_2d / CHOICE_FILE).unlink()
+    shutil.rmtree(pretrained_2d / PROBE_FOLDER)
 
 
 def test_probe_writes_scores_pictures_and_a_choice(probed, pretrained_2d):
@@ -45,7 +49,7 @@ def test_probe_never_reads_held_out_labels(probed, nnunet, pretrained_2d, tmp_pa
     from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
     record, _ = probed
     source = nnunet.preprocessed / DATASET
-    poisoned = nnunet.preprocessed / "Dataset993_PhantomPoisoned"
+    poisoned = nnunet.preprocessed / "Dataset977_PhantomPoisoned"
     shutil.copytree(source, poisoned)
     folder = poisoned / "nnUNetPlans_2d"
     dataset = infer_dataset_class(str(folder))(str(folder))
@@ -60,15 +64,15 @@ def test_probe_never_reads_held_out_labels(probed, nnunet, pretrained_2d, tmp_pa
             stored.unlink()
         dataset.save_case(data, rng.integers(0, 4, shape).astype(np.int8), properties, str(folder / case))
     plans = json.loads((poisoned / "nnUNetPlans.json").read_text())
-    plans["dataset_name"] = "Dataset993_PhantomPoisoned"
+    plans["dataset_name"] = "Dataset977_PhantomPoisoned"
     (poisoned / "nnUNetPlans.json").write_text(json.dumps(plans))
     checkpoint = tmp_path / "checkpoint_final.pth"
     shutil.copy(pretrained_2d / "checkpoint_final.pth", checkpoint)
     import os
     os.environ.update(nnUNet_preprocessed=str(nnunet.preprocessed), nnUNet_raw=str(nnunet.raw),
                       nnUNet_results=str(nnunet.results))
-    (nnunet.raw / "Dataset993_PhantomPoisoned").mkdir(exist_ok=True)
-    again = probe_features(993, "2d", 0, 5, checkpoint=str(checkpoint), timesteps=(50, 250), max_stages=2,
+    (nnunet.raw / "Dataset977_PhantomPoisoned").mkdir(exist_ok=True)
+    again = probe_features(977, "2d", 0, 5, checkpoint=str(checkpoint), timesteps=(50, 250), max_stages=2,
                            max_timesteps=1, pixels_per_case=300, picture_cases=0, progress=False)
     assert again["cases"] == record["cases"]
     assert again["scores"] == record["scores"]

@@ -133,25 +133,39 @@ def test_frozen_encoder_keeps_pretrained_encoder(nnunet, pretrained_2d):
     assert any(not torch.equal(tuned[k], pretrained[k]) for k in trainable)
 
 
+def _as_interrupted_after_one_epoch(folder):
+    """A finished 2-epoch run made to look interrupted after its first epoch: its final checkpoint, relabelled as the
+    checkpoint_latest.pth of epoch 1 (epoch counter, logs and EMA count cut back), and no checkpoint_final.pth."""
+    checkpoint = _load(folder / "checkpoint_final.pth")
+    checkpoint["current_epoch"] = 1
+    checkpoint["logging"] = {k: v[:1] for k, v in checkpoint["logging"].items()}
+    if "ema_updates" in checkpoint:
+        checkpoint["ema_updates"] = 3
+    torch.save(checkpoint, folder / "checkpoint_latest.pth")
+    (folder / "checkpoint_final.pth").unlink()
+
+
 def test_continue_training_for_both_trainers(nnunet, pretrained_2d):
-    """--c on a finished run with one more epoch allowed: trains only the missing epoch, from the saved state.
+    """--c on an interrupted run, with the same demo budget (another is refused): trains only the missing epoch,
+    from the saved state.
 
     The pretraining to resume is a separate one (fold 0) so that the shared fold-all pretraining stays as it is.
     """
-    more = {"nnUNet_ddpm_demo_epochs": "3", "nnUNet_ddpm_demo_pretrain_epochs": "3"}
     nnunet.train(DATASET_ID, "2d", 0, "nnUNetTrainerDDPMPretrain_demo")
-    result = nnunet.train(DATASET_ID, "2d", 0, "nnUNetTrainerDDPMPretrain_demo", "--c", extra_env=more)
-    assert "Epoch 2" in result.output and "Epoch 0\n" not in result.output
     resumed = nnunet.trainer_folder(PHANTOM_2D[1], "nnUNetTrainerDDPMPretrain_demo", "2d", 0)
+    _as_interrupted_after_one_epoch(resumed)
+    result = nnunet.train(DATASET_ID, "2d", 0, "nnUNetTrainerDDPMPretrain_demo", "--c")
+    assert "Epoch 1" in result.output and "Epoch 0\n" not in result.output
     checkpoint = _load(resumed / "checkpoint_final.pth")
-    assert checkpoint["current_epoch"] == 3 and checkpoint["ema_updates"] == 3 * 3
-    assert len(checkpoint["logging"]["val_losses"]) == 3
+    assert checkpoint["current_epoch"] == 2 and checkpoint["ema_updates"] == 2 * 3
+    assert len(checkpoint["logging"]["val_losses"]) == 2
 
     nnunet.train(DATASET_ID, "2d", 1, "nnUNetTrainerDDPMFinetune_demo")
-    result = nnunet.train(DATASET_ID, "2d", 1, "nnUNetTrainerDDPMFinetune_demo", "--c", extra_env=more)
-    assert "Initialised from the DDPM pretraining checkpoint" not in result.output
-    assert "Epoch 2" in result.output
     folder = nnunet.trainer_folder(PHANTOM_2D[1], "nnUNetTrainerDDPMFinetune_demo", "2d", 1)
+    _as_interrupted_after_one_epoch(folder)
+    result = nnunet.train(DATASET_ID, "2d", 1, "nnUNetTrainerDDPMFinetune_demo", "--c")
+    assert "Initialised from the DDPM pretraining checkpoint" not in result.output
+    assert "Epoch 1" in result.output and "Epoch 0\n" not in result.output
     checkpoint = _load(folder / "checkpoint_final.pth")
-    assert checkpoint["current_epoch"] == 3
+    assert checkpoint["current_epoch"] == 2
     assert checkpoint["ddpm_pretraining"]["checkpoint"] == str(pretrained_2d / "checkpoint_final.pth")
