@@ -43,7 +43,8 @@ def test_demo_runs_the_comparison_end_to_end_and_resumes(nnunet, tmp_path):
     # the demo's segmentation trainers skip nnU-Net's final validation (the test set is evaluated instead)
     finetune = samples.parents[2] / "nnUNetTrainerDDPMFinetune_demo_2labels__nnUNetPlans__2d" / "fold_0"
     assert (finetune / "checkpoint_final.pth").is_file() and not (finetune / "validation").exists()
-    assert "Final validation skipped" in next(finetune.glob("training_log_*.txt")).read_text()
+    log = next(finetune.glob("training_log_*.txt")).read_text()
+    assert "Final validation skipped" in log and " -p nnUNetPlans --val" in log  # how to make the model exportable
 
     # re-running skips finished work; removing one evaluation redoes just that
     (out / "benchmark" / "predictions" / "baseline" / "2labels" / "fold_0" / "evaluation.json").unlink()

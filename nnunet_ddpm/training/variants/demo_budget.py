@@ -75,7 +75,12 @@ class DemoBudget:
     def perform_actual_validation(self, save_probabilities: bool = False):
         if os.environ.get('nnUNet_ddpm_demo_skip_validation') == '1' and \
                 not isinstance(self, nnUNetTrainerDDPMPretrain):
-            self.print_to_log_file("Final validation skipped (nnUNet_ddpm_demo_skip_validation=1)")
+            fold_folder = os.path.basename(self.output_folder)
+            self.print_to_log_file(
+                f"Final validation skipped (nnUNet_ddpm_demo_skip_validation=1). nnUNetv2_export_model_to_zip and "
+                f"nnUNetv2_find_best_configuration need it: run nnUNetv2_train {self.plans_manager.dataset_name} "
+                f"{self.configuration_name} {fold_folder[len('fold_'):]} -tr {type(self).__name__} "
+                f"-p {self.plans_manager.plans_name} --val")
             return
         super().perform_actual_validation(save_probabilities)
 
