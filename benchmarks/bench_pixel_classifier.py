@@ -24,8 +24,7 @@ from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).parent))
-from bench_training_step import BATCH, CHANNELS, CLASSES, PLANS_2D, peak_rss, segmentation_step  # noqa: E402
+from common import BATCH, CHANNELS, CLASSES, PLANS_2D, peak_rss, segmentation_step  # noqa: E402
 
 from nnunet_ddpm.networks import EnsembleLoss  # noqa: E402
 from nnunet_ddpm.training.nnUNetTrainerDDPMPixelClassifier import nnUNetTrainerDDPMPixelClassifier  # noqa: E402

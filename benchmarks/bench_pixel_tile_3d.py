@@ -20,8 +20,7 @@ import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).parent))
-from bench_training_step import CHANNELS, CLASSES, peak_rss, planned_configuration  # noqa: E402
+from common import CHANNELS, CLASSES, peak_rss, planned_configuration  # noqa: E402
 
 from nnunet_ddpm.training.nnUNetTrainerDDPMPixelClassifier import nnUNetTrainerDDPMPixelClassifier  # noqa: E402
 

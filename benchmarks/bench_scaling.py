@@ -24,9 +24,8 @@ import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).parent))
 from bench_pixel_classifier import pixel_step  # noqa: E402
-from bench_training_step import CHANNELS, CLASSES, TensorMemory, denoising_step, peak_rss, planned_configuration, \
+from common import CHANNELS, CLASSES, TensorMemory, denoising_step, peak_rss, planned_configuration, \
     segmentation_step  # noqa
 
 from nnunet_ddpm.training.nnUNetTrainerDDPMFinetune import nnUNetTrainerDDPMFinetune  # noqa: E402

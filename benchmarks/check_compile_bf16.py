@@ -9,15 +9,13 @@ backward pass is run through each. Meant for a GPU (``--device cuda``); on CPU i
 """
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-sys.path.insert(0, str(Path(__file__).parent))
-from bench_training_step import BATCH, CHANNELS, CLASSES, PLANS_2D  # noqa: E402
+from common import BATCH, CHANNELS, CLASSES, PLANS_2D  # noqa: E402
 
 from nnunet_ddpm.training.nnUNetTrainerDDPMFinetune import nnUNetTrainerDDPMFinetune  # noqa: E402
 from nnunet_ddpm.training.nnUNetTrainerDDPMPixelClassifier import nnUNetTrainerDDPMPixelClassifier  # noqa: E402

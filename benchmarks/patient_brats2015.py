@@ -21,7 +21,7 @@ import SimpleITK as sitk
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from nnunet_ddpm.dataset_conversion.brats2015_sample import arrange_brats2015_sample  # noqa: E402
+from tools.brats2015_sample import arrange_brats2015_sample  # noqa: E402
 from nnunet_ddpm.patient.evaluation import dice_per_label  # noqa: E402
 
 SAMPLE = REPO.parent / "shared" / "data" / "brats2015_deepmedic_sample"

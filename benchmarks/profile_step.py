@@ -17,9 +17,7 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-import sys
-sys.path.insert(0, str(Path(__file__).parent))
-from bench_training_step import CHANNELS, CLASSES, denoising_step, planned_configuration, segmentation_step  # noqa
+from common import CHANNELS, CLASSES, denoising_step, planned_configuration, segmentation_step  # noqa
 
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer  # noqa: E402
 from nnunet_ddpm.training.nnUNetTrainerDDPMFinetune import nnUNetTrainerDDPMFinetune  # noqa: E402

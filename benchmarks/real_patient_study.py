@@ -99,7 +99,7 @@ def run(args) -> None:
 def collect(args) -> None:
     """Evaluate every finished prediction folder again with the current evaluation code, then copy the per-case
     evaluations and each model's settings (small JSON files) into documentation/evidence."""
-    from nnunet_ddpm.benchmark.evaluation import evaluate_prediction_folder
+    from nnunet_ddpm.comparison.evaluation import evaluate_prediction_folder
     work = Path(args.w)
     for benchmark in sorted(work.glob("benchmark_pretrain*_outer*")):
         pretrain, outer = benchmark.name[len("benchmark_"):].split("_")
@@ -157,7 +157,7 @@ def _summary(results, method, budget, region) -> Tuple[float, float, int]:
 def _paired(results, method, budget, region, metric: int) -> dict:
     """Paired difference to the supervised baseline over patients; for HD95 each patient's means are taken over the
     slices where both methods have one."""
-    from nnunet_ddpm.benchmark.statistics import paired_difference
+    from nnunet_ddpm.comparison.statistics import paired_difference
     mine, base = results[method][budget][region], results["baseline"][budget][region]
     patients = sorted(set(mine) & set(base))
     a, b = [], []
@@ -171,7 +171,7 @@ def _paired(results, method, budget, region, metric: int) -> dict:
 
 def report(args) -> None:
     """Rewrite the tables between the markers of documentation/evidence.md from the committed result files alone."""
-    from nnunet_ddpm.benchmark.runner import METHOD_TITLES
+    from nnunet_ddpm.comparison.methods import title
     lines = []
     for pretrain_folder in sorted(EVIDENCE.glob("pretrain*"), key=lambda p: int(p.name[len("pretrain"):])):
         results = _load_results(pretrain_folder.name)
@@ -195,7 +195,7 @@ def report(args) -> None:
                 if budget not in results[method]:
                     continue
                 summaries = [_summary(results, method, budget, r) for r in regions]
-                lines.append(f"| {METHOD_TITLES[method]} | " + " | ".join(f"{d:.3f}" for d, _, _ in summaries) +
+                lines.append(f"| {title(method)} | " + " | ".join(f"{d:.3f}" for d, _, _ in summaries) +
                              " | " + " | ".join(f"{h:.1f}" for _, h, _ in summaries) + " | " +
                              " / ".join(str(u) for _, _, u in summaries) + " |")
             lines += ["", "Paired difference to the supervised nnU-Net on the same patients (method minus nnU-Net; "
@@ -211,7 +211,7 @@ def report(args) -> None:
                     for region in regions:
                         d = _paired(results, method, budget, region, metric)
                         cells.append(f"{d['mean']:+.{digits}f} [{d['low']:+.{digits}f}, {d['high']:+.{digits}f}]")
-                lines.append(f"| {METHOD_TITLES[method]} | " + " | ".join(cells) + " |")
+                lines.append(f"| {title(method)} | " + " | ".join(cells) + " |")
             lines.append("")
     text = "\n".join(lines)
     page = EVIDENCE.parent / "evidence.md"

@@ -19,7 +19,6 @@ slicer's ``--unlabeled-step``) find images for the DDPM pretraining. Several inp
 terms apply: cite Menze et al., IEEE TMI 2015 and Bakas et al., Sci. Data 2017 / arXiv:1811.02629).
 """
 import argparse
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path

@@ -2,7 +2,7 @@
 
 Why a phantom: tests, the demo and newcomers need data that exists without a download, and it must be hard enough
 that labels matter (a model trained on two cases is clearly worse than one trained on twenty; see
-``phantom_difficulty.py`` and documentation/datasets.md for the measured numbers).
+``tools/phantom_difficulty.py`` and documentation/datasets.md for the measured numbers).
 
 Each case is a head (scalp, grey matter rim, white matter, two ventricles) with one tumour whose sub-regions are
 nested like a glioma's: oedema around an enhancing rim around a necrotic core (BraTS-like; the label values equal

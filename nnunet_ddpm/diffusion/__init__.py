@@ -1,3 +1,3 @@
-from nnunet_ddpm.diffusion.schedule import DiffusionSettings, ddim_sample, sample_training_timesteps
+from nnunet_ddpm.diffusion.schedule import DiffusionSettings, add_noise, ddim_sample, sample_training_timesteps
 
-__all__ = ["DiffusionSettings", "ddim_sample", "sample_training_timesteps"]
+__all__ = ["DiffusionSettings", "add_noise", "ddim_sample", "sample_training_timesteps"]

@@ -7,8 +7,9 @@ No trainer imports here.
 References: Ho et al. 2020 (DDPM, epsilon prediction), Nichol & Dhariwal 2021 (cosine schedule, eq. 17),
 Song et al. 2021 (DDIM sampling).
 """
+import math
 from dataclasses import asdict, dataclass, fields
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
@@ -42,7 +43,7 @@ class DiffusionSettings:
         return cls(**values)
 
     def training_scheduler(self) -> DDPMScheduler:
-        """Epsilon-prediction DDPM scheduler; only its ``add_noise`` and ``alphas_cumprod`` are used in training."""
+        """Epsilon-prediction DDPM scheduler; training uses its ``alphas_cumprod``."""
         return DDPMScheduler(num_train_timesteps=self.num_train_timesteps, beta_schedule=self.beta_schedule,
                              prediction_type="epsilon", clip_sample=False)
 
@@ -51,6 +52,17 @@ class DiffusionSettings:
         if not 0 <= timestep < self.num_train_timesteps:
             raise ValueError(f"timestep must lie in [0, {self.num_train_timesteps - 1}], got {timestep}")
         return float(self.training_scheduler().alphas_cumprod[timestep])
+
+
+def add_noise(x0: torch.Tensor, noise: torch.Tensor, alpha_bar: Union[float, torch.Tensor]) -> torch.Tensor:
+    """x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps: a draw from q(x_t | x_0) (Ho et al. 2020, eq. 4)
+    given the draw eps. The pretraining's loss, the fine-tune's input and the pixel classifier's features all noise
+    their images here. ``alpha_bar`` is a float, or a tensor that broadcasts against ``x0`` (one value per sample,
+    per timestep, ...)."""
+    if isinstance(alpha_bar, torch.Tensor):
+        alpha_bar = alpha_bar.to(x0.dtype)
+        return alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * noise
+    return torch.add(noise * math.sqrt(1 - alpha_bar), x0, alpha=math.sqrt(alpha_bar))
 
 
 def sample_training_timesteps(batch_size: int, settings: DiffusionSettings, device: torch.device,

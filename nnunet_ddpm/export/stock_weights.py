@@ -17,9 +17,9 @@ from batchgenerators.utilities.file_and_folder_operations import isdir, isfile, 
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from nnunet_ddpm.diffusion import DiffusionSettings
-from nnunet_ddpm.networks import FixedTimestepUNet, build_unet_from_plans
-from nnunet_ddpm.networks.folding import plain_state_dict
-from nnunet_ddpm.training.pretrained_checkpoint import load_checkpoint_file, transfer_denoiser_weights
+from nnunet_ddpm.networks import FixedTimestepUNet
+from nnunet_ddpm.networks.folding import fold_denoiser, plain_state_dict
+from nnunet_ddpm.training.pretrained_checkpoint import load_checkpoint_file
 
 DEFAULT_TIMESTEP = 50  # nnUNetTrainerDDPMFinetune.finetune_timestep (tests/networks/test_folding.py checks they agree)
 STOCK_TRAINER = "nnUNetTrainer"
@@ -27,17 +27,6 @@ STOCK_TRAINER = "nnUNetTrainer"
 
 class ExportError(ValueError):
     """Input that cannot be exported; the message says why and what to do."""
-
-
-def fold_denoiser(denoiser_weights: Dict[str, torch.Tensor], configuration_manager, num_input_channels: int,
-                  timestep: int, diffusion: DiffusionSettings,
-                  timestep_embedding_dim: Optional[int] = None) -> Dict[str, torch.Tensor]:
-    """The pretrained denoiser run at ``timestep`` (input scaled by sqrt(alpha_bar_t)) as a state dict of nnU-Net's
-    plain planned network, without the output layers (``.seg_layers.``, which every segmentation run replaces)."""
-    network = FixedTimestepUNet(build_unet_from_plans(configuration_manager, num_input_channels, 1, True), timestep,
-                                diffusion.alpha_bar(timestep), embedding_dim=timestep_embedding_dim)
-    transfer_denoiser_weights(network, denoiser_weights)
-    return {k: v for k, v in plain_state_dict(network.eval()).items() if ".seg_layers." not in k}
 
 
 def _save_atomically(checkpoint: dict, path: str) -> None:

@@ -6,11 +6,14 @@ sqrt(alpha_bar_t) * x is a factor on the first convolution's weights (a convolut
 is unchanged). ``FixedTimestepUNet`` in eval mode therefore computes exactly what the stock network computes with the
 folded state dict: weights that any stock nnU-Net trainer and predictor can use without this plugin.
 """
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 
-from nnunet_ddpm.networks.time_conditioned_unet import FixedTimestepUNet, TimestepModulatedInstanceNorm, _first_conv
+from nnunet_ddpm.diffusion import DiffusionSettings
+from nnunet_ddpm.networks.time_conditioned_unet import (FixedTimestepUNet, TimestepModulatedInstanceNorm, _first_conv,
+                                                      build_unet_from_plans)
+from nnunet_ddpm.training.pretrained_checkpoint import transfer_denoiser_weights
 
 
 def plain_state_dict(network: FixedTimestepUNet) -> Dict[str, torch.Tensor]:
@@ -34,3 +37,14 @@ def plain_state_dict(network: FixedTimestepUNet) -> Dict[str, torch.Tensor]:
             elif module is first_conv:
                 state[f"{name}.weight"] = first_conv.weight.detach() * network.signal_scale
     return state
+
+
+def fold_denoiser(denoiser_weights: Dict[str, torch.Tensor], configuration_manager, num_input_channels: int,
+                  timestep: int, diffusion: DiffusionSettings,
+                  timestep_embedding_dim: Optional[int] = None) -> Dict[str, torch.Tensor]:
+    """The pretrained denoiser run at ``timestep`` (input scaled by sqrt(alpha_bar_t)) as a state dict of nnU-Net's
+    plain planned network, without the output layers (``.seg_layers.``, which every segmentation run replaces)."""
+    network = FixedTimestepUNet(build_unet_from_plans(configuration_manager, num_input_channels, 1, True), timestep,
+                                diffusion.alpha_bar(timestep), embedding_dim=timestep_embedding_dim)
+    transfer_denoiser_weights(network, denoiser_weights)
+    return {k: v for k, v in plain_state_dict(network.eval()).items() if ".seg_layers." not in k}

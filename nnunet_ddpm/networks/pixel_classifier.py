@@ -33,6 +33,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
 
+from nnunet_ddpm.diffusion import add_noise
 from nnunet_ddpm.networks.time_conditioned_unet import TimeConditionedUNet
 
 
@@ -228,8 +229,7 @@ class PixelClassifierNetwork(TimeConditionedUNet):
             raise ValueError("The pixel classifier needs at least one feature timestep.")
         self.requires_grad_(False)  # the denoiser; the head added below trains
         self.stages, self.timesteps = sorted({s % num_stages for s in stages}), [int(t) for t in timesteps]
-        self.register_buffer("signal_scales", torch.tensor([math.sqrt(a) for a in alpha_bars]), persistent=False)
-        self.register_buffer("noise_scales", torch.tensor([math.sqrt(1 - a) for a in alpha_bars]), persistent=False)
+        self.register_buffer("alpha_bars", torch.tensor([float(a) for a in alpha_bars]), persistent=False)
         self.noise_seed = noise_seed
         if timesteps_per_pass is not None and timesteps_per_pass < 1:
             raise ValueError(f"timesteps_per_pass must be at least 1, or None for all timesteps in one pass; "
@@ -273,13 +273,12 @@ class PixelClassifierNetwork(TimeConditionedUNet):
         """
         noise = self.fixed_noise(x) if noise is None else noise
         num_t, batch, per_timestep = len(self.timesteps), x.shape[0], (-1,) + (1,) * x.ndim
-        signal_scales, noise_scales = self.signal_scales.to(x.dtype), self.noise_scales.to(x.dtype)
         features = None
         for start in range(0, num_t, self.timesteps_per_pass):
             chunk = slice(start, start + self.timesteps_per_pass)
             timesteps = torch.tensor(self.timesteps[chunk], device=x.device)
             n = len(timesteps)
-            noisy = signal_scales[chunk].view(per_timestep) * x + noise_scales[chunk].view(per_timestep) * noise
+            noisy = add_noise(x, noise, self.alpha_bars[chunk].view(per_timestep))  # (n, B, C, ...)
             outputs = self.decoder_features(noisy.reshape(n * batch, *x.shape[1:]), timesteps.repeat_interleave(batch),
                                             self.stages)
             del noisy

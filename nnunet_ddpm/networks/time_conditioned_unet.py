@@ -26,6 +26,8 @@ from torch import nn
 from torch.nn.modules.instancenorm import _InstanceNorm
 from torch.utils.checkpoint import checkpoint
 
+from nnunet_ddpm.diffusion import add_noise
+
 
 class _Conditioning:
     """The modulated affine parameters of the forward pass under way, for all norms of one network at once, split
@@ -233,16 +235,17 @@ class FixedTimestepUNet(TimeConditionedUNet):
                  embedding_dim: Optional[int] = None):
         super().__init__(unet, embedding_dim)
         self.timestep = int(timestep)
-        self.signal_scale = math.sqrt(alpha_bar)
-        self.noise_scale = math.sqrt(1 - alpha_bar) if noise_in_training else 0.0
+        self.alpha_bar = float(alpha_bar)
+        self.signal_scale = math.sqrt(alpha_bar)  # the eval-mode input scaling (folded into the first convolution)
+        self.noise_in_training = noise_in_training
         # the sinusoidal features of the fixed timestep are a constant (the MLP after them trains)
         with torch.no_grad():
             self.register_buffer("_timestep_features", self.time_embedding[0](torch.tensor([self.timestep])),
                                  persistent=False)
 
     def forward(self, x: torch.Tensor):
-        if self.training and self.noise_scale > 0:  # noise_scale * eps + signal_scale * x, in three kernels
-            x_t = torch.randn_like(x).mul_(self.noise_scale).add_(x, alpha=self.signal_scale)
+        if self.training and self.noise_in_training:
+            x_t = add_noise(x, torch.randn_like(x), self.alpha_bar)
         else:
             x_t = self.signal_scale * x
         with self.conditioned_on(self.time_embedding[1](self._timestep_features)):

@@ -11,37 +11,31 @@ The result is written on exactly the input's grid: ``segmentation_<method>.nii.g
 """
 import argparse
 import os
-import shlex
 import shutil
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 from batchgenerators.utilities.file_and_folder_operations import isfile, join, load_json, maybe_mkdir_p, \
     save_json
 
-import nnunet_ddpm
-from nnunet_ddpm.benchmark.runner import METHOD_TITLES, METHODS
+from nnunet_ddpm.comparison.methods import METHODS, title
 from nnunet_ddpm.cli import require_writable_folder
-from nnunet_ddpm.nnunet_trainers import TRAINER_DIR
 from nnunet_ddpm.patient.evaluation import dice_per_label
 from nnunet_ddpm.patient.inputs import PatientInput, PatientInputError, read_patient
 from nnunet_ddpm.patient.montage import write_montage
 from nnunet_ddpm.patient.volume_slices import (PATIENT_RECORD, segmentation_volume, uncertainty_volume,
                                                write_like, write_patient_dataset)
+from nnunet_ddpm.steps import (Step, StepFailed, demo_budget, model_folder, run_steps, training_step, up_to_date,
+                               working_folder_environment)
 
 DATASET_ID, DATASET_NAME = 800, "Dataset800_Patient"
 CONFIGURATION, PLANS = "2d", "nnUNetPlans"
 TRAINER_SUFFIX = "_demo"  # the variants whose budget comes from nnUNet_ddpm_demo_* (demo_budget.py)
 PRETRAINER = "nnUNetTrainerDDPMPretrain" + TRAINER_SUFFIX
 SUMMARY = "summary.json"
-
-
-class StepFailed(RuntimeError):
-    pass
 
 
 @dataclass
@@ -58,26 +52,18 @@ class Budget:
 
 
 def environment(root: str, budget: Budget) -> dict:
-    """nnU-Net folders inside the working folder, the plugin's trainers, the budget; subprocesses import this copy of
-    nnunet_ddpm (the one running now) first."""
-    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(nnunet_ddpm.__file__)))
-    env = dict(os.environ)
-    env.update(nnUNet_raw=join(root, "nnUNet_raw"), nnUNet_preprocessed=join(root, "nnUNet_preprocessed"),
-               nnUNet_results=join(root, "nnUNet_results"),
-               nnUNet_extTrainer=os.pathsep.join(p for p in (TRAINER_DIR, os.environ.get("nnUNet_extTrainer")) if p),
-               PYTHONPATH=os.pathsep.join(p for p in (package_parent, os.environ.get("PYTHONPATH")) if p),
-               nnUNet_ddpm_demo_epochs=str(budget.epochs), nnUNet_ddpm_demo_iterations=str(budget.iterations),
-               nnUNet_ddpm_demo_pretrain_epochs=str(budget.pretrain_epochs),
-               # fold "all" validates on its own training slices: nothing to learn from, and its export workers cost
-               # about 25 s per training on 2 cores; the annotated slices are scored from the prediction instead
-               nnUNet_ddpm_demo_skip_validation="1")
-    env.setdefault("nnUNet_def_n_proc", "1")
-    env.pop("nnUNet_n_proc_DA", None)  # plan_and_preprocess refuses 0 (DESIGN.md); run_steps sets it for training
+    """nnU-Net's folders inside the working folder, the plugin's trainers and the budget. Augmentation runs
+    in-process for training and prediction unless the user set nnUNet_n_proc_DA (reproducible, and cheap for 2D
+    slices); plan_and_preprocess refuses 0, so only those steps get it (``build_steps``). Fold "all" validates on its
+    own training slices, nothing to learn from at the cost of export workers, so the final validation is skipped;
+    the annotated slices are scored from the prediction instead."""
+    env = working_folder_environment(root, **demo_budget(budget.epochs, budget.pretrain_epochs, budget.iterations))
+    env.pop("nnUNet_n_proc_DA", None)
     return env
 
 
 def trainer_name(method: str) -> str:
-    return METHODS[method] + TRAINER_SUFFIX
+    return METHODS[method].trainer + TRAINER_SUFFIX
 
 
 def check_pretrained_weights(path: str, num_channels: int) -> str:
@@ -107,30 +93,22 @@ def check_pretrained_weights(path: str, num_channels: int) -> str:
 # steps
 
 
-@dataclass
-class Step:
-    title: str
-    command: Optional[List[str]]  # a console command, or None for ``in_process``
-    done: Callable[[], bool]
-    marker: Optional[str] = None  # written after success, for steps without a natural result file
-    in_process: Optional[Callable[[], None]] = None
+def _augmentation_in_process() -> dict:
+    """For training and prediction: augmentation in this process unless the user set nnUNet_n_proc_DA."""
+    return {"nnUNet_n_proc_DA": os.environ.get("nnUNet_n_proc_DA", "0")}
 
 
-def _marker_done(marker: str, *sources: str) -> bool:
-    """The marker exists and is newer than every source (a retrained model invalidates its prediction)."""
-    return isfile(marker) and all(isfile(s) and os.path.getmtime(marker) >= os.path.getmtime(s) for s in sources)
+def _model_folder(root: str, trainer: str) -> str:
+    return model_folder(join(root, "nnUNet_results"), DATASET_NAME, trainer, PLANS, CONFIGURATION, "all")
 
 
 def _train_step(root: str, trainer: str, device: str, pretrained_weights: Optional[str]) -> Step:
-    folder = join(root, "nnUNet_results", DATASET_NAME, f"{trainer}__{PLANS}__{CONFIGURATION}", "fold_all")
-    command = ["nnUNetv2_train", str(DATASET_ID), CONFIGURATION, "all", "-tr", trainer, "-device", device]
-    if any(isfile(join(folder, f"checkpoint_{k}.pth")) for k in ("latest", "best")):
-        command.append("--c")  # interrupted earlier: resume
-    elif pretrained_weights:
-        command += ["-pretrained_weights", pretrained_weights]
-    final = join(folder, "checkpoint_final.pth")
-    return Step(f"train {trainer} on the annotated slices" if trainer != PRETRAINER else
-                "DDPM pretraining on every slice of the patient", command, lambda: isfile(final))
+    step = training_step(f"train {trainer} on the annotated slices" if trainer != PRETRAINER else
+                         "DDPM pretraining on every slice of the patient",
+                         ["nnUNetv2_train", str(DATASET_ID), CONFIGURATION, "all", "-tr", trainer, "-device", device],
+                         _model_folder(root, trainer), pretrained_weights)
+    step.env = _augmentation_in_process()
+    return step
 
 
 def build_steps(root: str, methods: Sequence[str], device: str, pretrained_weights: Optional[str],
@@ -143,7 +121,7 @@ def build_steps(root: str, methods: Sequence[str], device: str, pretrained_weigh
     if pretrained_plans is None:
         steps.append(Step("plan and preprocess the annotated slices",
                           ["nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", CONFIGURATION, "-np", "1",
-                           "-npfp", "1"], lambda: isfile(planned), planned))
+                           "-npfp", "1"], lambda: isfile(planned), marker=planned))
     else:
         fingerprint = join(preprocessed, "dataset_fingerprint.json")
         steps.append(Step("fingerprint the annotated slices",
@@ -153,11 +131,11 @@ def build_steps(root: str, methods: Sequence[str], device: str, pretrained_weigh
         # does, from a plans file instead of a preprocessed dataset)
         plans = join(preprocessed, f"{PLANS}.json")
         steps.append(Step("take the plans of the pretrained checkpoint", None, lambda: isfile(plans),
-                          in_process=lambda: copy_plans(pretrained_plans, plans,
+                          run_in_process=lambda: copy_plans(pretrained_plans, plans,
                                                         join(root, "nnUNet_raw", DATASET_NAME, "dataset.json"))))
         steps.append(Step("preprocess the annotated slices with those plans",
                           ["nnUNetv2_preprocess", "-d", str(DATASET_ID), "-c", CONFIGURATION, "-np", "1"],
-                          lambda: isfile(planned), planned))
+                          lambda: isfile(planned), marker=planned))
     ddpm_methods = [m for m in methods if m != "baseline"]
     if ddpm_methods and pretrained_weights is None:
         if has_unannotated:
@@ -165,15 +143,14 @@ def build_steps(root: str, methods: Sequence[str], device: str, pretrained_weigh
             # run as a module: the same nnunet_ddpm as this process, installed or not
             steps.append(Step("preprocess the unannotated slices for the pretraining",
                               [python, "-c", "from nnunet_ddpm.cli import preprocess_unlabeled_entry as main; main()",
-                               "-d", str(DATASET_ID), "-c", CONFIGURATION], lambda: _marker_done(unlabeled, planned),
-                              unlabeled))
+                               "-d", str(DATASET_ID), "-c", CONFIGURATION], lambda: up_to_date(unlabeled, planned),
+                              marker=unlabeled))
         steps.append(_train_step(root, PRETRAINER, device, None))
     for method in methods:
         trainer = trainer_name(method)
         steps.append(_train_step(root, trainer, device, None if method == "baseline" else pretrained_weights))
         output = join(root, "predictions", method)
-        model = join(root, "nnUNet_results", DATASET_NAME, f"{trainer}__{PLANS}__{CONFIGURATION}", "fold_all",
-                     "checkpoint_final.pth")
+        model = join(_model_folder(root, trainer), "checkpoint_final.pth")
         marker = join(output, "prediction_done.json")
         command = ["nnUNetv2_predict", "-i", join(root, "nnUNet_raw", DATASET_NAME, "imagesTs"), "-o", output,
                    "-d", str(DATASET_ID), "-c", CONFIGURATION, "-f", "all", "-tr", trainer, "-device", device,
@@ -181,43 +158,9 @@ def build_steps(root: str, methods: Sequence[str], device: str, pretrained_weigh
         command += [] if tta else ["--disable_tta"]
         command += ["--save_probabilities"] if method == "pixel" else []
         steps.append(Step(f"predict every slice with {trainer}", command,
-                          lambda marker=marker, model=model: _marker_done(marker, model), marker))
+                          lambda marker=marker, model=model: up_to_date(marker, model), marker=marker,
+                          env=_augmentation_in_process()))
     return steps
-
-
-def run_steps(steps: List[Step], env: dict, root: str, log=print) -> dict:
-    """Run the steps that are not done; returns {step title: seconds} of those that ran."""
-    seconds = {}
-    logs = join(root, "logs")
-    maybe_mkdir_p(logs)
-    todo = [s for s in steps if not s.done()]
-    log(f"{len(steps)} steps, {len(steps) - len(todo)} already done")
-    for number, step in enumerate(todo, 1):
-        log_file = join(logs, f"{time.strftime('%Y%m%d_%H%M%S')}_{number:02d}.log")
-        if step.command is None:
-            log(f"[{number}/{len(todo)}] {step.title}")
-            step.in_process()
-            continue
-        log(f"[{number}/{len(todo)}] {step.title}\n      $ {shlex.join(step.command)}\n      (log: {log_file})")
-        start = time.time()
-        with open(join(root, "commands.txt"), "a") as f:
-            f.write(shlex.join(step.command) + "\n")
-        env_step = env
-        if step.command[0] in ("nnUNetv2_train", "nnUNetv2_predict"):
-            # augmentation in-process unless the user says otherwise: reproducible, and cheap for 2D slices
-            env_step = env | {"nnUNet_n_proc_DA": os.environ.get("nnUNet_n_proc_DA", "0")}
-        with open(log_file, "w") as handle:
-            code = subprocess.call(step.command, env=env_step, stdout=handle, stderr=subprocess.STDOUT)
-        if code != 0:
-            tail = "".join(open(log_file).readlines()[-30:])
-            raise StepFailed(f"{step.title} failed (exit code {code}); end of {log_file}:\n{tail}\nFix the cause and "
-                             f"run the same command again: finished steps are skipped, a training resumes.")
-        if step.marker:
-            maybe_mkdir_p(os.path.dirname(step.marker))
-            save_json({"command": step.command, "seconds": round(time.time() - start, 1)}, step.marker)
-        seconds[step.title] = round(time.time() - start, 1)
-        log(f"      done in {seconds[step.title]:.0f} s")
-    return seconds
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -271,7 +214,7 @@ def segment_patient(patient: PatientInput, output: str, methods: Sequence[str] =
         f"background).")
     log(f"Budget: {budget.describe()} (--epochs, --pretrain-epochs, --iterations for more). Device: {device}.")
     steps = build_steps(root, methods, device, pretrained_weights, pretrained_plans, bool(record["unannotated"]), tta)
-    step_seconds = run_steps(steps, environment(root, budget), root, log)
+    step_seconds = run_steps(steps, root, environment(root, budget), log)
     summary = {"inputs": {"images": patient.image_files, "annotation": patient.annotation_file},
                "axis": patient.axis, "annotated_slices": record["annotated"],
                "segmented_slices": [record["segmented"][0], record["segmented"][-1]] if record["segmented"] else [],
@@ -283,7 +226,7 @@ def segment_patient(patient: PatientInput, output: str, methods: Sequence[str] =
     for method in methods:
         summary["methods"][method] = write_outputs(patient, record, root, method, keep_annotations)
         dice = summary["methods"][method]["dice_on_annotated_slices"]
-        log(f"{METHOD_TITLES[method]}: {summary['methods'][method]['segmentation']} (the model's Dice on the "
+        log(f"{title(method)}: {summary['methods'][method]['segmentation']} (the model's Dice on the "
             f"annotated slices: " + ", ".join(f"{k} {v}" for k, v in dice.items()) + ")")
     summary["seconds_this_run"] = round(time.time() - start, 1)
     summary["step_seconds_this_run"] = step_seconds
@@ -315,7 +258,7 @@ def write_outputs(patient: PatientInput, record: dict, root: str, method: str, k
         write_like(uncertainty, patient.reference, files["uncertainty"])
     write_montage(np.moveaxis(patient.images[0], axis, 0), np.moveaxis(segmentation, axis, 0), record["annotated"],
                   record["segmented"], files["montage"],
-                  f"{METHOD_TITLES[method]}: {os.path.basename(patient.image_files[0])}, annotated slices in red")
+                  f"{title(method)}: {os.path.basename(patient.image_files[0])}, annotated slices in red")
     voxel_ml = float(np.prod(patient.spacing)) / 1000
     return {**files,
             "dice_on_annotated_slices": model_dice, "annotated_slices_from": "annotation" if keep_annotations

@@ -4,7 +4,7 @@ The pretrained denoiser is folded at the fine-tune's timestep into the planned n
 the time-embedding path becomes the norms' affine parameters and the input scaling sqrt(alpha_bar_t) a factor on the
 first convolution. What trains is the stock network at stock speed, and its model needs no plugin to predict.
 """
-from nnunet_ddpm.export.stock_weights import fold_denoiser
+from nnunet_ddpm.networks.folding import fold_denoiser
 from nnunet_ddpm.training.ddpm_trainer_base import UsesPretrainedDenoiser
 from nnunet_ddpm.training.nnUNetTrainerDDPMFinetune import nnUNetTrainerDDPMFinetune
 

@@ -11,6 +11,7 @@ import torch
 from batchgenerators.utilities.file_and_folder_operations import isfile, join, load_json
 from nnunetv2.paths import nnUNet_results
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
+from nnunetv2.utilities.file_path_utilities import convert_trainer_plans_config_to_identifier
 from torch import nn
 from torch._dynamo import OptimizedModule
 
@@ -72,9 +73,8 @@ class nnUNetTrainerDDPMPixelClassifier(UsesPretrainedDenoiser):
         (another fold trained before a new probe) is refused: its models would no longer load."""
         if not nnUNet_results.is_set():
             return None
-        folder = join(str(nnUNet_results), self.plans_manager.dataset_name,
-                      f"{self.pretraining_trainer_name}__{self.plans_manager.plans_name}__{self.configuration_name}",
-                      "fold_all")
+        folder = join(str(nnUNet_results), self.plans_manager.dataset_name, convert_trainer_plans_config_to_identifier(
+            self.pretraining_trainer_name, self.plans_manager.plans_name, self.configuration_name), "fold_all")
         if not isfile(join(folder, CHOICE_FILE)):
             return None
         record = load_json(join(folder, CHOICE_FILE))

@@ -20,7 +20,7 @@ from nnunetv2.utilities.collate_outputs import collate_outputs
 from torch import distributed as dist, nn
 
 from nnunet_ddpm.dataset_conversion.unlabeled_images import unlabeled_preprocessed_folder
-from nnunet_ddpm.diffusion import ddim_sample, sample_training_timesteps
+from nnunet_ddpm.diffusion import add_noise, ddim_sample, sample_training_timesteps
 from nnunet_ddpm.networks import TimeConditionedUNet, build_unet_from_plans
 from nnunet_ddpm.training.ddpm_trainer_base import nnUNetTrainerDDPMBase
 from nnunet_ddpm.training.images_only_dataset import CombinedImagesDataset, images_only
@@ -57,7 +57,7 @@ class nnUNetTrainerDDPMPretrain(nnUNetTrainerDDPMBase):
         self.label_manager = self.plans_manager.get_label_manager(
             {k: v for k, v in dataset_json.items() if k != 'regions_class_order'} | {'labels': {'background': 0}})
         self.logger.local_logger = DenoisingProgressLogger()
-        self.noise_scheduler = self.diffusion.training_scheduler()
+        self.alphas_cumprod = self.diffusion.training_scheduler().alphas_cumprod
         self.ema_network = None  # -> initialize
         self.ema_updates = 0
         self._reference_images = None
@@ -139,7 +139,8 @@ class nnUNetTrainerDDPMPretrain(nnUNetTrainerDDPMBase):
     def denoising_loss(self, images: torch.Tensor, generator: torch.Generator = None) -> torch.Tensor:
         """E_{t, eps} || eps - eps_theta(sqrt(a_t) x + sqrt(1 - a_t) eps, t) ||^2 for a batch (B, C, *spatial)."""
         timesteps, noise = self.draw_timesteps_and_noise(images, generator)
-        noisy = self.noise_scheduler.add_noise(images, noise, timesteps)
+        alpha_bar = self.alphas_cumprod.to(images.device)[timesteps].view(-1, *(1,) * (images.ndim - 1))
+        noisy = add_noise(images, noise, alpha_bar)
         with self.autocast():
             prediction = self.network(noisy, timesteps)
         return F.mse_loss(prediction.float(), noise)

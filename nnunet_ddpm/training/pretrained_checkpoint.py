@@ -11,6 +11,7 @@ from typing import Optional
 
 import torch
 from batchgenerators.utilities.file_and_folder_operations import isfile, join
+from nnunetv2.utilities.file_path_utilities import convert_trainer_plans_config_to_identifier
 
 FORMAT_VERSION = 1
 PRETRAINING_FOLD = "all"
@@ -55,7 +56,8 @@ def find_pretraining_checkpoint(results_folder: str, dataset_name: str, plans_na
                                 trainer_name: str) -> str:
     """Path of ``checkpoint_final.pth`` of the pretraining run for this dataset, plans and configuration."""
     command = pretraining_command(dataset_name, configuration, plans_name, trainer_name)
-    fold_folder = join(results_folder, dataset_name, f"{trainer_name}__{plans_name}__{configuration}",
+    fold_folder = join(results_folder, dataset_name,
+                       convert_trainer_plans_config_to_identifier(trainer_name, plans_name, configuration),
                        f"fold_{PRETRAINING_FOLD}")
     final = join(fold_folder, "checkpoint_final.pth")
     if isfile(final):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from nnunet_ddpm.dataset_conversion.phantom_difficulty import measure
+from tools.phantom_difficulty import measure
 from nnunet_ddpm.dataset_conversion.raw_dataset import DatasetConversionError
 from nnunet_ddpm.dataset_conversion.synthetic_phantom import LABELS, phantom_case, write_phantom_dataset
 
@@ -107,7 +107,7 @@ def test_console_scripts_declared():
     setup = (REPO / "setup.py").read_text()
     for command, module in (("nnUNetv2_ddpm_slice_dataset", "slice_dataset"),
                             ("nnUNetv2_ddpm_make_phantom", "synthetic_phantom"),
-                            ("nnUNetv2_ddpm_arrange_brats2015_sample", "brats2015_sample")):
+                            ("nnUNetv2_ddpm_convert_brats", "brats")):
         match = re.search(rf'"{command}=(nnunet_ddpm\.dataset_conversion\.{module}):main"', setup)
         assert match, command
         assert callable(importlib.import_module(match.group(1)).main)

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from nnunet_ddpm.dataset_conversion.brats2015_sample import arrange_brats2015_sample
+from tools.brats2015_sample import arrange_brats2015_sample
 from nnunet_ddpm.dataset_conversion.raw_dataset import DatasetConversionError
 from nnunet_ddpm.dataset_conversion.slice_dataset import slice_dataset
 from nnunet_ddpm.dataset_conversion.slice_rules import PAPER_SLICES
-from tests.conftest import REAL_SAMPLE
+from tests.helpers import REAL_SAMPLE
 
 pytestmark = pytest.mark.skipif(not REAL_SAMPLE.is_dir(), reason=f"real BraTS sample not found at {REAL_SAMPLE}")
 

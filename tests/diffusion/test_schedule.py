@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from nnunet_ddpm.diffusion import DiffusionSettings, ddim_sample, sample_training_timesteps
+from nnunet_ddpm.diffusion import DiffusionSettings, add_noise, ddim_sample, sample_training_timesteps
 
 
 def test_cosine_schedule_matches_nichol_dhariwal():
@@ -47,6 +47,12 @@ def test_add_noise_is_the_forward_process():
     for i in range(3):
         a = scheduler.alphas_cumprod[t[i]]
         assert torch.allclose(xt[i], a.sqrt() * x0[i] + (1 - a).sqrt() * noise[i], atol=1e-5)
+    # ours, used by every trainer: per-sample alpha_bar, and one float alpha_bar
+    ours = add_noise(x0, noise, scheduler.alphas_cumprod[t].view(-1, 1, 1, 1, 1))
+    assert torch.allclose(ours, xt, atol=1e-6)
+    a = float(scheduler.alphas_cumprod[500])
+    assert torch.allclose(add_noise(x0, noise, a), a ** 0.5 * x0 + (1 - a) ** 0.5 * noise,
+                          atol=1e-6)
     timesteps = sample_training_timesteps(1000, settings, torch.device("cpu"), torch.Generator().manual_seed(0))
     assert timesteps.shape == (1000,) and timesteps.min() >= 0 and timesteps.max() <= 999
 

@@ -1,9 +1,6 @@
 """DDPM weights and models in stock nnU-Net, through the real console scripts: a stock trainer starts from an
 exported pretraining; an exported fine-tune model predicts what the plugin's model predicts with nnunet_ddpm hidden
 from Python, also after nnU-Net's zip export and install."""
-import os
-import sys
-
 import numpy as np
 import pytest
 import torch
@@ -13,7 +10,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from nnunet_ddpm.networks import FixedTimestepUNet
 from nnunet_ddpm.training.pretrained_checkpoint import transfer_denoiser_weights
-from tests.conftest import PHANTOM_2D
+from tests.helpers import PHANTOM_2D
 
 pytestmark = pytest.mark.slow
 DATASET_ID, DATASET = PHANTOM_2D

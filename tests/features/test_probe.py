@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from nnunet_ddpm.features.probe import CHOICE_FILE, PROBE_FOLDER, choose_features, cluster_picture, probe_features
-from tests.conftest import PHANTOM_2D
+from tests.helpers import PHANTOM_2D
 
 pytestmark = pytest.mark.slow
 DATASET_ID, DATASET = PHANTOM_2D
@@ -82,7 +82,7 @@ def test_probe_never_reads_held_out_labels(probed, nnunet, pretrained_2d, tmp_pa
 def test_pixel_classifier_uses_the_choice_and_warns_for_another_pretraining(probed, nnunet, pretrained_2d):
     record, _ = probed
     result = nnunet.train(DATASET_ID, "2d", 4, "nnUNetTrainerDDPMPixelClassifier_demo")
-    assert f"features of decoder stages" in result.output
+    assert "features of decoder stages" in result.output
     folder = nnunet.trainer_folder(DATASET, "nnUNetTrainerDDPMPixelClassifier_demo", "2d", 4)
     plans = json.loads((folder.parent / "plans.json").read_text())
     assert plans["configurations"]["2d"]["ddpm_pixel_features"]["timesteps"] == record["timesteps"]

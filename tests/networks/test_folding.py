@@ -7,7 +7,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from nnunet_ddpm.networks import FixedTimestepUNet, TimeConditionedUNet, build_unet_from_plans
 from nnunet_ddpm.networks.folding import plain_state_dict
 from nnunet_ddpm.training.pretrained_checkpoint import transfer_denoiser_weights
-from tests.networks.test_time_conditioned_unet import configuration
+from tests.helpers import configuration
 
 
 def residual_configuration(dim: int) -> ConfigurationManager:
@@ -72,7 +72,8 @@ def test_exported_weights_carry_an_nnssl_adaptation_plan(tmp_path):
     keyword arguments), takes the exported encoder and stem weights by their keys."""
     from dynamic_network_architectures.architectures.unet import ResidualEncoderUNet
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-    from nnunet_ddpm.export.stock_weights import fold_denoiser, adaptation_plan
+    from nnunet_ddpm.export.stock_weights import adaptation_plan
+    from nnunet_ddpm.networks.folding import fold_denoiser
     from nnunet_ddpm.diffusion import DiffusionSettings
     config = residual_configuration(2)
     plans = PlansManager({"dataset_name": "Dataset001_X", "plans_name": "nnResEncUNetMPlans",

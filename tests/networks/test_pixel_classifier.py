@@ -1,34 +1,10 @@
 """The pixel classifier network: features, the exact rewrites of the MLP ensemble, determinism, ensemble averaging."""
-import math
-
 import pytest
 import torch
 import torch.nn.functional as F
 
-from nnunet_ddpm.networks import EnsembleLoss, MLPEnsembleHead, PixelClassifierNetwork, TimeConditionedUNet, \
-    build_unet_from_plans
-from nnunet_ddpm.training.pretrained_checkpoint import transfer_denoiser_weights
-from tests.networks.test_time_conditioned_unet import configuration
-
-
-def make_denoiser(dim=2):
-    """A "trained" denoiser (the timestep matters)."""
-    torch.manual_seed(0)
-    denoiser = TimeConditionedUNet(build_unet_from_plans(configuration(dim), 2, 2, deep_supervision=False))
-    for name, p in denoiser.named_parameters():
-        if "time_projection" in name:
-            torch.nn.init.normal_(p, std=0.1)
-    return denoiser
-
-
-def make_network(dim=2, stages=(-2, -1), timesteps=(50, 150), ensemble_size=3, num_classes=4, denoiser=None,
-                 **kwargs):
-    """The pixel classifier on ``denoiser``'s weights, as the trainer builds and loads it."""
-    alpha_bars = [math.cos(t / 1000 * math.pi / 2) ** 2 for t in timesteps]
-    network = PixelClassifierNetwork(build_unet_from_plans(configuration(dim), 2, 2, deep_supervision=False), stages,
-                                     timesteps, alpha_bars, num_classes, ensemble_size, **kwargs)
-    transfer_denoiser_weights(network, (denoiser or make_denoiser(dim)).state_dict())
-    return network
+from nnunet_ddpm.networks import EnsembleLoss, MLPEnsembleHead
+from tests.helpers import make_denoiser, make_network
 
 
 def denoiser_parameters(network):
@@ -62,7 +38,8 @@ def test_features_are_the_decoder_stage_outputs_of_each_noised_input(timesteps_p
     hooks = [stage.register_forward_hook(lambda m, i, o: captured.append(o))
              for stage in denoiser.unet.decoder.stages]
     for t_index, t in enumerate(network.timesteps):  # the plain denoiser, run once per timestep
-        noisy = network.signal_scales[t_index] * x + network.noise_scales[t_index] * noise
+        a = network.alpha_bars[t_index]
+        noisy = a.sqrt() * x + (1 - a).sqrt() * noise
         denoiser(noisy, torch.tensor([t, t]))
     for h in hooks:
         h.remove()

@@ -1,27 +1,10 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 
 from nnunet_ddpm.networks import FixedTimestepUNet, TimeConditionedUNet, build_unet_from_plans
 from nnunet_ddpm.training.pretrained_checkpoint import PretrainingCheckpointError, transfer_denoiser_weights
-
-
-def configuration(dim: int, norm: str = None) -> ConfigurationManager:
-    """A small plans configuration of the shape nnU-Net writes, 2D or 3D."""
-    conv = f"torch.nn.modules.conv.Conv{dim}d"
-    norm = norm or f"torch.nn.modules.instancenorm.InstanceNorm{dim}d"
-    return ConfigurationManager({
-        "patch_size": [16] * dim,
-        "architecture": {
-            "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
-            "arch_kwargs": {"n_stages": 3, "features_per_stage": [8, 16, 32], "conv_op": conv,
-                            "kernel_sizes": [[3] * dim] * 3, "strides": [[1] * dim, [2] * dim, [2] * dim],
-                            "n_conv_per_stage": [2, 2, 2], "n_conv_per_stage_decoder": [2, 2], "conv_bias": True,
-                            "norm_op": norm, "norm_op_kwargs": {"eps": 1e-5, "affine": True}, "dropout_op": None,
-                            "dropout_op_kwargs": None, "nonlin": "torch.nn.LeakyReLU",
-                            "nonlin_kwargs": {"inplace": True}},
-            "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]}})
+from tests.helpers import configuration
 
 
 @pytest.mark.parametrize("dim", [2, 3])

@@ -2,7 +2,7 @@
 import json
 
 import pytest
-from tests.conftest import PHANTOM_2D
+from tests.helpers import PHANTOM_2D
 
 pytestmark = pytest.mark.slow  # end-to-end: real nnU-Net console scripts
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from nnunet_ddpm.nnunet_trainers import TRAINER_DIR
-from tests.conftest import PHANTOM_2D
+from tests.helpers import PHANTOM_2D
 
 pytestmark = pytest.mark.slow  # end-to-end: real nnU-Net console scripts
 

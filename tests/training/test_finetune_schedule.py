@@ -4,14 +4,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
-from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from nnunet_ddpm.training.lr_schedule import warmup_poly_factor
 from nnunet_ddpm.training.nnUNetTrainerDDPMFinetune import (nnUNetTrainerDDPMFinetune,
                                                             nnUNetTrainerDDPMFinetuneFrozenEncoder)
 from nnunet_ddpm.training.variants.finetune_schedule import (nnUNetTrainerDDPMFinetune_encoderLR0p1,
                                                              nnUNetTrainerDDPMFinetune_warmup)
-from tests.networks.test_time_conditioned_unet import configuration
+from tests.helpers import configuration
 
 
 def _optimizer(trainer_class, initial_lr=1e-2, num_epochs=20):

@@ -2,14 +2,13 @@
 import json
 import shutil
 
-import pytest
 import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
 from matplotlib.image import imread
 
-from tests.conftest import PHANTOM_2D
+from tests.helpers import PHANTOM_2D, assert_summary_is_the_dice_of_the_files
 
 pytestmark = pytest.mark.slow  # end-to-end: real nnU-Net console scripts
 
@@ -89,7 +88,9 @@ def test_finetune_predict_evaluate_and_determinism(nnunet, pretrained_2d, tmp_pa
     assert checkpoint["ddpm_pretraining"]["checkpoint"] == str(pretrained_2d / "checkpoint_final.pth")
     assert json.loads((folder / "ddpm_pretraining.json").read_text()) == checkpoint["ddpm_pretraining"]
     assert checkpoint["network_weights"]["unet.decoder.seg_layers.2.weight"].shape[0] == 4  # background + 3 labels
-    assert json.loads((folder / "validation" / "summary.json").read_text())["foreground_mean"]["Dice"] >= 0
+    labels = json.loads((folder.parent / "dataset.json").read_text())["labels"]
+    assert_summary_is_the_dice_of_the_files(folder / "validation",
+                                            nnunet.preprocessed / PHANTOM_2D[1] / "gt_segmentations", labels)
 
     images = nnunet.raw / PHANTOM_2D[1] / "imagesTr"
     outputs = []

@@ -1,10 +1,13 @@
 """The same trainers (pretraining, fine-tuning, pixel classifier) on a 3D configuration (3d_fullres), and a 3D checkpoint refused by a 2D run."""
-import pytest
+import json
+
 import numpy as np
+import pytest
 import SimpleITK as sitk
 import torch
+from matplotlib.image import imread
 
-from tests.conftest import PHANTOM_2D
+from tests.helpers import PHANTOM_2D, assert_summary_is_the_dice_of_the_files
 
 pytestmark = pytest.mark.slow  # end-to-end: real nnU-Net console scripts
 
@@ -20,7 +23,8 @@ def test_3d_pretrain_finetune_predict(nnunet, pretrained_2d, tmp_path):
     checkpoint = torch.load(pretrained / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     assert checkpoint["ddpm"]["configuration"] == "3d_fullres" and len(checkpoint["ddpm"]["patch_size"]) == 3
     assert checkpoint["network_weights"]["unet.encoder.stages.0.0.convs.0.conv.weight"].ndim == 5
-    assert (pretrained / "samples.png").is_file()
+    samples = imread(pretrained / "samples.png")
+    assert samples[..., :3].std() > 0.01  # an image of samples, not a blank canvas
 
     result = nnunet.train(DATASET_ID, "3d_fullres", 0, "nnUNetTrainerDDPMFinetune_demo")
     assert "Initialised from the DDPM pretraining checkpoint" in result.output
@@ -38,7 +42,9 @@ def test_3d_pretrain_finetune_predict(nnunet, pretrained_2d, tmp_path):
     folder = nnunet.trainer_folder(DATASET_NAME, "nnUNetTrainerDDPMPixelClassifier_demo", "3d_fullres", 0)
     weights = torch.load(folder / "checkpoint_final.pth", map_location="cpu", weights_only=False)["network_weights"]
     assert weights["unet.decoder.seg_layers.first_layer.0.weight"].ndim == 5
-    assert (folder / "validation" / "summary.json").is_file()
+    labels = json.loads((folder.parent / "dataset.json").read_text())["labels"]
+    assert_summary_is_the_dice_of_the_files(folder / "validation",
+                                            nnunet.preprocessed / DATASET_NAME / "gt_segmentations", labels)
 
     # a 3D pretraining checkpoint given to a 2D run is refused, naming each difference
     result = nnunet.train(PHANTOM_2D[0], "2d", 2, "nnUNetTrainerDDPMFinetune_demo", "-pretrained_weights",

@@ -8,7 +8,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from tests.conftest import PHANTOM_2D
+from tests.helpers import PHANTOM_2D, assert_summary_is_the_dice_of_the_files
 
 pytestmark = pytest.mark.slow  # end-to-end: real nnU-Net console scripts
 
@@ -35,7 +35,9 @@ def test_pixel_classifier_trains_only_the_head_and_predicts_deterministically(nn
     assert "region_based" in head
     # 5 members x 4 classes out of the last grouped 1x1 convolution
     assert head["layers.5.weight"].shape[:2] == (5 * 4, 64)
-    assert json.loads((folder / "validation" / "summary.json").read_text())["foreground_mean"]["Dice"] >= 0
+    labels = json.loads((folder.parent / "dataset.json").read_text())["labels"]
+    assert_summary_is_the_dice_of_the_files(folder / "validation",
+                                            nnunet.preprocessed / DATASET_NAME / "gt_segmentations", labels)
 
     images = tmp_path / "images"  # three cases are enough here
     images.mkdir()

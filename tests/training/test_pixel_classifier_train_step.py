@@ -10,7 +10,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_ddpm.networks import EnsembleLoss
 from nnunet_ddpm.training.nnUNetTrainerDDPMPixelClassifier import nnUNetTrainerDDPMPixelClassifier
-from tests.networks.test_pixel_classifier import make_network
+from tests.helpers import make_network
 
 CLASSES = 4
 

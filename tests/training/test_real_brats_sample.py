@@ -9,7 +9,7 @@ import pytest
 import SimpleITK as sitk
 from batchgenerators.utilities.file_and_folder_operations import save_json
 
-from tests.conftest import REAL_SAMPLE
+from tests.helpers import REAL_SAMPLE
 
 DATASET_ID, DATASET_NAME = 994, "Dataset994_BraTS2015Sample"
 SIZE, STEP = 48, 5  # 240 x 240 -> 48 x 48 by 5 x 5 block means (images) and block centres (labels)

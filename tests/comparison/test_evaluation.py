@@ -7,7 +7,7 @@ import SimpleITK as sitk
 from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder
 from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
 
-from nnunet_ddpm.benchmark.evaluation import (EVALUATION_FILE, evaluate_prediction_folder, hd95,
+from nnunet_ddpm.comparison.evaluation import (EVALUATION_FILE, evaluate_prediction_folder, hd95,
                                               metrics_on_folder_in_process, region_names)
 
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from nnunet_ddpm.benchmark.report import write_report
-from nnunet_ddpm.benchmark.statistics import paired_difference
+from nnunet_ddpm.comparison.report import write_report
+from nnunet_ddpm.comparison.statistics import paired_difference
 
 CASES = ["c0", "c1", "c2"]
 # (method, fold) -> per-case Dice of region "tumour"; HD95 = 10 * (1 - Dice), one undefined

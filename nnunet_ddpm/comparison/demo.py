@@ -6,50 +6,20 @@ evaluation of the held-out test cases, a table and a plot. Every step is a real 
 file); finished steps are skipped and an interrupted training resumes with ``--c`` when the demo is run again.
 """
 import json
-import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Sequence
 
 from nnunet_ddpm.cli import require_writable_folder
 from nnunet_ddpm.dataset_conversion.synthetic_phantom import write_phantom_dataset
-from nnunet_ddpm.nnunet_trainers import TRAINER_DIR
 from nnunet_ddpm.splits.label_budget import LABEL_BUDGETS
+from nnunet_ddpm.comparison.methods import PRETRAINER
+from nnunet_ddpm.steps import Step, StepFailed, demo_budget, model_folder, run_steps, working_folder_environment
 
 DATASET_ID, DATASET_NAME = 990, "Dataset990_DemoPhantom"
-PRETRAINER = "nnUNetTrainerDDPMPretrain_demo"
 # The default budget: 9.4 minutes on the 2-core CPU machine (documentation/demo.md). Few, long epochs: every epoch
 # end costs nnU-Net a progress plot and a checkpoint, about 1.5 s here.
 SIZE, EPOCHS, PRETRAIN_EPOCHS, ITERATIONS, BUDGETS = 48, 5, 15, 30, (5, 15)
-
-
-class DemoStepFailed(RuntimeError):
-    pass
-
-
-def demo_environment(root: Path, epochs: int, pretrain_epochs: int, iterations: int) -> dict:
-    env = dict(os.environ)
-    env.update(nnUNet_raw=str(root / "nnUNet_raw"), nnUNet_preprocessed=str(root / "nnUNet_preprocessed"),
-               nnUNet_results=str(root / "nnUNet_results"),
-               nnUNet_extTrainer=os.pathsep.join(p for p in (TRAINER_DIR, os.environ.get("nnUNet_extTrainer")) if p),
-               nnUNet_ddpm_demo_epochs=str(epochs), nnUNet_ddpm_demo_pretrain_epochs=str(pretrain_epochs),
-               nnUNet_ddpm_demo_iterations=str(iterations), nnUNet_def_n_proc="1",
-               nnUNet_ddpm_demo_skip_validation="1")  # the benchmark evaluates the test set instead
-    return env
-
-
-def run_step(number: int, total: int, title: str, command: Sequence[str], env: dict, log_folder: Path) -> None:
-    log = log_folder / f"step{number}.log"
-    print(f"[{number}/{total}] {title}\n      $ {' '.join(map(str, command))}  (log: {log})", flush=True)
-    start = time.time()
-    with open(log, "w") as handle:
-        returncode = subprocess.call([str(c) for c in command], env=env, stdout=handle, stderr=subprocess.STDOUT)
-    if returncode != 0:
-        tail = "".join(open(log).readlines()[-25:])
-        raise DemoStepFailed(f"Step {number} ({title}) failed with exit code {returncode}; end of {log}:\n{tail}")
-    print(f"      done in {time.time() - start:.0f} s", flush=True)
 
 
 def run_demo(output: str = "nnunet_ddpm_demo", size: int = SIZE, train_cases: int = 24, test_cases: int = 12,
@@ -58,28 +28,27 @@ def run_demo(output: str = "nnunet_ddpm_demo", size: int = SIZE, train_cases: in
              methods: Sequence[str] = ("baseline", "finetune", "pixel"), device: str = "cpu") -> dict:
     """Run (or finish) the demo in ``output``; returns the benchmark report (``results.json``)."""
     root = Path(output).resolve()
-    logs = root / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    env = demo_environment(root, epochs, pretrain_epochs, iterations)
+    root.mkdir(parents=True, exist_ok=True)
+    env = working_folder_environment(str(root), **demo_budget(epochs, pretrain_epochs, iterations))
     raw = root / "nnUNet_raw" / DATASET_NAME
     if not (raw / "dataset.json").is_file():
         write_phantom_dataset(str(root / "nnUNet_raw"), DATASET_ID, "DemoPhantom", num_cases=train_cases,
                               size=(size, size), num_channels=3, num_test_cases=test_cases)
         print(f"Wrote a synthetic tumour phantom: {train_cases} training and {test_cases} test cases of "
               f"{size} x {size} pixels, 3 channels -> {raw}")
-    if not (root / "nnUNet_preprocessed" / DATASET_NAME / "nnUNetPlans_2d").is_dir():
-        run_step(1, 1, "plan and preprocess", ["nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", "2d",
-                                               "-np", "1", "-npfp", "1"], env, logs)
+    plans = root / "nnUNet_preprocessed" / DATASET_NAME / "nnUNetPlans_2d"
     benchmark_folder = root / "benchmark"
-    command = ["nnUNetv2_ddpm_benchmark", "-d", str(DATASET_ID), "-c", "2d", "--methods", *methods, "--budgets",
-               *map(str, budgets), "--folds", "0", "--trainer-suffix", "_demo", "--device", device, "--np", "1",
-               "-o", str(benchmark_folder)]
-    print(f"The comparison, through the real nnU-Net commands (each logged under {benchmark_folder / 'logs'}):\n"
-          f"  $ {' '.join(command)}", flush=True)
-    # augmentation in-process for training and prediction (plan_and_preprocess refuses 0)
-    if subprocess.call(command, env=env | {"nnUNet_n_proc_DA": "0"}) != 0:
-        raise DemoStepFailed("The comparison failed (its message is above). Run the demo again to resume.")
-    pretraining = root / "nnUNet_results" / DATASET_NAME / f"{PRETRAINER}__nnUNetPlans__2d" / "fold_all"
+    steps = [Step("plan and preprocess", ["nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", "2d", "-np",
+                                          "1", "-npfp", "1"], plans.is_dir),
+             # the runner resumes by itself; its progress is shown, each of its commands logged in its own folder.
+             # Augmentation in-process for training and prediction (plan_and_preprocess refuses 0).
+             Step(f"the comparison, through the real nnU-Net commands (logs under {benchmark_folder / 'logs'})",
+                  ["nnUNetv2_ddpm_benchmark", "-d", str(DATASET_ID), "-c", "2d", "--methods", *methods, "--budgets",
+                   *map(str, budgets), "--folds", "0", "--trainer-suffix", "_demo", "--device", device, "--np", "1",
+                   "-o", str(benchmark_folder)], lambda: False, env={"nnUNet_n_proc_DA": "0"}, show_output=True)]
+    run_steps(steps, str(root), env)
+    pretraining = Path(model_folder(str(root / "nnUNet_results"), DATASET_NAME, PRETRAINER + "_demo", "nnUNetPlans",
+                                    "2d", "all"))
     print(f"\nPlot: {benchmark_folder / 'dice_vs_labels.png'}\nTable: {benchmark_folder / 'results.md'}"
           f"\nDDPM samples: {pretraining / 'samples.png'}\nPretraining progress: {pretraining / 'progress.png'}")
     print("On real data: see documentation/datasets.md (the paper's slices from BraTS 2021) and "
@@ -123,5 +92,5 @@ def demo_entry():
     try:
         run_demo(args.output, args.size, args.train_cases, args.test_cases, args.epochs, args.pretrain_epochs,
                  args.iterations, args.budgets, args.methods, args.device)
-    except DemoStepFailed as e:
+    except StepFailed as e:
         sys.exit(str(e))

@@ -1,4 +1,4 @@
-"""``nnUNetv2_ddpm_arrange_brats2015_sample``: the four real BraTS 2015 cases of the DeepMedic sample as a 3D nnU-Net
+"""``python tools/brats2015_sample.py``: the four real BraTS 2015 cases of the DeepMedic sample as a 3D nnU-Net
 raw dataset, so that the slicer (and everything after it) runs on real scans.
 
 The sample (``../shared/data/brats2015_deepmedic_sample``, see its README.md) has one folder per patient with FLAIR
@@ -92,7 +92,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             raw = str(nnUNet_raw)
         folder = arrange_brats2015_sample(args.i, raw, args.d, args.n, not args.plain_labels, args.overwrite)
     except DatasetConversionError as e:
-        sys.exit(f"nnUNetv2_ddpm_arrange_brats2015_sample: {e}")
+        sys.exit(f"brats2015_sample: {e}")
     print(f"Wrote {folder}. Next, e.g.: nnUNetv2_ddpm_slice_dataset -s {args.d} -d <new id> -n <name> --size 128 128 "
           f"--num-test-patients 1")
 

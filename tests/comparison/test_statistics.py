@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from nnunet_ddpm.benchmark.statistics import paired_difference
+from nnunet_ddpm.comparison.statistics import paired_difference
 
 
 def test_constant_difference_has_a_zero_width_interval_at_that_value():

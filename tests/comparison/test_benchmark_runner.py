@@ -8,7 +8,7 @@ import pytest
 import SimpleITK as sitk
 from matplotlib.image import imread
 
-from tests.conftest import PHANTOM_2D
+from tests.helpers import PHANTOM_2D
 
 pytestmark = pytest.mark.slow  # end-to-end: real nnU-Net console scripts
 

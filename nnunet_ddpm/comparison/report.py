@@ -16,9 +16,10 @@ from typing import Dict, List
 import numpy as np
 from batchgenerators.utilities.file_and_folder_operations import isfile, join, load_json, save_json
 
-from nnunet_ddpm.benchmark.evaluation import EVALUATION_FILE
-from nnunet_ddpm.benchmark.runner import METHOD_TITLES, Benchmark, BenchmarkError
-from nnunet_ddpm.benchmark.statistics import RESAMPLES, SEED, paired_difference
+from nnunet_ddpm.comparison.evaluation import EVALUATION_FILE
+from nnunet_ddpm.comparison.methods import BASELINE, title as method_title
+from nnunet_ddpm.comparison.grid import Benchmark, BenchmarkError
+from nnunet_ddpm.comparison.statistics import RESAMPLES, SEED, paired_difference
 
 SETTINGS_KEYS = ("num_epochs", "num_iterations_per_epoch", "initial_lr", "finetune_timestep", "feature_timesteps",
                  "feature_stages", "ensemble_size", "diffusion")
@@ -73,7 +74,7 @@ def _mean_std(values: List[float]):
 def _paired_rows(benchmark: Benchmark, case_rows: List[dict], regions: List[str], cases: List[str]) -> List[dict]:
     """Each DDPM method minus the supervised baseline, per budget and region, on the same test cases and folds
     (``statistics.paired_difference``); none without the baseline."""
-    if "baseline" not in benchmark.methods:
+    if BASELINE not in benchmark.methods:
         return []
     value = {(r["method"], r["labelled_cases"], r["fold"], r["region"], r["case"]): r for r in case_rows}
 
@@ -83,13 +84,13 @@ def _paired_rows(benchmark: Benchmark, case_rows: List[dict], regions: List[str]
                          for fold in benchmark.folds], dtype=float)
 
     rows = []
-    for method in (m for m in benchmark.methods if m != "baseline"):
+    for method in (m for m in benchmark.methods if m != BASELINE):
         for budget in benchmark.budgets:
             for region in regions:
-                row = {"method": method, "baseline": "baseline", "labelled_cases": budget, "region": region}
+                row = {"method": method, "baseline": BASELINE, "labelled_cases": budget, "region": region}
                 for metric in ("dice", "hd95"):
                     found = paired_difference(table(method, budget, region, metric),
-                                              table("baseline", budget, region, metric))
+                                              table(BASELINE, budget, region, metric))
                     row |= {f"{metric}_difference": found["mean"], f"{metric}_low": found["low"],
                             f"{metric}_high": found["high"], f"{metric}_cases": found["cases"],
                             f"{metric}_dropped_pairs": found["dropped_pairs"]}
@@ -192,7 +193,7 @@ def _markdown(benchmark: Benchmark, rows: List[dict], paired: List[dict], region
         lines += [f"## {region}", ""]
         for metric, digits, title, best in METRICS:
             lines += [f"### {title}", "", "| labelled cases | " + " | ".join(
-                METHOD_TITLES[m] for m in benchmark.methods) + " |", "|---" * (len(benchmark.methods) + 1) + "|"]
+                method_title(m) for m in benchmark.methods) + " |", "|---" * (len(benchmark.methods) + 1) + "|"]
             for budget in benchmark.budgets:
                 found = [lookup[(m, budget, region)] for m in benchmark.methods]
                 means = [r[f"{metric}_mean"] for r in found if not math.isnan(r[f"{metric}_mean"])]
@@ -203,9 +204,9 @@ def _markdown(benchmark: Benchmark, rows: List[dict], paired: List[dict], region
                 lines.append(f"| {budget} | " + " | ".join(cells) + " |")
             lines.append("")
         if paired:
-            compared = [m for m in benchmark.methods if m != "baseline"]
-            lines += [f"### Paired difference to {METHOD_TITLES['baseline']}", "",
-                      "| labelled cases | " + " | ".join(f"{METHOD_TITLES[m]}: {title}" for m in compared
+            compared = [m for m in benchmark.methods if m != BASELINE]
+            lines += [f"### Paired difference to {method_title(BASELINE)}", "",
+                      "| labelled cases | " + " | ".join(f"{method_title(m)}: {title}" for m in compared
                                                          for _, _, title, _ in METRICS) + " |",
                       "|---" * (2 * len(compared) + 1) + "|"]
             by_key = {(r["method"], r["labelled_cases"], r["region"]): r for r in paired}
@@ -216,7 +217,7 @@ def _markdown(benchmark: Benchmark, rows: List[dict], paired: List[dict], region
             lines.append("")
     lines += ["## Training settings (read from each model's debug.json)", ""]
     for name, values in settings.items():
-        lines.append(f"- {METHOD_TITLES.get(name, name)}: " + ", ".join(f"{k} {v}" for k, v in values.items()))
+        lines.append(f"- {method_title(name)}: " + ", ".join(f"{k} {v}" for k, v in values.items()))
     return "\n".join(lines) + "\n"
 
 
@@ -238,22 +239,22 @@ def _plot(benchmark: Benchmark, rows: List[dict], paired: List[dict], regions: L
             std = np.array([r["dice_std"] for r in series])
             axis.errorbar([r["labelled_cases"] for r in series], [r["dice_mean"] for r in series],
                           yerr=None if np.isnan(std).all() else np.nan_to_num(std), marker="o", capsize=3,
-                          label=METHOD_TITLES[method])
+                          label=method_title(method))
         axis.set(title=region, xlabel="labelled training cases", ylabel="Dice", ylim=(0, 1))
         axis.grid(alpha=0.3)
         if paired:
             axis = axes[1][column]
-            for method in (m for m in benchmark.methods if m != "baseline"):
+            for method in (m for m in benchmark.methods if m != BASELINE):
                 series = sorted((r for r in paired if r["method"] == method and r["region"] == region),
                                 key=lambda r: r["labelled_cases"])
                 mean = np.array([r["dice_difference"] for r in series])
                 interval = np.nan_to_num([mean - [r["dice_low"] for r in series],
                                           [r["dice_high"] for r in series] - mean])
                 axis.errorbar([r["labelled_cases"] for r in series], mean, yerr=interval, marker="o", capsize=3,
-                              label=METHOD_TITLES[method])
+                              label=method_title(method))
             axis.axhline(0, color="black", linewidth=0.8)
             axis.set(title=f"{region}: paired difference", xlabel="labelled training cases",
-                     ylabel=f"Dice minus {METHOD_TITLES['baseline']}\n(95 % bootstrap interval)")
+                     ylabel=f"Dice minus {method_title(BASELINE)}\n(95 % bootstrap interval)")
             axis.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     figure.suptitle(header, fontsize=9)

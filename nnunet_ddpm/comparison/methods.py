@@ -1,0 +1,29 @@
+"""The methods of the comparison: a short name (what users type after ``--methods``), the trainer class that
+implements it and the title tables and plots show. The comparison runner, its report and the patient tool read them
+from here."""
+from typing import Dict, NamedTuple
+
+
+class Method(NamedTuple):
+    trainer: str  # trainer class name before the budget suffix (``_10labels``) and the ``_demo`` suffix
+    title: str
+
+
+METHODS: Dict[str, Method] = {
+    "baseline": Method("nnUNetTrainer", "nnU-Net (supervised)"),
+    "finetune": Method("nnUNetTrainerDDPMFinetune", "DDPM fine-tune"),
+    "frozen": Method("nnUNetTrainerDDPMFinetuneFrozenEncoder", "DDPM fine-tune, frozen encoder"),
+    "pixel": Method("nnUNetTrainerDDPMPixelClassifier", "DDPM pixel classifier"),
+    "finetune_encoderlr": Method("nnUNetTrainerDDPMFinetune_encoderLR0p1", "DDPM fine-tune, encoder at 0.1 x lr"),
+    "finetune_warmup": Method("nnUNetTrainerDDPMFinetune_warmup", "DDPM fine-tune, lr 1e-3 with warm-up"),
+    "init": Method("nnUNetTrainerDDPMInit", "nnU-Net from folded DDPM weights"),
+    "pixel_defaultfeatures": Method("nnUNetTrainerDDPMPixelClassifier_defaultFeatures",
+                                    "DDPM pixel classifier, built-in features"),
+}
+BASELINE = "baseline"  # the supervised nnU-Net every DDPM method is compared with
+PRETRAINER = "nnUNetTrainerDDPMPretrain"
+
+
+def title(method: str) -> str:
+    """The method's title; a name that is not a method (a setting's owner, ...) stands for itself."""
+    return METHODS[method].title if method in METHODS else method
