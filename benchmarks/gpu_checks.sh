@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU checks of issue 7, in priority order, each step bounded by its own timeout so that one slow or failing
+# The GPU checks (documentation/performance.md), in priority order, each step bounded by its own timeout so that one slow or failing
 # step cannot starve the rest. Writes every log and JSON to the folder RESULTS and packs it into the file ARCHIVE
 # (.tgz) after each step (a run cut short still returns what it finished).
 #

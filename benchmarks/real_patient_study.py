@@ -184,29 +184,32 @@ def report(args) -> None:
             patients = len(results["baseline"][budget][regions[0]])
             slices = sum(len(p) for p in results["baseline"][budget][regions[0]].values())
             lines += [f"### {budget} labelled slices, pretraining {iterations} iterations",
-                      "", f"{patients} test patients ({slices} slices; outer folds {', '.join(outer)}). Dice and "
+                      "", f"{patients} test patients ({slices} slices; outer folds {', '.join(outer)}); a method run on fewer "
+                      "outer folds is averaged over its own patients (column 'patients'). Dice and "
                       "HD95 (mm): the mean over patients of each patient's mean over its test slices; a slice "
                       "without the region in reference and prediction scores Dice 1 and HD95 0, a slice where only "
                       "one of them has it has no HD95 (counted in 'no HD95').", "",
-                      "| method | " + " | ".join(f"Dice {r}" for r in regions) + " | " +
+                      "| method | patients | " + " | ".join(f"Dice {r}" for r in regions) + " | " +
                       " | ".join(f"HD95 {r}" for r in regions) + " | no HD95 (slices) |",
-                      "|---" * (2 + 2 * len(regions)) + "|"]
+                      "|---" * (3 + 2 * len(regions)) + "|"]
             for method in methods:
                 if budget not in results[method]:
                     continue
                 summaries = [_summary(results, method, budget, r) for r in regions]
-                lines.append(f"| {title(method)} | " + " | ".join(f"{d:.3f}" for d, _, _ in summaries) +
+                lines.append(f"| {title(method)} | {len(results[method][budget][regions[0]])} | " +
+                             " | ".join(f"{d:.3f}" for d, _, _ in summaries) +
                              " | " + " | ".join(f"{h:.1f}" for _, h, _ in summaries) + " | " +
                              " / ".join(str(u) for _, _, u in summaries) + " |")
             lines += ["", "Paired difference to the supervised nnU-Net on the same patients (method minus nnU-Net; "
                       "HD95 over the slices where both have one), with its 95 % bootstrap interval over patients "
                       "(10,000 resamples, seeded):", "",
-                      "| method | " + " | ".join(f"Dice {r}" for r in regions) + " | " +
-                      " | ".join(f"HD95 {r}" for r in regions) + " |", "|---" * (1 + 2 * len(regions)) + "|"]
+                      "| method | patients | " + " | ".join(f"Dice {r}" for r in regions) + " | " +
+                      " | ".join(f"HD95 {r}" for r in regions) + " |", "|---" * (2 + 2 * len(regions)) + "|"]
             for method in methods[1:]:
                 if budget not in results[method]:
                     continue
-                cells = []
+                cells = [str(len(set(results[method][budget][regions[0]]) &
+                                 set(results["baseline"][budget][regions[0]])))]
                 for metric, digits in ((0, 3), (1, 1)):
                     for region in regions:
                         d = _paired(results, method, budget, region, metric)

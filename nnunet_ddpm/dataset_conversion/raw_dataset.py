@@ -13,7 +13,7 @@ import SimpleITK as sitk
 from batchgenerators.utilities.file_and_folder_operations import isdir, join, subdirs
 
 # nnU-Net's convention for 2D data stored as 3D files: a large out-of-plane spacing makes the planner choose 2D
-# patches (with spacing 1 it would transpose the axes and plan a [1, N] patch; see DESIGN.md).
+# patches (with spacing 1 it would transpose the axes and plan a [1, N] patch).
 OUT_OF_PLANE_SPACING = 999.0
 
 
