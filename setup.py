@@ -24,7 +24,7 @@ setup(
         "tqdm",  # progress bars (unlabeled preprocessing, slice converter, uncertainty maps)
         "threadpoolctl",  # one OpenMP thread for the phantom difficulty check
     ],
-    extras_require={"test": ["pytest>=7", "pytest-xdist>=3"]},
+    extras_require={"test": ["pytest>=7", "pytest-xdist>=3", "submitit>=1.5"], "cluster": ["submitit>=1.5"]},
     entry_points={
         "console_scripts": [
             "nnUNetv2_ddpm_trainer_dir=nnunet_ddpm.cli:trainer_dir_entry",
@@ -33,6 +33,7 @@ setup(
             "nnUNetv2_ddpm_preprocess_unlabeled=nnunet_ddpm.cli:preprocess_unlabeled_entry",
             "nnUNetv2_ddpm_uncertainty=nnunet_ddpm.cli:uncertainty_entry",
             "nnUNetv2_ddpm_benchmark=nnunet_ddpm.comparison.runner:benchmark_entry",
+            "nnUNetv2_ddpm_evaluate_predictions=nnunet_ddpm.comparison.evaluation:evaluate_predictions_entry",
             "nnUNetv2_ddpm_slice_dataset=nnunet_ddpm.dataset_conversion.slice_dataset:main",
             "nnUNetv2_ddpm_convert_brats=nnunet_ddpm.dataset_conversion.brats:main",
             "nnUNetv2_ddpm_export_weights=nnunet_ddpm.export.stock_weights:export_weights_entry",

@@ -6,6 +6,7 @@ appended to ``commands.txt`` and writes its output to its own log file; a failur
 re-run resumes.
 """
 import os
+import re
 import shlex
 import subprocess
 import time
@@ -30,7 +31,6 @@ class Step:
     is_done: Callable[[], bool]
     run_in_process: Optional[Callable[[], None]] = None
     marker: Optional[str] = None  # written after success, for steps without a natural result file
-    after: Optional[Callable[[], None]] = None  # bookkeeping once the command succeeded
     env: Optional[Dict[str, str]] = None  # added to the environment of this step's command
     show_output: bool = False  # on the terminal instead of a log file (a command that reports its own progress)
 
@@ -80,6 +80,12 @@ def demo_budget(epochs: int, pretrain_epochs: int, iterations: int) -> Dict[str,
                 nnUNet_ddpm_demo_iterations=str(iterations), nnUNet_ddpm_demo_skip_validation="1")
 
 
+def _slug(title: str) -> str:
+    """A file name from a step's title; with the time stamp it keeps the logs of steps that run at once apart (the
+    tasks of a cluster job array)."""
+    return re.sub(r"[^A-Za-z0-9]+", "_", title).strip("_")
+
+
 def _print(message: str) -> None:
     print(message, flush=True)  # before the output of the command that follows
 
@@ -100,15 +106,13 @@ def run_steps(steps: Sequence[Step], folder: str, env: Optional[Dict[str, str]] 
             step.run_in_process()
         else:
             log_file = None if step.show_output else \
-                join(logs, f"{time.strftime('%Y%m%d_%H%M%S')}_{number:03d}.log")
+                join(logs, f"{time.strftime('%Y%m%d_%H%M%S')}_{_slug(step.title)}.log")
             log(f"[{number}/{len(todo)}] {step.title} (elapsed {start - start_all:.0f} s)\n"
                 f"      $ {shlex.join(map(str, step.command))}" + (f"\n      (log: {log_file})" if log_file else ""))
             _run_command(step, folder, log_file, env)
         if step.marker:
             maybe_mkdir_p(os.path.dirname(step.marker))
             save_json({"command": step.command, "seconds": round(time.time() - start, 1)}, step.marker)
-        if step.after is not None:
-            step.after()
         seconds[step.title] = round(time.time() - start, 1)
     return seconds
 

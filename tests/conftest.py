@@ -27,3 +27,13 @@ def pretrained_2d(nnunet, phantom_2d) -> Path:
     """Folder of the finished test-budget DDPM pretraining on the 2D phantom (fold all)."""
     nnunet.train(PHANTOM_2D[0], "2d", "all", "nnUNetTrainerDDPMPretrain_demo")
     return nnunet.trainer_folder(phantom_2d, "nnUNetTrainerDDPMPretrain_demo", "2d", "all")
+
+
+@pytest.fixture(scope="session")
+def phantom_2d_test_set(nnunet, tmp_path_factory):
+    """Three held-out phantom cases with labels, written outside the dataset (passed with --test-images/-labels)."""
+    from nnunet_ddpm.dataset_conversion.synthetic_phantom import write_phantom_dataset
+    root = tmp_path_factory.mktemp("heldout")
+    folder = write_phantom_dataset(str(root), PHANTOM_2D[0], "Phantom", num_cases=0, size=(40, 40), num_channels=3,
+                                   seed=99, num_test_cases=3)
+    return f"{folder}/imagesTs", f"{folder}/labelsTs"

@@ -107,3 +107,36 @@ def evaluate_prediction_folder(prediction_folder: str, labels_folder: str, prepr
     result = {"regions": [names[k] for k in names], "per_case": per_case}
     save_json(result, join(prediction_folder, EVALUATION_FILE), sort_keys=False)
     return result
+
+
+def evaluate_predictions_entry():
+    """nnUNetv2_ddpm_evaluate_predictions: the comparison's evaluation step as a command of its own, so that a dry run
+    or a cluster job can run it like nnUNetv2_train and nnUNetv2_predict."""
+    import argparse
+    import sys
+
+    from nnunetv2.paths import nnUNet_preprocessed
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+    parser = argparse.ArgumentParser(description="Score a folder of predictions against reference segmentations: "
+                                                 f"nnU-Net's summary.json and {EVALUATION_FILE} (Dice and HD95 per "
+                                                 "case and named label or region).")
+    parser.add_argument("-i", required=True, help="folder of predicted segmentations")
+    parser.add_argument("-ref", required=True, help="folder of reference segmentations (same file names)")
+    parser.add_argument("-d", required=True, help="dataset name or id (its preprocessed dataset.json and plans name "
+                                                  "the labels and regions)")
+    parser.add_argument("-p", default="nnUNetPlans", help="plans identifier (default: %(default)s)")
+    parser.add_argument("-np", type=int, default=2, help="processes (default: %(default)s)")
+    args = parser.parse_args()
+    preprocessed = join(str(nnUNet_preprocessed), maybe_convert_to_dataset_name(args.d))
+    missing = [f for f in (join(preprocessed, "dataset.json"), join(preprocessed, f"{args.p}.json"))
+               if not os.path.isfile(f)]
+    if missing:
+        sys.exit(f"nnUNetv2_ddpm_evaluate_predictions: {missing[0]} does not exist: plan and preprocess the dataset "
+                 f"(nnUNetv2_plan_and_preprocess) first.")
+    unmatched = [f for f in subfiles(args.i, suffix=load_json(join(preprocessed, "dataset.json"))["file_ending"],
+                                     join=False) if not os.path.isfile(join(args.ref, f))]
+    if unmatched:
+        sys.exit(f"nnUNetv2_ddpm_evaluate_predictions: {len(unmatched)} predictions have no reference in {args.ref} "
+                 f"(first: {unmatched[0]}).")
+    evaluate_prediction_folder(args.i, args.ref, preprocessed, args.p, args.np)
+    print(f"Wrote {join(args.i, EVALUATION_FILE)}")

@@ -4,18 +4,15 @@ budget and fold a training, a prediction of the held-out test set and its evalua
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence
 
-from batchgenerators.utilities.file_and_folder_operations import isdir, isfile, join, load_json, save_json, subfiles
+from batchgenerators.utilities.file_and_folder_operations import isdir, isfile, join, load_json, subfiles
 from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw, nnUNet_results
 from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 
-from nnunet_ddpm.comparison.evaluation import EVALUATION_FILE, evaluate_prediction_folder
+from nnunet_ddpm.comparison.evaluation import EVALUATION_FILE
 from nnunet_ddpm.comparison.methods import BASELINE, METHODS, PRETRAINER
 from nnunet_ddpm.splits.label_budget import LABEL_BUDGETS
 from nnunet_ddpm.steps import Step, model_folder, training_step, up_to_date
 from nnunet_ddpm.training.variants.label_budget import LABEL_BUDGET_TRAINERS
-
-DONE_MARKER = "prediction_done.json"
-
 
 class BenchmarkError(ValueError):
     """Bad input, found before anything is trained."""
@@ -130,34 +127,78 @@ class Benchmark:
         return training_step(f"train {trainer} fold {fold}", command, self.model_folder(trainer, fold),
                              self.pretrained_weights if from_pretraining else None)
 
-    def prediction_step(self, method: str, budget: int, fold: int, cases: List[str], training: Step) -> Step:
+    def prediction_step(self, method: str, budget: int, fold: int, cases: List[str]) -> Step:
+        """Done when every test case's segmentation is in the folder and newer than the model: a prediction made by
+        hand, by the dry run's command or by a cluster job counts; a retrained model invalidates it."""
         out = self.prediction_folder(method, budget, fold)
         trainer = self.trainer(method, budget)
         command = ["nnUNetv2_predict", "-i", self.test_images, "-o", out, "-d", self.dataset_name, "-c",
                    self.configuration, "-p", self.plans, "-f", str(fold), "-tr", trainer, "-device", self.device,
                    "-npp", str(self.num_processes), "-nps", str(self.num_processes)]
-        marker = join(out, DONE_MARKER)
         model = join(self.model_folder(trainer, fold), "checkpoint_final.pth")
+        files = [join(out, case + self.file_ending) for case in cases]
         return Step(f"predict {len(cases)} test cases with {trainer} fold {fold}", command,
-                    lambda: training.is_done() and up_to_date(marker, model),
-                    after=lambda: save_json({"cases": cases, "trainer": trainer, "fold": fold}, marker))
+                    lambda: all(up_to_date(f, model) for f in files))
 
-    def evaluation_step(self, method: str, budget: int, fold: int, prediction: Step) -> Step:
+    def evaluation_step(self, method: str, budget: int, fold: int, cases: List[str], prediction: Step) -> Step:
+        """Done when the prediction is and evaluation.json is newer than every segmentation it scores."""
         out = self.prediction_folder(method, budget, fold)
-        return Step(f"evaluate {method} {budget} labels fold {fold}", None,
-                    lambda: prediction.is_done() and up_to_date(join(out, EVALUATION_FILE), join(out, DONE_MARKER)),
-                    run_in_process=lambda: evaluate_prediction_folder(
-                        out, self.test_labels, join(str(nnUNet_preprocessed), self.dataset_name), self.plans,
-                        self.num_processes))
+        command = ["nnUNetv2_ddpm_evaluate_predictions", "-i", out, "-ref", self.test_labels, "-d",
+                   self.dataset_name, "-p", self.plans, "-np", str(self.num_processes)]
+        files = [join(out, case + self.file_ending) for case in cases]
+        return Step(f"evaluate {method} {budget} labels fold {fold}", command,
+                    lambda: prediction.is_done() and up_to_date(join(out, EVALUATION_FILE), *files))
+
+    @property
+    def file_ending(self) -> str:
+        return load_json(join(str(nnUNet_preprocessed), self.dataset_name, "dataset.json"))["file_ending"]
+
+    def pretraining_steps(self) -> List[Step]:
+        return [self.training_step(self.pretrainer, "all")] if self.trains_pretraining else []
+
+    def cell(self, method: str, budget: int, fold: int, cases: List[str]) -> "Cell":
+        prediction = self.prediction_step(method, budget, fold, cases)
+        return Cell(method, budget, fold, [self.training_step(self.trainer(method, budget), fold), prediction,
+                                           self.evaluation_step(method, budget, fold, cases, prediction)],
+                    needs_pretraining=self.trains_pretraining and method != BASELINE)
+
+    def cells(self, cases: List[str]) -> List["Cell"]:
+        """One cell per budget, fold and method, in the order one machine runs them."""
+        return [self.cell(method, budget, fold, cases)
+                for budget in self.budgets for fold in self.folds for method in self.methods]
 
     def steps(self, cases: List[str]) -> List[Step]:
-        steps = [self.training_step(self.pretrainer, "all")] if self.trains_pretraining else []
-        for budget in self.budgets:
-            for fold in self.folds:
-                for method in self.methods:
-                    training = self.training_step(self.trainer(method, budget), fold)
-                    prediction = self.prediction_step(method, budget, fold, cases, training)
-                    steps += [training, prediction, self.evaluation_step(method, budget, fold, prediction)]
-        return steps
+        """Everything in the order one machine runs it."""
+        return self.pretraining_steps() + [step for cell in self.cells(cases) for step in cell.steps]
+
+    def command_line(self, *extra: str) -> List[str]:
+        """``nnUNetv2_ddpm_benchmark`` with this grid's options (the report step of a dry run or a cluster run)."""
+        command = ["nnUNetv2_ddpm_benchmark", "-d", self.dataset_name, "-c", self.configuration, "-p", self.plans,
+                   "--methods", *self.methods, "--budgets", *map(str, self.budgets), "--folds",
+                   *map(str, self.folds), "--device", self.device, "--np", str(self.num_processes), "-o",
+                   self.output_folder, "--test-images", self.test_images, "--test-labels", self.test_labels]
+        if self.trainer_suffix:
+            command += ["--trainer-suffix", self.trainer_suffix]
+        if self.pretrained_weights is not None:
+            command += ["--pretrained-weights", self.pretrained_weights]
+        return command + list(extra)
+
+    def missing_evaluations(self, cases: List[str]) -> List[str]:
+        return [cell.name for cell in self.cells(cases) if not cell.steps[-1].is_done()]
 
 
+@dataclass
+class Cell:
+    """One method at one label budget and fold: the unit a cluster job runs."""
+    method: str
+    budget: int
+    fold: int
+    steps: List[Step]
+    needs_pretraining: bool  # must wait for the pretraining trained in this grid
+
+    @property
+    def name(self) -> str:
+        return f"{self.method}_{self.budget}labels_fold{self.fold}"
+
+    def is_done(self) -> bool:
+        return all(step.is_done() for step in self.steps)

@@ -3,14 +3,16 @@ commands, evaluated on a held-out labelled test set, aggregated into a report (`
 
 Every step (``grid.py``) is a console command (``nnUNetv2_train``, ``nnUNetv2_predict``) or an in-process evaluation,
 and knows whether its result already exists, so a re-run skips finished work; an interrupted training resumes with
-``--c``. ``--dry-run`` prints the commands of the missing steps, in order, exactly as they would run (for a cluster);
-every command that runs is appended to ``commands.txt`` in the output folder.
+``--c``. ``--dry-run`` prints the missing steps as a shell script with their dependencies; ``--executor slurm|local``
+runs them as submitit jobs (``cluster.py``); ``--collect`` writes the report from whatever is on disk. Every command
+that runs is appended to ``commands.txt`` in the output folder.
 """
 import shlex
 import sys
 from typing import List
 
 from nnunet_ddpm.cli import require_writable_folder
+from nnunet_ddpm.comparison.cluster import EXECUTORS, Resources, submit
 from nnunet_ddpm.comparison.grid import Benchmark, BenchmarkError
 from nnunet_ddpm.comparison.methods import METHODS
 from nnunet_ddpm.comparison.report import write_report
@@ -18,9 +20,29 @@ from nnunet_ddpm.steps import StepFailed, run_steps
 
 
 def dry_run(benchmark: Benchmark) -> List[str]:
-    """The commands of the missing steps, one shell line each, in the order they would run."""
+    """The missing steps as a shell script, in the order they would run: each command under a comment that numbers it
+    and names the steps it must wait for (a cell's steps wait for each other, the DDPM methods' trainings for the
+    pretraining, the report for every evaluation)."""
     cases = benchmark.check()
-    return [shlex.join(s.command) for s in benchmark.steps(cases) if s.command is not None and not s.is_done()]
+    lines, pretraining = [], None
+    for step in benchmark.pretraining_steps():
+        if not step.is_done():
+            pretraining = 1
+            lines += [f"# [1] {step.title}", shlex.join(step.command)]
+    number, last_of_cells = len(lines) // 2, []
+    for cell in benchmark.cells(cases):
+        previous = pretraining if cell.needs_pretraining else None
+        for step in cell.steps:
+            if step.is_done():
+                continue
+            number += 1
+            lines += [f"# [{number}] {step.title}" + (f" (after [{previous}])" if previous else ""),
+                      shlex.join(step.command)]
+            previous = number
+        if previous and previous != pretraining:
+            last_of_cells.append(previous)
+    after = f" (after {', '.join(f'[{n}]' for n in last_of_cells)})" if last_of_cells else ""
+    return lines + [f"# [{number + 1}] report{after}", shlex.join(benchmark.command_line("--collect"))]
 
 
 def run(benchmark: Benchmark, log=print) -> dict:
@@ -30,6 +52,17 @@ def run(benchmark: Benchmark, log=print) -> dict:
         f"{list(benchmark.budgets)}, folds {list(benchmark.folds)}, {len(cases)} test cases. Output: "
         f"{benchmark.output_folder}")
     run_steps(benchmark.steps(cases), benchmark.output_folder, log=log)
+    return write_report(benchmark, cases)
+
+
+def collect(benchmark: Benchmark) -> dict:
+    """The report from what is on disk, however it was computed; refused while an evaluation is missing."""
+    cases = benchmark.check()
+    missing = benchmark.missing_evaluations(cases)
+    if missing:
+        raise BenchmarkError(f"{len(missing)} of {len(benchmark.cells(cases))} cells have no up-to-date evaluation "
+                             f"({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}): run the same command "
+                             f"without --collect to compute them.")
     return write_report(benchmark, cases)
 
 
@@ -59,8 +92,37 @@ def benchmark_entry():
     parser.add_argument("--pretrained-weights", default=None,
                         help="DDPM pretraining checkpoint to start the DDPM methods from (e.g. pretrained on a larger "
                              "dataset with the same channels and plans) instead of pretraining on this dataset")
-    parser.add_argument("--dry-run", action="store_true", help="print the commands of the missing steps and exit")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the missing steps as a shell script, with their dependencies, and exit")
+    parser.add_argument("--collect", action="store_true",
+                        help="write the report from the evaluations on disk (run by hand, by the dry run's commands or "
+                             "on a cluster) without running anything")
+    cluster = parser.add_argument_group("cluster", "run the grid as submitit jobs (pip install 'nnunet_ddpm[cluster]')")
+    cluster.add_argument("--executor", choices=EXECUTORS, default=None,
+                         help="slurm: pretraining job, then a job array of trainings with their predictions and "
+                              "evaluations, then the report, queued with dependencies; local: the same jobs on this "
+                              "machine. Default: run the steps one after another in this process")
+    defaults = Resources()
+    cluster.add_argument("--partition", default=None, help="SLURM partition")
+    cluster.add_argument("--gpus", type=int, default=defaults.gpus, help="GPUs per job (default: %(default)s)")
+    cluster.add_argument("--cpus", type=int, default=defaults.cpus, help="CPUs per job (default: %(default)s, "
+                                                                         "nnU-Net's augmentation workers)")
+    cluster.add_argument("--mem-gb", type=int, default=defaults.mem_gb, help="memory per job (default: %(default)s)")
+    cluster.add_argument("--hours", type=float, default=defaults.hours,
+                         help="time limit per job (default: %(default)s); a training stopped by it resumes on the next "
+                              "run")
+    cluster.add_argument("--array-parallelism", type=int, default=defaults.array_parallelism,
+                         help="array tasks (local: jobs) running at once (default: %(default)s)")
+    cluster.add_argument("--setup", action="append", default=[],
+                         help="a shell line run before each job, e.g. 'module load cuda' (repeatable)")
+    cluster.add_argument("--slurm-option", action="append", default=[], metavar="KEY=VALUE",
+                         help="any other sbatch option, e.g. account=myproject or qos=high (repeatable)")
     args = parser.parse_args()
+    if sum(map(bool, (args.dry_run, args.collect, args.executor))) > 1:
+        parser.error("choose one of --dry-run, --collect and --executor")
+    bad = [o for o in args.slurm_option if "=" not in o]
+    if bad:
+        parser.error(f"--slurm-option takes KEY=VALUE, got {bad[0]!r}")
     try:
         benchmark = Benchmark(args.d, args.c, args.methods, args.budgets, args.folds, args.p, args.trainer_suffix,
                               args.device, args.np, args.o, args.test_images, args.test_labels,
@@ -69,7 +131,14 @@ def benchmark_entry():
             print("\n".join(dry_run(benchmark)))
             return
         require_writable_folder("nnUNetv2_ddpm_benchmark", benchmark.output_folder)
-        report = run(benchmark)
+        if args.executor:
+            resources = Resources(args.partition, args.gpus, args.cpus, args.mem_gb, args.hours,
+                                  args.array_parallelism, args.setup, dict(o.split("=", 1) for o in args.slurm_option))
+            markdown = submit(benchmark, args.executor, resources)
+            if markdown is not None:
+                print(open(markdown).read())
+            return
+        report = collect(benchmark) if args.collect else run(benchmark)
     except (BenchmarkError, StepFailed) as e:
         sys.exit(f"nnUNetv2_ddpm_benchmark: {e}")
     print(report["markdown"])

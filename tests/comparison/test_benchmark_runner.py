@@ -15,14 +15,9 @@ pytestmark = pytest.mark.slow  # end-to-end: real nnU-Net console scripts
 DATASET_ID, DATASET_NAME = PHANTOM_2D
 
 
-@pytest.fixture(scope="module")
-def test_set(nnunet, tmp_path_factory):
-    """Three held-out phantom cases with labels, written outside the dataset (passed with --test-images/-labels)."""
-    from nnunet_ddpm.dataset_conversion.synthetic_phantom import write_phantom_dataset
-    root = tmp_path_factory.mktemp("heldout")
-    folder = write_phantom_dataset(str(root), DATASET_ID, "Phantom", num_cases=0, size=(40, 40), num_channels=3,
-                                   seed=99, num_test_cases=3)
-    return f"{folder}/imagesTs", f"{folder}/labelsTs"
+@pytest.fixture
+def test_set(phantom_2d_test_set):
+    return phantom_2d_test_set
 
 
 def benchmark_args(nnunet, test_set, out, *extra):
@@ -35,15 +30,27 @@ def test_benchmark_runs_what_the_dry_run_prints_and_reports_the_evaluation(nnune
     out = tmp_path / "benchmark"
     # the pretraining given as a checkpoint: the pixel trainings get nnU-Net's -pretrained_weights
     checkpoint = ("--pretrained-weights", pretrained_2d / "checkpoint_final.pth")
-    planned = nnunet.run(*benchmark_args(nnunet, test_set, out, "--dry-run", *checkpoint)).stdout.strip().splitlines()
-    # 2 trainings and 2 predictions, each training before its prediction
-    assert [line.split()[0] for line in planned] == ["nnUNetv2_train", "nnUNetv2_predict"] * 2
+    script = nnunet.run(*benchmark_args(nnunet, test_set, out, "--dry-run", *checkpoint)).stdout.strip().splitlines()
+    # a shell script: per cell a training, its prediction and its evaluation, each after the one before; the report
+    # after every evaluation
+    comments, planned = script[0::2], script[1::2]
+    trainer = "nnUNetTrainerDDPMPixelClassifier_demo_{}labels"
+    assert comments == [f"# [1] train {trainer.format(1)} fold 0",
+                        f"# [2] predict 3 test cases with {trainer.format(1)} fold 0 (after [1])",
+                        "# [3] evaluate pixel 1 labels fold 0 (after [2])",
+                        f"# [4] train {trainer.format(2)} fold 0",
+                        f"# [5] predict 3 test cases with {trainer.format(2)} fold 0 (after [4])",
+                        "# [6] evaluate pixel 2 labels fold 0 (after [5])",
+                        "# [7] report (after [3], [6])"]
+    cell = ["nnUNetv2_train", "nnUNetv2_predict", "nnUNetv2_ddpm_evaluate_predictions"]
+    assert [line.split()[0] for line in planned] == cell * 2 + ["nnUNetv2_ddpm_benchmark"]
     assert f"-pretrained_weights {checkpoint[1]}" in planned[0]
-    assert "nnUNetTrainerDDPMPixelClassifier_demo_2labels" in planned[-1]
+    assert "nnUNetTrainerDDPMPixelClassifier_demo_2labels" in planned[4]
+    assert planned[-1].endswith(" --collect")
     assert not out.exists()  # a dry run writes nothing
 
     result = nnunet.run(*benchmark_args(nnunet, test_set, out, *checkpoint))
-    assert (out / "commands.txt").read_text().strip().splitlines() == planned
+    assert (out / "commands.txt").read_text().strip().splitlines() == planned[:-1]
     assert "[1/6] train nnUNetTrainerDDPMPixelClassifier_demo_1labels fold 0" in result.output
 
     report = json.loads((out / "results.json").read_text())
@@ -84,13 +91,30 @@ def test_benchmark_runs_what_the_dry_run_prints_and_reports_the_evaluation(nnune
     # depends on it; the re-run does exactly that
     model = nnunet.trainer_folder(DATASET_NAME, "nnUNetTrainerDDPMPixelClassifier_demo_2labels", "2d", 0)
     (model / "checkpoint_final.pth").rename(model / "checkpoint_latest.pth")
-    planned = nnunet.run(*benchmark_args(nnunet, test_set, out, "--dry-run")).stdout.strip().splitlines()
-    assert len(planned) == 2 and planned[0].endswith("--c") and planned[1].startswith("nnUNetv2_predict")
+    planned = nnunet.run(*benchmark_args(nnunet, test_set, out, "--dry-run")).stdout.strip().splitlines()[1::2]
+    assert len(planned) == 4 and planned[0].endswith("--c") and planned[1].startswith("nnUNetv2_predict")
     before = (out / "commands.txt").read_text().splitlines()
     result = nnunet.run(*benchmark_args(nnunet, test_set, out))
-    assert "4 already done, 3 to run" in result.output
-    assert (out / "commands.txt").read_text().splitlines() == before + planned
-    assert nnunet.run(*benchmark_args(nnunet, test_set, out, "--dry-run")).stdout.strip() == ""
+    assert "3 already done, 3 to run" in result.output
+    assert (out / "commands.txt").read_text().splitlines() == before + planned[:-1]
+
+    # what is done is read from the output folders alone: a prediction redone by hand with the dry run's script is
+    # picked up, and --collect writes the same report from it
+    report_before = (out / "results.csv").read_text()
+    first = out / "predictions" / "pixel" / "1labels" / "fold_0"
+    for segmentation in first.glob("*.nii.gz"):
+        segmentation.unlink()
+    script = nnunet.run(*benchmark_args(nnunet, test_set, out, "--dry-run")).stdout
+    assert [line.split()[0] for line in script.splitlines()[1::2]] == [
+        "nnUNetv2_predict", "nnUNetv2_ddpm_evaluate_predictions", "nnUNetv2_ddpm_benchmark"]
+    (tmp_path / "missing.sh").write_text(script)
+    nnunet.run("bash", "-e", tmp_path / "missing.sh")
+    assert nnunet.run(*benchmark_args(nnunet, test_set, out, "--dry-run")).stdout.strip().splitlines() == [
+        "# [1] report", script.strip().splitlines()[-1]]
+    (out / "results.csv").unlink()
+    nnunet.run(*benchmark_args(nnunet, test_set, out, "--collect"))
+    assert (out / "results.csv").read_text() == report_before  # the same predictions, the same numbers
+    assert "6 already done, 0 to run" in nnunet.run(*benchmark_args(nnunet, test_set, out)).output
 
 
 @pytest.mark.parametrize("extra, message", [
