@@ -96,6 +96,11 @@ def run(args) -> None:
             "-o", work / f"benchmark_pretrain{args.pretrain_iterations}_outer{k}"], env)
 
 
+# Work folders run while the default fine-tune trained every weight at one learning rate name the methods as they were
+# then ("finetune_encoderlr" is no method today, so it marks such a folder).
+OLDER_METHOD_NAMES = {"finetune": "finetune_fulllr", "finetune_encoderlr": "finetune"}
+
+
 def collect(args) -> None:
     """Evaluate every finished prediction folder again with the current evaluation code, then copy the per-case
     evaluations and each model's settings (small JSON files) into documentation/evidence."""
@@ -104,17 +109,19 @@ def collect(args) -> None:
     for benchmark in sorted(work.glob("benchmark_pretrain*_outer*")):
         pretrain, outer = benchmark.name[len("benchmark_"):].split("_")
         dataset = f"Dataset{FIRST_FOLD_ID + int(outer[len('outer'):])}_BraTSReal{outer.capitalize()}"
-        for done in sorted(benchmark.glob("predictions/*/*/fold_*/prediction_done.json")):
-            prediction = done.parent
+        renamed = OLDER_METHOD_NAMES if (benchmark / "predictions" / "finetune_encoderlr").is_dir() else {}
+        for evaluated in sorted(benchmark.glob("predictions/*/*/fold_*/evaluation.json")):
+            prediction = evaluated.parent
             evaluate_prediction_folder(str(prediction), str(work / "raw" / dataset / "labelsTs"),
                                        str(work / "preprocessed" / dataset), "nnUNetPlans", 1)
-            method, budget = prediction.parts[-3], prediction.parts[-2]
+            method = prediction.parts[-3]
+            method, budget = renamed.get(method, method), prediction.parts[-2]
             target = EVIDENCE / pretrain / outer / method / budget
             target.mkdir(parents=True, exist_ok=True)
             shutil.copy(prediction / "evaluation.json", target / "evaluation.json")
         report = benchmark / "results.json"
         if report.is_file():
-            settings = json.loads(report.read_text())["settings"]
+            settings = {renamed.get(m, m): v for m, v in json.loads(report.read_text())["settings"].items()}
             (EVIDENCE / pretrain / outer / "settings.json").write_text(json.dumps(settings, indent=1))
     shutil.copy(work / "outer_folds.json", EVIDENCE / "outer_folds.json")
     print(f"Collected into {EVIDENCE}")
@@ -175,7 +182,7 @@ def report(args) -> None:
     lines = []
     for pretrain_folder in sorted(EVIDENCE.glob("pretrain*"), key=lambda p: int(p.name[len("pretrain"):])):
         results = _load_results(pretrain_folder.name)
-        methods = [m for m in ("baseline", "finetune", "finetune_encoderlr", "finetune_warmup", "frozen", "init",
+        methods = [m for m in ("baseline", "finetune", "finetune_fulllr", "finetune_warmup", "frozen", "init",
                                "pixel", "pixel_defaultfeatures") if m in results]
         iterations = pretrain_folder.name[len("pretrain"):]
         outer = sorted(p.name for p in pretrain_folder.glob("outer*"))

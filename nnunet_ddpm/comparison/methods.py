@@ -11,10 +11,10 @@ class Method(NamedTuple):
 
 METHODS: Dict[str, Method] = {
     "baseline": Method("nnUNetTrainer", "nnU-Net (supervised)"),
-    "finetune": Method("nnUNetTrainerDDPMFinetune", "DDPM fine-tune"),
+    "finetune": Method("nnUNetTrainerDDPMFinetune", "DDPM fine-tune, encoder at 0.1 x lr"),
     "frozen": Method("nnUNetTrainerDDPMFinetuneFrozenEncoder", "DDPM fine-tune, frozen encoder"),
     "pixel": Method("nnUNetTrainerDDPMPixelClassifier", "DDPM pixel classifier"),
-    "finetune_encoderlr": Method("nnUNetTrainerDDPMFinetune_encoderLR0p1", "DDPM fine-tune, encoder at 0.1 x lr"),
+    "finetune_fulllr": Method("nnUNetTrainerDDPMFinetune_encoderLR1", "DDPM fine-tune, one lr for all (paper)"),
     "finetune_warmup": Method("nnUNetTrainerDDPMFinetune_warmup", "DDPM fine-tune, lr 1e-3 with warm-up"),
     "init": Method("nnUNetTrainerDDPMInit", "nnU-Net from folded DDPM weights"),
     "pixel_defaultfeatures": Method("nnUNetTrainerDDPMPixelClassifier_defaultFeatures",

@@ -9,13 +9,13 @@ from nnunet_ddpm.training.variants.demo_budget import (nnUNetTrainer_demo,  # no
                                                        nnUNetTrainerDDPMFinetuneFrozenEncoder_demo,
                                                        nnUNetTrainerDDPMPixelClassifier_demo,
                                                        nnUNetTrainerDDPMPretrain_demo)
-from nnunet_ddpm.training.variants.demo_budget import (nnUNetTrainerDDPMFinetune_encoderLR0p1_demo,  # noqa: F401
+from nnunet_ddpm.training.variants.demo_budget import (nnUNetTrainerDDPMFinetune_encoderLR1_demo,  # noqa: F401
                                                        nnUNetTrainerDDPMFinetune_warmup_demo,
                                                        nnUNetTrainerDDPMInit_demo,
                                                        nnUNetTrainerDDPMPixelClassifier_defaultFeatures_demo)
 from nnunet_ddpm.training.variants.pixel_features import (  # noqa: F401
     nnUNetTrainerDDPMPixelClassifier_defaultFeatures)
-from nnunet_ddpm.training.variants.finetune_schedule import (nnUNetTrainerDDPMFinetune_encoderLR0p1,  # noqa: F401
+from nnunet_ddpm.training.variants.finetune_schedule import (nnUNetTrainerDDPMFinetune_encoderLR1,  # noqa: F401
                                                              nnUNetTrainerDDPMFinetune_warmup)
 from nnunet_ddpm.training.variants.label_budget import LABEL_BUDGET_TRAINERS
 

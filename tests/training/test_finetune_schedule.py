@@ -1,4 +1,5 @@
-"""The fine-tune's optimiser: the defaults are nnU-Net's SGD + poly exactly; the variants change one thing each."""
+"""The fine-tune's optimiser: nnU-Net's SGD + poly with the pretrained encoder at a tenth of the learning rate; the
+paper's variant is nnU-Net's SGD + poly exactly; the others change one thing each."""
 from types import SimpleNamespace
 
 import pytest
@@ -8,7 +9,7 @@ from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunet_ddpm.training.lr_schedule import warmup_poly_factor
 from nnunet_ddpm.training.nnUNetTrainerDDPMFinetune import (nnUNetTrainerDDPMFinetune,
                                                             nnUNetTrainerDDPMFinetuneFrozenEncoder)
-from nnunet_ddpm.training.variants.finetune_schedule import (nnUNetTrainerDDPMFinetune_encoderLR0p1,
+from nnunet_ddpm.training.variants.finetune_schedule import (nnUNetTrainerDDPMFinetune_encoderLR1,
                                                              nnUNetTrainerDDPMFinetune_warmup)
 from tests.helpers import configuration
 
@@ -31,8 +32,8 @@ def _learning_rates(optimizer, scheduler, epochs):
     return rates
 
 
-def test_default_schedule_is_nnunets_sgd_and_poly():
-    network, optimizer, scheduler = _optimizer(nnUNetTrainerDDPMFinetune)
+def test_paper_variant_is_nnunets_sgd_and_poly():
+    network, optimizer, scheduler = _optimizer(nnUNetTrainerDDPMFinetune_encoderLR1)
     reference = torch.optim.SGD(network.parameters(), 1e-2, weight_decay=3e-5, momentum=0.99, nesterov=True)
     poly = PolyLRScheduler(reference, 1e-2, 20)
     expected = _learning_rates(reference, poly, 20)
@@ -41,8 +42,8 @@ def test_default_schedule_is_nnunets_sgd_and_poly():
     assert all(g["momentum"] == 0.99 and g["nesterov"] and g["weight_decay"] == 3e-5 for g in optimizer.param_groups)
 
 
-def test_encoder_variant_scales_only_the_pretrained_encoder_and_time_embedding():
-    network, optimizer, scheduler = _optimizer(nnUNetTrainerDDPMFinetune_encoderLR0p1)
+def test_default_scales_only_the_pretrained_encoder_and_time_embedding():
+    network, optimizer, scheduler = _optimizer(nnUNetTrainerDDPMFinetune)
     decoder_group, encoder_group = optimizer.param_groups
     encoder = {id(p) for m in (network.unet.encoder, network.time_embedding) for p in m.parameters()}
     assert {id(p) for p in encoder_group["params"]} == encoder

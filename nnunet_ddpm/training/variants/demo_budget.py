@@ -25,7 +25,7 @@ from nnunet_ddpm.training.nnUNetTrainerDDPMFinetune import (nnUNetTrainerDDPMFin
 from nnunet_ddpm.training.nnUNetTrainerDDPMInit import nnUNetTrainerDDPMInit
 from nnunet_ddpm.training.nnUNetTrainerDDPMPixelClassifier import nnUNetTrainerDDPMPixelClassifier
 from nnunet_ddpm.training.nnUNetTrainerDDPMPretrain import nnUNetTrainerDDPMPretrain
-from nnunet_ddpm.training.variants.finetune_schedule import (nnUNetTrainerDDPMFinetune_encoderLR0p1,
+from nnunet_ddpm.training.variants.finetune_schedule import (nnUNetTrainerDDPMFinetune_encoderLR1,
                                                              nnUNetTrainerDDPMFinetune_warmup)
 from nnunet_ddpm.training.variants.pixel_features import nnUNetTrainerDDPMPixelClassifier_defaultFeatures
 
@@ -97,7 +97,7 @@ class nnUNetTrainerDDPMFinetuneFrozenEncoder_demo(DemoBudget, nnUNetTrainerDDPMF
     pretraining_trainer_name = "nnUNetTrainerDDPMPretrain_demo"
 
 
-class nnUNetTrainerDDPMFinetune_encoderLR0p1_demo(DemoBudget, nnUNetTrainerDDPMFinetune_encoderLR0p1):
+class nnUNetTrainerDDPMFinetune_encoderLR1_demo(DemoBudget, nnUNetTrainerDDPMFinetune_encoderLR1):
     pretraining_trainer_name = "nnUNetTrainerDDPMPretrain_demo"
 
 

@@ -1,18 +1,19 @@
-"""Fine-tuning schedules that keep more of the pretraining: each variant changes one thing of
-``nnUNetTrainerDDPMFinetune``'s optimisation (``lr_schedule.py`` says why these two)."""
+"""Fine-tuning schedules: each variant changes one thing of ``nnUNetTrainerDDPMFinetune``'s optimisation
+(``lr_schedule.py`` says why these)."""
 import torch
 
 from nnunet_ddpm.training.nnUNetTrainerDDPMFinetune import nnUNetTrainerDDPMFinetune
 
 
-class nnUNetTrainerDDPMFinetune_encoderLR0p1(nnUNetTrainerDDPMFinetune):
-    """The pretrained encoder and time embedding learn at a tenth of the decoder's and head's learning rate."""
+class nnUNetTrainerDDPMFinetune_encoderLR1(nnUNetTrainerDDPMFinetune):
+    """The paper's fine-tune: every weight at the same learning rate, nnU-Net's SGD + poly exactly."""
 
-    encoder_lr_scale = 0.1
+    encoder_lr_scale = 1.0
 
 
-class nnUNetTrainerDDPMFinetune_warmup(nnUNetTrainerDDPMFinetune):
-    """Learning rate 1e-3 instead of 1e-2, reached by a linear warm-up over the first tenth of the epochs."""
+class nnUNetTrainerDDPMFinetune_warmup(nnUNetTrainerDDPMFinetune_encoderLR1):
+    """The paper's fine-tune at learning rate 1e-3 instead of 1e-2, reached by a linear warm-up over the first tenth of
+    the epochs."""
 
     warmup_fraction = 0.1
 

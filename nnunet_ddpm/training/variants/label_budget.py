@@ -21,14 +21,14 @@ from nnunet_ddpm.training.nnUNetTrainerDDPMPixelClassifier import nnUNetTrainerD
 from nnunet_ddpm.training.variants import demo_budget, finetune_schedule, pixel_features
 
 BUDGETED_TRAINERS = (nnUNetTrainer, nnUNetTrainerDDPMFinetune, nnUNetTrainerDDPMFinetuneFrozenEncoder,
-                     nnUNetTrainerDDPMPixelClassifier, finetune_schedule.nnUNetTrainerDDPMFinetune_encoderLR0p1,
+                     nnUNetTrainerDDPMPixelClassifier, finetune_schedule.nnUNetTrainerDDPMFinetune_encoderLR1,
                      finetune_schedule.nnUNetTrainerDDPMFinetune_warmup, nnUNetTrainerDDPMInit,
                      pixel_features.nnUNetTrainerDDPMPixelClassifier_defaultFeatures,
                      demo_budget.nnUNetTrainerDDPMPixelClassifier_defaultFeatures_demo,
                      demo_budget.nnUNetTrainer_demo, demo_budget.nnUNetTrainerDDPMInit_demo,
                      demo_budget.nnUNetTrainerDDPMFinetune_demo, demo_budget.nnUNetTrainerDDPMFinetuneFrozenEncoder_demo,
                      demo_budget.nnUNetTrainerDDPMPixelClassifier_demo,
-                     demo_budget.nnUNetTrainerDDPMFinetune_encoderLR0p1_demo,
+                     demo_budget.nnUNetTrainerDDPMFinetune_encoderLR1_demo,
                      demo_budget.nnUNetTrainerDDPMFinetune_warmup_demo)
 
 
