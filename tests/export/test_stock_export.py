@@ -1,6 +1,8 @@
 """DDPM weights and models in stock nnU-Net, through the real console scripts: a stock trainer starts from an
 exported pretraining; an exported fine-tune model predicts what the plugin's model predicts with nnunet_ddpm hidden
 from Python, also after nnU-Net's zip export and install."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -51,12 +53,14 @@ def test_exported_pretraining_is_the_fixed_timestep_network_for_a_stock_trainer(
 
 
 def test_exported_model_predicts_the_same_without_the_plugin(nnunet, pretrained_2d, tmp_path):
-    nnunet.train(DATASET_ID, "2d", 2, "nnUNetTrainerDDPMFinetune_demo", validate=True)  # the zip needs validation/
+    # the zip needs validation/, find_best_configuration's ensembles need its probabilities (--npz)
+    nnunet.train(DATASET_ID, "2d", 2, "nnUNetTrainerDDPMFinetune_demo", "--npz", validate=True)
     source = nnunet.results / DATASET / "nnUNetTrainerDDPMFinetune_demo__nnUNetPlans__2d"
     exported_results = tmp_path / "stock_results"
-    result = nnunet.run("nnUNetv2_ddpm_export_model", "-i", source, "-o", exported_results, "-f", "2",
-                        training=False)
-    assert "folds 2" in result.output
+    for stock_trainer in ("nnUNetTrainer", "nnUNetTrainer_5epochs"):  # the second: a partner for an ensemble
+        result = nnunet.run("nnUNetv2_ddpm_export_model", "-i", source, "-o", exported_results, "-f", "2",
+                            "-tr", stock_trainer, training=False)
+        assert "folds 2" in result.output
     checkpoint = torch.load(exported_results / DATASET / "nnUNetTrainer__nnUNetPlans__2d" / "fold_2" /
                             "checkpoint_final.pth", map_location="cpu", weights_only=False)
     assert checkpoint["trainer_name"] == "nnUNetTrainer"
@@ -80,6 +84,20 @@ def test_exported_model_predicts_the_same_without_the_plugin(nnunet, pretrained_
     nnunet.run(*predict, "-o", tmp_path / "installed", "-tr", "nnUNetTrainer",
                extra_env=hidden | {"nnUNet_results": str(installed)})
     _assert_same_predictions(tmp_path / "plugin", tmp_path / "installed")
+
+    # nnU-Net's model selection and ensembling take the exported folds, still without the plugin: two copies of one
+    # model ensemble to that model's validation Dice and segmentations
+    nnunet.run("nnUNetv2_find_best_configuration", DATASET_ID, "-c", "2d", "-tr", "nnUNetTrainer",
+               "nnUNetTrainer_5epochs", "-f", 2, "-np", 1, training=False, extra_env=hidden)
+    information = json.loads((exported_results / DATASET / "inference_information.json").read_text())
+    single, ensemble = (information["all_results"][name] for name in (
+        "nnUNetTrainer__nnUNetPlans__2d",
+        "ensemble___nnUNetTrainer__nnUNetPlans__2d___nnUNetTrainer_5epochs__nnUNetPlans__2d___2"))
+    validation = json.loads((source / "fold_2" / "validation" / "summary.json").read_text())
+    assert single == pytest.approx(validation["foreground_mean"]["Dice"]) and ensemble == pytest.approx(single)
+    nnunet.run("nnUNetv2_ensemble", "-i", tmp_path / "stock", tmp_path / "installed", "-o", tmp_path / "ensemble",
+               "-np", 1, "--save_npz", training=False, extra_env=hidden)
+    _assert_same_predictions(tmp_path / "plugin", tmp_path / "ensemble")
 
 
 def _assert_same_predictions(a, b):
