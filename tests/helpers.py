@@ -147,3 +147,11 @@ def assert_summary_is_the_dice_of_the_files(validation: Path, ground_truth: Path
         key = str(values) if isinstance(value, list) else str(value)  # nnU-Net's keys: "(2, 3)", "(3,)", "1"
         expected = summary["mean"][key]["Dice"]
         assert np.isclose(np.nanmean(dice), expected, equal_nan=True), (key, np.nanmean(dice), expected)
+
+
+def hidden_plugin_env(tmp_path, results) -> dict:
+    """An environment in which ``import nnunet_ddpm`` fails and no external trainer folder is set."""
+    hide = tmp_path / "hide" / "nnunet_ddpm"
+    hide.mkdir(parents=True)
+    (hide / "__init__.py").write_text("raise ImportError('nnunet_ddpm is hidden in this test')\n")
+    return {"PYTHONPATH": str(hide.parent), "nnUNet_extTrainer": "", "nnUNet_results": str(results)}

@@ -12,18 +12,10 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from nnunet_ddpm.networks import FixedTimestepUNet
 from nnunet_ddpm.training.pretrained_checkpoint import transfer_denoiser_weights
-from tests.helpers import PHANTOM_2D
+from tests.helpers import PHANTOM_2D, hidden_plugin_env
 
 pytestmark = pytest.mark.slow
 DATASET_ID, DATASET = PHANTOM_2D
-
-
-def _hidden_plugin_env(tmp_path, results) -> dict:
-    """An environment in which ``import nnunet_ddpm`` fails and no external trainer folder is set."""
-    hide = tmp_path / "hide" / "nnunet_ddpm"
-    hide.mkdir(parents=True)
-    (hide / "__init__.py").write_text("raise ImportError('nnunet_ddpm is hidden in this test')\n")
-    return {"PYTHONPATH": str(hide.parent), "nnUNet_extTrainer": "", "nnUNet_results": str(results)}
 
 
 def test_exported_pretraining_is_the_fixed_timestep_network_for_a_stock_trainer(nnunet, pretrained_2d, tmp_path):
@@ -70,7 +62,7 @@ def test_exported_model_predicts_the_same_without_the_plugin(nnunet, pretrained_
     predict = ("nnUNetv2_predict", "-i", images, "-d", DATASET_ID, "-c", "2d", "-f", 2, "-device", "cpu",
                "-npp", "1", "-nps", "1", "--save_probabilities")
     nnunet.run(*predict, "-o", tmp_path / "plugin", "-tr", "nnUNetTrainerDDPMFinetune_demo")
-    hidden = _hidden_plugin_env(tmp_path, exported_results)
+    hidden = hidden_plugin_env(tmp_path, exported_results)
     nnunet.run(*predict, "-o", tmp_path / "stock", "-tr", "nnUNetTrainer", extra_env=hidden)
     _assert_same_predictions(tmp_path / "plugin", tmp_path / "stock")
 

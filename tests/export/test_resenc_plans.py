@@ -1,0 +1,67 @@
+"""nnU-Net's recommended residual-encoder presets take the same path as the plain plans, through the real console
+scripts: plan with nnUNetPlannerResEncM, pretrain, fine-tune and pixel classifier, exported weights for a stock
+trainer, and an exported model that predicts what the plugin's model predicts without the plugin."""
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from tests.helpers import PHANTOM_2D, hidden_plugin_env
+
+pytestmark = pytest.mark.slow
+DATASET_ID, DATASET = PHANTOM_2D
+PLANS = "nnUNetResEncUNetMPlans"
+
+
+def _dice(prediction: np.ndarray, reference: np.ndarray) -> float:
+    both = prediction.sum() + reference.sum()
+    return 2 * np.logical_and(prediction, reference).sum() / both if both else 1.0
+
+
+def test_resenc_plans_pretrain_finetune_pixel_and_export(nnunet, phantom_2d, phantom_2d_test_set, tmp_path):
+    nnunet.run("nnUNetv2_plan_experiment", "-d", DATASET_ID, "-pl", "nnUNetPlannerResEncM", training=False)
+    nnunet.run("nnUNetv2_preprocess", "-d", DATASET_ID, "-plans_name", PLANS, "-c", "2d", "-np", "1",
+               training=False)
+    plans = json.loads((nnunet.preprocessed / DATASET / f"{PLANS}.json").read_text())
+    assert plans["configurations"]["2d"]["architecture"]["network_class_name"].endswith("ResidualEncoderUNet")
+
+    nnunet.train(DATASET_ID, "2d", "all", "nnUNetTrainerDDPMPretrain_demo", "-p", PLANS)
+    pretraining = nnunet.results / DATASET / f"nnUNetTrainerDDPMPretrain_demo__{PLANS}__2d" / "fold_all"
+    checkpoint = torch.load(pretraining / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert checkpoint["ddpm"]["plans_name"] == PLANS
+    # the residual blocks of the encoder are pretrained too (ResEnc's stem and stages carry their own names)
+    assert any(".blocks." in k for k in checkpoint["network_weights"])
+
+    for trainer in ("nnUNetTrainerDDPMFinetune_demo", "nnUNetTrainerDDPMPixelClassifier_demo"):
+        nnunet.train(DATASET_ID, "2d", 0, trainer, "-p", PLANS)
+    predict = ("nnUNetv2_predict", "-i", phantom_2d_test_set[0], "-d", DATASET_ID, "-c", "2d", "-p", PLANS, "-f", 0,
+               "-device", "cpu", "-npp", "1", "-nps", "1")
+    nnunet.run(*predict, "-o", tmp_path / "pixel", "-tr", "nnUNetTrainerDDPMPixelClassifier_demo")
+    # learnt: every test case has edema (label 1), which the all-background prediction scores 0 on
+    references = sorted(p.name for p in (tmp_path / "pixel").glob("*.nii.gz"))
+    assert len(references) == 3
+    edema = [_dice(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "pixel" / case))) == 1,
+                   sitk.GetArrayFromImage(sitk.ReadImage(f"{phantom_2d_test_set[1]}/{case}")) == 1)
+             for case in references]
+    assert np.mean(edema) > 0.1, edema
+
+    # exported pretraining -> a stock trainer with the ResEnc plans
+    exported = tmp_path / "ddpm_weights.pth"
+    nnunet.run("nnUNetv2_ddpm_export_weights", "-i", pretraining / "checkpoint_final.pth", "-o", exported,
+               training=False)
+    training = nnunet.train(DATASET_ID, "2d", 1, "nnUNetTrainer_demo", "-p", PLANS, "-pretrained_weights", exported)
+    assert f"Loading pretrained weights from file  {exported}" in training.output
+
+    # exported fine-tune model -> stock nnU-Net without the plugin, same probabilities
+    source = nnunet.results / DATASET / f"nnUNetTrainerDDPMFinetune_demo__{PLANS}__2d"
+    stock_results = tmp_path / "stock_results"
+    nnunet.run("nnUNetv2_ddpm_export_model", "-i", source, "-o", stock_results, "-f", "0", training=False)
+    nnunet.run(*predict, "-o", tmp_path / "plugin", "-tr", "nnUNetTrainerDDPMFinetune_demo", "--save_probabilities")
+    nnunet.run(*predict, "-o", tmp_path / "stock", "-tr", "nnUNetTrainer", "--save_probabilities",
+               extra_env=hidden_plugin_env(tmp_path, stock_results))
+    for case in references:
+        name = case[:-len(".nii.gz")]
+        plugin, stock = (np.load(tmp_path / f / f"{name}.npz")["probabilities"] for f in ("plugin", "stock"))
+        assert np.allclose(plugin, stock, atol=2e-4), np.abs(plugin - stock).max()
