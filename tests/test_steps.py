@@ -18,17 +18,17 @@ def test_runs_what_is_missing_logs_each_command_and_resumes(tmp_path):
     a, b = tmp_path / "a.txt", tmp_path / "b.txt"
     ran = []
     steps = [Step("write a", _write(a, "A"), a.is_file),
-             Step("write b", _write(b, "B"), b.is_file, marker=str(tmp_path / "markers" / "b.json"),
-                  after=lambda: ran.append("after b")),
+             Step("write b", _write(b, "B"), b.is_file, marker=str(tmp_path / "markers" / "b.json")),
              Step("in process", None, lambda: False, run_in_process=lambda: ran.append("in process"))]
     messages = []
     seconds = run_steps(steps, str(tmp_path), log=messages.append)
-    assert a.read_text() == "A" and b.read_text() == "B" and ran == ["after b", "in process"]
+    assert a.read_text() == "A" and b.read_text() == "B" and ran == ["in process"]
     assert set(seconds) == {"write a", "write b", "in process"}
     assert messages[0] == "3 steps, 0 already done, 3 to run"
     commands = (tmp_path / "commands.txt").read_text().splitlines()
     assert commands == [shlex.join(_write(a, "A")), shlex.join(_write(b, "B"))]
-    assert len(list((tmp_path / "logs").iterdir())) == 2  # one log per command, none for the in-process step
+    # one log per command, named by its step; none for the in-process step
+    assert sorted(p.name.split("_", 2)[-1] for p in (tmp_path / "logs").iterdir()) == ["write_a.log", "write_b.log"]
     assert json.loads((tmp_path / "markers" / "b.json").read_text())["command"] == _write(b, "B")
     messages.clear()
     run_steps(steps, str(tmp_path), log=messages.append)  # the two commands are done; the in-process step is not

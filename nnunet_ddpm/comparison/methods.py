@@ -11,7 +11,7 @@ class Method(NamedTuple):
 
 METHODS: Dict[str, Method] = {
     "baseline": Method("nnUNetTrainer", "nnU-Net (supervised)"),
-    "finetune": Method("nnUNetTrainerDDPMFinetune", "DDPM fine-tune, encoder at 0.1 x lr"),
+    "finetune": Method("nnUNetTrainerDDPMFinetune", "DDPM fine-tune"),
     "frozen": Method("nnUNetTrainerDDPMFinetuneFrozenEncoder", "DDPM fine-tune, frozen encoder"),
     "pixel": Method("nnUNetTrainerDDPMPixelClassifier", "DDPM pixel classifier"),
     "finetune_fulllr": Method("nnUNetTrainerDDPMFinetune_encoderLR1", "DDPM fine-tune, one lr for all (paper)"),

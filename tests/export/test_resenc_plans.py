@@ -7,6 +7,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from tests.helpers import PHANTOM_2D, hidden_plugin_env
 
@@ -47,12 +50,19 @@ def test_resenc_plans_pretrain_finetune_pixel_and_export(nnunet, phantom_2d, pha
              for case in references]
     assert np.mean(edema) > 0.1, edema
 
-    # exported pretraining -> a stock trainer with the ResEnc plans
+    # exported pretraining -> the stock ResEnc network, through the loader nnUNetv2_train -pretrained_weights calls
+    # (that command itself is tested with the plain plans in test_stock_export.py)
     exported = tmp_path / "ddpm_weights.pth"
     nnunet.run("nnUNetv2_ddpm_export_weights", "-i", pretraining / "checkpoint_final.pth", "-o", exported,
                training=False)
-    training = nnunet.train(DATASET_ID, "2d", 1, "nnUNetTrainer_demo", "-p", PLANS, "-pretrained_weights", exported)
-    assert f"Loading pretrained weights from file  {exported}" in training.output
+    manager = PlansManager(str(nnunet.preprocessed / DATASET / f"{PLANS}.json"))
+    stock = nnUNetTrainer.build_network_architecture(manager, manager.get_configuration("2d"), 3, 4, False)
+    before = {k: v.clone() for k, v in stock.state_dict().items()}
+    load_pretrained_weights(stock, str(exported))
+    weights = torch.load(exported, map_location="cpu", weights_only=False)["network_weights"]
+    loaded = [k for k, v in stock.state_dict().items() if not torch.equal(v, before[k])]
+    assert loaded and all(torch.equal(stock.state_dict()[k], weights[k]) for k in loaded)
+    assert not any(".seg_layers." in k for k in loaded)  # the new head stays nnU-Net's initialisation
 
     # exported fine-tune model -> stock nnU-Net without the plugin, same probabilities
     source = nnunet.results / DATASET / f"nnUNetTrainerDDPMFinetune_demo__{PLANS}__2d"
