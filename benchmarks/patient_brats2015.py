@@ -1,6 +1,6 @@
 """The patient walk-through of documentation/patient.md on the real BraTS 2015 sample, measured.
 
-For one patient of ``../shared/data/brats2015_deepmedic_sample``: annotate N tumour slices by taking the ground truth on
+For one patient of DeepMedic's BraTS 2015 sample (four patients): annotate N tumour slices by taking the ground truth on
 them (evenly spread through the tumour's extent), run ``nnUNetv2_ddpm_segment_patient`` with every method, and compare
 the whole segmented volume with the full ground truth (Dice per BraTS region), also on the slices nobody annotated.
 The DDPM pretraining runs once, in the first run; later runs reuse its checkpoint with ``--pretrained-weights`` (it

@@ -183,7 +183,7 @@ def report(args) -> None:
     for pretrain_folder in sorted(EVIDENCE.glob("pretrain*"), key=lambda p: int(p.name[len("pretrain"):])):
         results = _load_results(pretrain_folder.name)
         methods = [m for m in ("baseline", "finetune", "finetune_fulllr", "finetune_warmup", "frozen", "init",
-                               "pixel", "pixel_defaultfeatures") if m in results]
+                               "pixel", "pixel_probed") if m in results]
         iterations = pretrain_folder.name[len("pretrain"):]
         outer = sorted(p.name for p in pretrain_folder.glob("outer*"))
         for budget in sorted(results["baseline"]):

@@ -9,6 +9,7 @@ import os
 import re
 import shlex
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence
@@ -45,6 +46,14 @@ def model_folder(results: str, dataset_name: str, trainer: str, plans: str, conf
     because the demo and the patient tool keep their models in their own working folder."""
     return join(results, dataset_name, convert_trainer_plans_config_to_identifier(trainer, plans, configuration),
                 f"fold_{fold}")
+
+
+def fingerprint_step(dataset_id: int, preprocessed_dataset_folder: str) -> Step:
+    """nnU-Net's fingerprint with fewer intensity samples (``nnunet_ddpm.fingerprint``), before
+    ``nnUNetv2_plan_and_preprocess``, which then plans from it."""
+    fingerprint = join(preprocessed_dataset_folder, "dataset_fingerprint.json")
+    return Step("fingerprint the dataset", [sys.executable, "-m", "nnunet_ddpm.fingerprint", str(dataset_id)],
+                lambda: isfile(fingerprint))
 
 
 def training_step(title: str, command: List[str], folder: str, pretrained_weights: Optional[str] = None) -> Step:

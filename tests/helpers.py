@@ -14,14 +14,6 @@ from nnunet_ddpm.networks import PixelClassifierNetwork, TimeConditionedUNet, bu
 from nnunet_ddpm.nnunet_trainers import TRAINER_DIR
 from nnunet_ddpm.training.pretrained_checkpoint import transfer_denoiser_weights
 
-FEWER_INTENSITY_SAMPLES = """
-import sys
-from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import DatasetFingerprintExtractor
-extractor = DatasetFingerprintExtractor(int(sys.argv[1]), num_processes=1)
-extractor.num_foreground_voxels_for_intensitystats = 1e5
-extractor.show_progress_bar = False
-extractor.run()
-"""
 REAL_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "brats2015_deepmedic_sample"
 
 
@@ -63,11 +55,9 @@ class NNUNetFolders:
         return result
 
     def plan_and_preprocess(self, dataset_id: int, configuration: str):
-        """``nnUNetv2_plan_and_preprocess``, after nnU-Net's own fingerprint extractor has sampled 10^5 foreground
-        voxels for the intensity statistics instead of its fixed 10^8. That sampling (with replacement, then
-        percentiles of the 10^8 values per channel) took about 40 of a tiny dataset's 50 s here; the planner
-        finds the fingerprint and uses it (it extracts one only where none exists)."""
-        self.run(sys.executable, "-c", FEWER_INTENSITY_SAMPLES, str(dataset_id), training=False)
+        """``nnUNetv2_plan_and_preprocess`` after the fingerprint with fewer intensity samples that the demo and
+        the patient tool use (``nnunet_ddpm.fingerprint``)."""
+        self.run(sys.executable, "-m", "nnunet_ddpm.fingerprint", str(dataset_id), training=False)
         return self.run("nnUNetv2_plan_and_preprocess", "-d", dataset_id, "-c", configuration, "-np", "1",
                         "-npfp", "1", "--verify_dataset_integrity", training=False)
 

@@ -14,7 +14,8 @@ from nnunet_ddpm.cli import require_writable_folder
 from nnunet_ddpm.dataset_conversion.synthetic_phantom import write_phantom_dataset
 from nnunet_ddpm.splits.label_budget import LABEL_BUDGETS
 from nnunet_ddpm.comparison.methods import PRETRAINER
-from nnunet_ddpm.steps import Step, StepFailed, demo_budget, model_folder, run_steps, working_folder_environment
+from nnunet_ddpm.steps import (Step, StepFailed, demo_budget, fingerprint_step, model_folder, run_steps,
+                               working_folder_environment)
 
 DATASET_ID, DATASET_NAME = 990, "Dataset990_DemoPhantom"
 # The default budget: 9.4 minutes on the 2-core CPU machine (documentation/demo.md). Few, long epochs: every epoch
@@ -38,7 +39,8 @@ def run_demo(output: str = "nnunet_ddpm_demo", size: int = SIZE, train_cases: in
               f"{size} x {size} pixels, 3 channels -> {raw}")
     plans = root / "nnUNet_preprocessed" / DATASET_NAME / "nnUNetPlans_2d"
     benchmark_folder = root / "benchmark"
-    steps = [Step("plan and preprocess", ["nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", "2d", "-np",
+    steps = [fingerprint_step(DATASET_ID, str(root / "nnUNet_preprocessed" / DATASET_NAME)),
+             Step("plan and preprocess", ["nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", "2d", "-np",
                                           "1", "-npfp", "1"], plans.is_dir),
              # the runner resumes by itself; its progress is shown, each of its commands logged in its own folder.
              # Augmentation in-process for training and prediction (plan_and_preprocess refuses 0).

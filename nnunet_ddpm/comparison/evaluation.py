@@ -5,9 +5,6 @@ from typing import Dict, List, Union
 
 import numpy as np
 from batchgenerators.utilities.file_and_folder_operations import join, load_json, save_json, subfiles
-from nnunetv2.evaluation.evaluate_predictions import compute_metrics, compute_metrics_on_folder, save_summary_json
-from nnunetv2.utilities.json_export import recursive_fix_for_json_export
-from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 EVALUATION_FILE = "evaluation.json"
 
@@ -66,6 +63,8 @@ def metrics_on_folder_in_process(labels_folder: str, prediction_folder: str, out
     """nnU-Net's ``compute_metrics_on_folder`` without its spawned worker pool, whose start (a fresh interpreter
     importing nnU-Net) costs more than evaluating a small test set: the same per-case ``compute_metrics`` and the same
     summary (mean per label or region, then the mean over foreground)."""
+    from nnunetv2.evaluation.evaluate_predictions import compute_metrics, save_summary_json
+    from nnunetv2.utilities.json_export import recursive_fix_for_json_export
     cases = subfiles(prediction_folder, suffix=file_ending, join=False)
     results = [compute_metrics(join(labels_folder, c), join(prediction_folder, c), reader, regions, ignore_label)
                for c in cases]
@@ -82,6 +81,9 @@ def metrics_on_folder_in_process(labels_folder: str, prediction_folder: str, out
 def evaluate_prediction_folder(prediction_folder: str, labels_folder: str, preprocessed_dataset_folder: str,
                                plans: str = "nnUNetPlans", num_processes: int = 2) -> dict:
     """Write ``summary.json`` (nnU-Net's evaluator) and ``evaluation.json`` (Dice and HD95 per case and region)."""
+    # imported here: nnU-Net's evaluator brings torch, which the runner's own process (the report) never needs
+    from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
     dataset_json = load_json(join(preprocessed_dataset_folder, "dataset.json"))
     plans_manager = PlansManager(join(preprocessed_dataset_folder, f"{plans}.json"))
     label_manager = plans_manager.get_label_manager(dataset_json)

@@ -12,7 +12,6 @@ from nnunet_ddpm.comparison.evaluation import EVALUATION_FILE
 from nnunet_ddpm.comparison.methods import BASELINE, METHODS, PRETRAINER
 from nnunet_ddpm.splits.label_budget import LABEL_BUDGETS
 from nnunet_ddpm.steps import Step, model_folder, training_step, up_to_date
-from nnunet_ddpm.training.variants.label_budget import LABEL_BUDGET_TRAINERS
 
 class BenchmarkError(ValueError):
     """Bad input, found before anything is trained."""
@@ -80,8 +79,14 @@ class Benchmark:
             raise BenchmarkError(f"Pretraining checkpoint {self.pretrained_weights} does not exist. Give the "
                                  f"checkpoint_final.pth of an nnUNetTrainerDDPMPretrain run, or leave out "
                                  f"--pretrained-weights to pretrain on this dataset first.")
-        missing = [self.trainer(m, b) for m in self.methods for b in self.budgets
-                   if self.trainer(m, b) not in LABEL_BUDGET_TRAINERS]
+        probed = [m for m in self.methods if METHODS[m].probes_features]
+        if probed and self.pretrained_weights is not None:
+            raise BenchmarkError(f"{probed} probe the features of this dataset's own pretraining, where the pixel "
+                                 f"classifier finds the choice; leave out --pretrained-weights, or use 'pixel' (the "
+                                 f"built-in stages and timesteps).")
+        # every method's trainer has _<N>labels variants for the budgets in LABEL_BUDGETS (label_budget.py), so the
+        # check needs no trainer import (which would bring torch into this process)
+        missing = [self.trainer(m, b) for m in self.methods for b in self.budgets if b not in LABEL_BUDGETS]
         if missing:
             raise BenchmarkError(
                 f"No trainer for {missing}. Budgets with trainers: {', '.join(map(str, LABEL_BUDGETS))}; add "
@@ -156,10 +161,30 @@ class Benchmark:
     def pretraining_steps(self) -> List[Step]:
         return [self.training_step(self.pretrainer, "all")] if self.trains_pretraining else []
 
+    def probe_step(self, budget: int) -> Step:
+        """``nnUNetv2_ddpm_probe_features`` on the first fold's N labelled cases, writing the choice that the
+        ``_<N>labels`` pixel classifiers of every fold read (nnU-Net builds one network for all folds of a model
+        folder); done when the choice is newer than the pretraining checkpoint."""
+        from nnunet_ddpm.features.probe import choice_file
+        pretraining = self.model_folder(self.pretrainer, "all")
+        command = ["nnUNetv2_ddpm_probe_features", "-d", self.dataset_name, "-c", self.configuration, "-f",
+                   str(self.folds[0]), "--budget", str(budget), "-p", self.plans, "-tr", self.pretrainer]
+        choice, checkpoint = join(pretraining, choice_file(budget)), join(pretraining, "checkpoint_final.pth")
+        return Step(f"probe decoder features on {budget} labelled cases of fold {self.folds[0]}", command,
+                    lambda: up_to_date(choice, checkpoint))
+
+    def splits_step(self) -> Step:
+        """nnU-Net's 5-fold split, as the first training would write it: the probe runs before any training and
+        reads only the fold's training cases."""
+        splits = join(str(nnUNet_preprocessed), self.dataset_name, "splits_final.json")
+        return Step("write nnU-Net's folds (splits_final.json)", ["nnUNetv2_ddpm_make_splits", "-d",
+                                                                   self.dataset_name], lambda: isfile(splits))
+
     def cell(self, method: str, budget: int, fold: int, cases: List[str]) -> "Cell":
         prediction = self.prediction_step(method, budget, fold, cases)
-        return Cell(method, budget, fold, [self.training_step(self.trainer(method, budget), fold), prediction,
-                                           self.evaluation_step(method, budget, fold, cases, prediction)],
+        probe = [self.splits_step(), self.probe_step(budget)] if METHODS[method].probes_features else []
+        return Cell(method, budget, fold, probe + [self.training_step(self.trainer(method, budget), fold), prediction,
+                                                   self.evaluation_step(method, budget, fold, cases, prediction)],
                     needs_pretraining=self.trains_pretraining and method != BASELINE)
 
     def cells(self, cases: List[str]) -> List["Cell"]:

@@ -7,18 +7,20 @@ from typing import Dict, NamedTuple
 class Method(NamedTuple):
     trainer: str  # trainer class name before the budget suffix (``_10labels``) and the ``_demo`` suffix
     title: str
+    probes_features: bool = False  # the comparison runs nnUNetv2_ddpm_probe_features before training it
 
 
 METHODS: Dict[str, Method] = {
     "baseline": Method("nnUNetTrainer", "nnU-Net (supervised)"),
     "finetune": Method("nnUNetTrainerDDPMFinetune", "DDPM fine-tune"),
     "frozen": Method("nnUNetTrainerDDPMFinetuneFrozenEncoder", "DDPM fine-tune, frozen encoder"),
-    "pixel": Method("nnUNetTrainerDDPMPixelClassifier", "DDPM pixel classifier"),
+    # the paper's decoder stages and timesteps, whatever a probe beside the pretraining chose
+    "pixel": Method("nnUNetTrainerDDPMPixelClassifier_defaultFeatures", "DDPM pixel classifier"),
+    "pixel_probed": Method("nnUNetTrainerDDPMPixelClassifier", "DDPM pixel classifier, probed features",
+                           probes_features=True),
     "finetune_fulllr": Method("nnUNetTrainerDDPMFinetune_encoderLR1", "DDPM fine-tune, one lr for all (paper)"),
     "finetune_warmup": Method("nnUNetTrainerDDPMFinetune_warmup", "DDPM fine-tune, lr 1e-3 with warm-up"),
     "init": Method("nnUNetTrainerDDPMInit", "nnU-Net from folded DDPM weights"),
-    "pixel_defaultfeatures": Method("nnUNetTrainerDDPMPixelClassifier_defaultFeatures",
-                                    "DDPM pixel classifier, built-in features"),
 }
 BASELINE = "baseline"  # the supervised nnU-Net every DDPM method is compared with
 PRETRAINER = "nnUNetTrainerDDPMPretrain"

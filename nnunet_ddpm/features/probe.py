@@ -9,8 +9,11 @@ by case), as the mean Dice over foreground labels of its pixel predictions. Only
 are read (the label budget's cases when ``--budget`` is given), never its validation cases or the test set.
 
 The best stages and timesteps under a cost limit (at most ``--max-stages`` stages and ``--max-timesteps`` timesteps,
-as many as the defaults by default) are written as ``pixel_features.json`` beside the pretraining checkpoint, where
-``nnUNetTrainerDDPMPixelClassifier`` finds and uses them.
+as many as the defaults by default) are written beside the pretraining checkpoint, where
+``nnUNetTrainerDDPMPixelClassifier`` finds and uses them: as ``pixel_features_<N>labels.json`` with ``--budget N``
+(for the ``_<N>labels`` trainers, which read the same N cases), else as ``pixel_features.json`` (for every pixel
+classifier without a choice of its own budget). One choice serves all folds of a trainer, because nnU-Net builds one
+network for a model folder's folds.
 
 Memory is bounded by the sampled pixels: each case is run on one patch (the plans' patch size, around its centre),
 its features upsampled, and only ``--pixels-per-case`` of its pixels kept.
@@ -29,6 +32,12 @@ from batchgenerators.utilities.file_and_folder_operations import isfile, join, l
 CHOICE_FILE = "pixel_features.json"
 PROBE_FOLDER = "feature_probe"
 DEFAULT_TIMESTEPS = (10, 50, 100, 150, 250, 400, 600)
+
+
+def choice_file(budget: Optional[int] = None) -> str:
+    """The choice's file name: one per label budget, so that a ``_<N>labels`` trainer uses the choice made on its
+    own N cases; ``pixel_features.json`` for a probe of all of a fold's training cases."""
+    return CHOICE_FILE if budget is None else f"pixel_features_{budget}labels.json"
 
 
 def case_patch(data: np.ndarray, seg: np.ndarray, patch_size: Sequence[int], divisor: Sequence[int]):
@@ -281,7 +290,9 @@ def probe_features(dataset: str, configuration: str = "2d", fold: int = 0, budge
               "max_stages": max_stages, "max_timesteps": max_timesteps,
               "scores": {f"{stage - len(all_stages)},{t}": v for (stage, t), v in sorted(scores.items())},
               "pictures": pictures}
-    save_json(record, join(os.path.dirname(os.path.abspath(checkpoint)), CHOICE_FILE), sort_keys=False)
+    record["file"] = join(os.path.dirname(os.path.abspath(checkpoint)), choice_file(budget))
+    save_json(record, record["file"] + ".partial", sort_keys=False)
+    os.replace(record["file"] + ".partial", record["file"])  # a trainer starting now reads the old or the new choice
     return record
 
 
@@ -289,8 +300,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(
         description="Measure which decoder stages and timesteps of a DDPM pretraining separate the labels (a linear "
                     "probe per stage x timestep, cross-validated over one fold's labelled training cases), draw "
-                    "k-means pictures of the features, and write the best choice as pixel_features.json beside the "
-                    "pretraining, where nnUNetTrainerDDPMPixelClassifier uses it.")
+                    "k-means pictures of the features, and write the best choice beside the pretraining "
+                    "(pixel_features_<N>labels.json with --budget N, else pixel_features.json), where "
+                    "nnUNetTrainerDDPMPixelClassifier and its _<N>labels variants use it.")
     parser.add_argument("-d", required=True, help="dataset name or id")
     parser.add_argument("-c", default="2d", help="configuration (default: %(default)s)")
     parser.add_argument("-f", type=int, default=0, help="fold whose training cases are probed (default: 0)")
@@ -317,4 +329,4 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     folder = os.path.dirname(record["checkpoint"])
     print(open(join(folder, PROBE_FOLDER, "scores.md")).read())
     print(f"Chosen: decoder stages {record['stages']} at timesteps {record['timesteps']}; written to "
-          f"{join(folder, CHOICE_FILE)} (scores, heat map and pictures in {join(folder, PROBE_FOLDER)}).")
+          f"{record['file']} (scores, heat map and pictures in {join(folder, PROBE_FOLDER)}).")

@@ -28,8 +28,8 @@ from nnunet_ddpm.patient.inputs import PatientInput, PatientInputError, read_pat
 from nnunet_ddpm.patient.montage import write_montage
 from nnunet_ddpm.patient.volume_slices import (PATIENT_RECORD, segmentation_volume, uncertainty_volume,
                                                write_like, write_patient_dataset)
-from nnunet_ddpm.steps import (Step, StepFailed, demo_budget, model_folder, run_steps, training_step, up_to_date,
-                               working_folder_environment)
+from nnunet_ddpm.steps import (Step, StepFailed, demo_budget, fingerprint_step, model_folder, run_steps, training_step,
+                               up_to_date, working_folder_environment)
 
 DATASET_ID, DATASET_NAME = 800, "Dataset800_Patient"
 CONFIGURATION, PLANS = "2d", "nnUNetPlans"
@@ -60,6 +60,10 @@ def environment(root: str, budget: Budget) -> dict:
     env = working_folder_environment(root, **demo_budget(budget.epochs, budget.pretrain_epochs, budget.iterations))
     env.pop("nnUNet_n_proc_DA", None)
     return env
+
+
+# a feature probe needs labelled cases of its own to cross-validate over: not for one patient's few slices
+PATIENT_METHODS = [m for m, spec in METHODS.items() if not spec.probes_features]
 
 
 def trainer_name(method: str) -> str:
@@ -118,15 +122,12 @@ def build_steps(root: str, methods: Sequence[str], device: str, pretrained_weigh
     planned = join(steps_folder, "preprocessed.done")
     python = sys.executable
     steps = []
+    steps.append(fingerprint_step(DATASET_ID, preprocessed))
     if pretrained_plans is None:
         steps.append(Step("plan and preprocess the annotated slices",
                           ["nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", CONFIGURATION, "-np", "1",
                            "-npfp", "1"], lambda: isfile(planned), marker=planned))
     else:
-        fingerprint = join(preprocessed, "dataset_fingerprint.json")
-        steps.append(Step("fingerprint the annotated slices",
-                          ["nnUNetv2_extract_fingerprint", "-d", str(DATASET_ID), "-np", "1"],
-                          lambda: isfile(fingerprint)))
         # the pretraining's plans, so that the network fits its weights (what nnUNetv2_move_plans_between_datasets
         # does, from a plans file instead of a preprocessed dataset)
         plans = join(preprocessed, f"{PLANS}.json")
@@ -197,9 +198,9 @@ def segment_patient(patient: PatientInput, output: str, methods: Sequence[str] =
                     pretrained_weights: Optional[str] = None, tta: bool = False, order: int = 1,
                     keep_annotations: bool = True, log=print) -> dict:
     """Run (or finish) everything in ``output``; returns the summary (also ``output/summary.json``)."""
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods if m not in PATIENT_METHODS]
     if unknown or not methods:
-        raise PatientInputError(f"Unknown or no method(s) {unknown}; choose from {sorted(METHODS)}.")
+        raise PatientInputError(f"Unknown or no method(s) {unknown}; choose from {sorted(PATIENT_METHODS)}.")
     pretrained_plans = None
     if pretrained_weights:
         pretrained_weights = os.path.abspath(pretrained_weights)
@@ -302,7 +303,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--slice-range", type=int, nargs=2, metavar=("START", "STOP"), default=None,
                         help="segment and pretrain on slices START..STOP-1 only (default: all)")
     parser.add_argument("--methods", nargs="+", default=["finetune"],
-                        help=f"from {sorted(m for m in METHODS if m != 'baseline')} (default: %(default)s)")
+                        help=f"from {sorted(m for m in PATIENT_METHODS if m != 'baseline')} (default: %(default)s)")
     parser.add_argument("--baseline", action="store_true", help="also train the supervised nnU-Net for comparison")
     parser.add_argument("--size", type=int, nargs=2, default=[128, 128], metavar=("ROWS", "COLUMNS"),
                         help="in-plane size the slices are resampled to (default: 128 128, the paper's)")

@@ -15,7 +15,7 @@ from nnunetv2.utilities.file_path_utilities import convert_trainer_plans_config_
 from torch import nn
 from torch._dynamo import OptimizedModule
 
-from nnunet_ddpm.features.probe import CHOICE_FILE, file_digest
+from nnunet_ddpm.features.probe import choice_file, file_digest
 from nnunet_ddpm.networks import EnsembleLoss, PixelClassifierNetwork, build_unet_from_plans
 from nnunet_ddpm.training.ddpm_trainer_base import UsesPretrainedDenoiser
 from nnunet_ddpm.training.pretrained_checkpoint import transfer_denoiser_weights
@@ -67,7 +67,8 @@ class nnUNetTrainerDDPMPixelClassifier(UsesPretrainedDenoiser):
         self.probed_features = self._adopt_probed_features() if self.use_probed_features else None
 
     def _adopt_probed_features(self) -> Optional[dict]:
-        """The choice of ``nnUNetv2_ddpm_probe_features`` beside the dataset's pretraining, if there is one, written
+        """The choice of ``nnUNetv2_ddpm_probe_features`` beside the dataset's pretraining, if there is one (for a
+        ``_<N>labels`` variant the choice made on its N cases, else the general one), written
         into the plans: ``build_network_architecture`` reads it from there, and nnU-Net saves these plans with the
         model, so that ``nnUNetv2_predict`` builds the same network. A model folder whose plans hold another choice
         (another fold trained before a new probe) is refused: its models would no longer load."""
@@ -75,10 +76,13 @@ class nnUNetTrainerDDPMPixelClassifier(UsesPretrainedDenoiser):
             return None
         folder = join(str(nnUNet_results), self.plans_manager.dataset_name, convert_trainer_plans_config_to_identifier(
             self.pretraining_trainer_name, self.plans_manager.plans_name, self.configuration_name), "fold_all")
-        if not isfile(join(folder, CHOICE_FILE)):
+        budget = getattr(self, "num_labelled_cases", None)  # the _<N>labels variants: the choice made on their cases
+        candidates = [join(folder, choice_file(b)) for b in ((budget, None) if budget else (None,))]
+        found = [f for f in candidates if isfile(f)]
+        if not found:
             return None
-        record = load_json(join(folder, CHOICE_FILE))
-        choice = {"stages": record["stages"], "timesteps": record["timesteps"], "file": join(folder, CHOICE_FILE),
+        record = load_json(found[0])
+        choice = {"stages": record["stages"], "timesteps": record["timesteps"], "file": found[0],
                   "checkpoint_sha1": record["checkpoint_sha1"]}
         saved_plans = join(self.output_folder_base, "plans.json")
         if isfile(saved_plans):

@@ -20,9 +20,9 @@ def test_set(phantom_2d_test_set):
     return phantom_2d_test_set
 
 
-def benchmark_args(nnunet, test_set, out, *extra):
-    return ("nnUNetv2_ddpm_benchmark", "-d", DATASET_ID, "-c", "2d", "--methods", "pixel", "--budgets",
-            "1", "2", "--folds", "0", "--trainer-suffix", "_demo", "--device", "cpu", "--np", "1", "-o", out,
+def benchmark_args(nnunet, test_set, out, *extra, method="pixel", budgets=("1", "2")):
+    return ("nnUNetv2_ddpm_benchmark", "-d", DATASET_ID, "-c", "2d", "--methods", method, "--budgets",
+            *budgets, "--folds", "0", "--trainer-suffix", "_demo", "--device", "cpu", "--np", "1", "-o", out,
             "--test-images", test_set[0], "--test-labels", test_set[1], *extra)
 
 
@@ -34,7 +34,7 @@ def test_benchmark_runs_what_the_dry_run_prints_and_reports_the_evaluation(nnune
     # a shell script: per cell a training, its prediction and its evaluation, each after the one before; the report
     # after every evaluation
     comments, planned = script[0::2], script[1::2]
-    trainer = "nnUNetTrainerDDPMPixelClassifier_demo_{}labels"
+    trainer = "nnUNetTrainerDDPMPixelClassifier_defaultFeatures_demo_{}labels"
     assert comments == [f"# [1] train {trainer.format(1)} fold 0",
                         f"# [2] predict 3 test cases with {trainer.format(1)} fold 0 (after [1])",
                         "# [3] evaluate pixel 1 labels fold 0 (after [2])",
@@ -45,13 +45,13 @@ def test_benchmark_runs_what_the_dry_run_prints_and_reports_the_evaluation(nnune
     cell = ["nnUNetv2_train", "nnUNetv2_predict", "nnUNetv2_ddpm_evaluate_predictions"]
     assert [line.split()[0] for line in planned] == cell * 2 + ["nnUNetv2_ddpm_benchmark"]
     assert f"-pretrained_weights {checkpoint[1]}" in planned[0]
-    assert "nnUNetTrainerDDPMPixelClassifier_demo_2labels" in planned[4]
+    assert "nnUNetTrainerDDPMPixelClassifier_defaultFeatures_demo_2labels" in planned[4]
     assert planned[-1].endswith(" --collect")
     assert not out.exists()  # a dry run writes nothing
 
     result = nnunet.run(*benchmark_args(nnunet, test_set, out, *checkpoint))
     assert (out / "commands.txt").read_text().strip().splitlines() == planned[:-1]
-    assert "[1/6] train nnUNetTrainerDDPMPixelClassifier_demo_1labels fold 0" in result.output
+    assert "[1/6] train nnUNetTrainerDDPMPixelClassifier_defaultFeatures_demo_1labels fold 0" in result.output
 
     report = json.loads((out / "results.json").read_text())
     assert report["test_cases"] == 3 and report["regions"] == ["edema", "necrosis", "enhancing"]
@@ -89,7 +89,7 @@ def test_benchmark_runs_what_the_dry_run_prints_and_reports_the_evaluation(nnune
 
     # an interrupted training (no checkpoint_final.pth yet): the dry run resumes it with --c and redoes only what
     # depends on it; the re-run does exactly that
-    model = nnunet.trainer_folder(DATASET_NAME, "nnUNetTrainerDDPMPixelClassifier_demo_2labels", "2d", 0)
+    model = nnunet.trainer_folder(DATASET_NAME, trainer.format(2), "2d", 0)
     (model / "checkpoint_final.pth").rename(model / "checkpoint_latest.pth")
     planned = nnunet.run(*benchmark_args(nnunet, test_set, out, "--dry-run")).stdout.strip().splitlines()[1::2]
     assert len(planned) == 4 and planned[0].endswith("--c") and planned[1].startswith("nnUNetv2_predict")
@@ -117,12 +117,40 @@ def test_benchmark_runs_what_the_dry_run_prints_and_reports_the_evaluation(nnune
     assert "7 already done, 0 to run" in nnunet.run(*benchmark_args(nnunet, test_set, out)).output
 
 
+def test_probed_pixel_classifier_probes_its_budget_first(nnunet, pretrained_2d, test_set, tmp_path):
+    """Method pixel_probed: the probe on the budget's labelled cases of the first fold, then the pixel classifier that
+    reads its choice; the choice is the one the model was built with."""
+    out = tmp_path / "benchmark"
+    args = benchmark_args(nnunet, test_set, out, method="pixel_probed", budgets=("2",))
+    # no folds yet (as before a dataset's first training): the runner writes nnU-Net's own split first
+    (nnunet.preprocessed / DATASET_NAME / "splits_final.json").unlink(missing_ok=True)
+    comments = nnunet.run(*args, "--dry-run").stdout.strip().splitlines()[0::2]
+    assert comments[:3] == ["# [1] write nnU-Net's folds (splits_final.json)",
+                            "# [2] probe decoder features on 2 labelled cases of fold 0 (after [1])",
+                            "# [3] train nnUNetTrainerDDPMPixelClassifier_demo_2labels fold 0 (after [2])"]
+    choice = pretrained_2d / "pixel_features_2labels.json"
+    try:
+        nnunet.run(*args)
+        record = json.loads(choice.read_text())
+        assert record["budget"] == 2 and record["fold"] == 0 and len(record["cases"]) == 2
+        model = nnunet.trainer_folder(DATASET_NAME, "nnUNetTrainerDDPMPixelClassifier_demo_2labels", "2d", 0)
+        assert json.loads((model / "labelled_cases.json").read_text())["cases"] == record["cases"]
+        built = json.loads((model.parent / "plans.json").read_text())["configurations"]["2d"]["ddpm_pixel_features"]
+        assert (built["stages"], built["timesteps"], built["file"]) == (record["stages"], record["timesteps"],
+                                                                        str(choice))
+        # the pretraining, the folds, the probe, the training, the prediction and the evaluation
+        assert "6 already done, 0 to run" in nnunet.run(*args).output
+    finally:
+        choice.unlink(missing_ok=True)
+
+
 @pytest.mark.parametrize("extra, message", [
     (("--methods", "baseline", "diffusion"), "Unknown method(s) ['diffusion']"),
-    (("--budgets", "3"), "No trainer for ['nnUNetTrainerDDPMPixelClassifier_demo_3labels'"),
+    (("--budgets", "3"), "No trainer for ['nnUNetTrainerDDPMPixelClassifier_defaultFeatures_demo_3labels'"),
     (("--budgets", "10"), "exceed the 6 training cases of fold 0"),
     (("--test-labels", "/nonexistent"), "have no label in /nonexistent"),
     (("--methods", "pixel", "--pretrained-weights", "/nonexistent.pth"), "/nonexistent.pth does not exist"),
+    (("--methods", "pixel_probed", "--pretrained-weights", "/etc/hostname"), "this dataset's own pretraining"),
     (("-o", "/dev/null/out"), "cannot write to the output folder /dev/null/out"),  # below a file, refused for root too
 ])
 def test_bad_input_is_refused_before_training(nnunet, phantom_2d, test_set, tmp_path, extra, message):

@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from nnunet_ddpm.features.probe import CHOICE_FILE, PROBE_FOLDER, choose_features, cluster_picture, probe_features
+from nnunet_ddpm.features.probe import PROBE_FOLDER, choice_file, choose_features, cluster_picture, probe_features
 from tests.helpers import PHANTOM_2D
 
 pytestmark = pytest.mark.slow
 DATASET_ID, DATASET = PHANTOM_2D
+CHOICE = choice_file(5)  # pixel_features_5labels.json: the _5labels trainers' choice
 PROBE = ("nnUNetv2_ddpm_probe_features", "-d", DATASET_ID, "-c", "2d", "-f", 0, "--budget", 5,
          "-tr", "nnUNetTrainerDDPMPretrain_demo", "--timesteps", 50,
          250, "--max-stages", 2, "--max-timesteps", 1, "--pixels-per-case", 300, "--picture-cases", 1)
@@ -23,8 +24,8 @@ def probed(nnunet, pretrained_2d):
     the pixel classifier from the same pretraining with its built-in features."""
     nnunet.run("nnUNetv2_ddpm_make_splits", "-d", DATASET_ID, "--overwrite", training=False)
     result = nnunet.run(*PROBE, training=False)
-    yield json.loads((pretrained_2d / CHOICE_FILE).read_text()), result.output
-    (pretrained_2d / CHOICE_FILE).unlink()
+    yield json.loads((pretrained_2d / CHOICE).read_text()), result.output
+    (pretrained_2d / CHOICE).unlink()
     shutil.rmtree(pretrained_2d / PROBE_FOLDER)
 
 
@@ -32,6 +33,7 @@ def test_probe_writes_scores_pictures_and_a_choice(probed, pretrained_2d):
     record, output = probed
     assert len(record["stages"]) == 2 and len(record["timesteps"]) == 1 and record["timesteps"][0] in (50, 250)
     assert record["budget"] == 5 and len(record["cases"]) == 5
+    assert record["file"] == str(pretrained_2d / CHOICE) and not (pretrained_2d / choice_file()).exists()
     num_stages = len({key.split(",")[0] for key in record["scores"]})
     assert len(record["scores"]) == 2 * num_stages  # every stage at both timesteps
     assert all(-num_stages <= s < 0 for s in record["stages"])
@@ -81,9 +83,9 @@ def test_probe_never_reads_held_out_labels(probed, nnunet, pretrained_2d, tmp_pa
 
 def test_pixel_classifier_uses_the_choice_and_warns_for_another_pretraining(probed, nnunet, pretrained_2d):
     record, _ = probed
-    result = nnunet.train(DATASET_ID, "2d", 4, "nnUNetTrainerDDPMPixelClassifier_demo")
+    result = nnunet.train(DATASET_ID, "2d", 4, "nnUNetTrainerDDPMPixelClassifier_demo_5labels")
     assert "features of decoder stages" in result.output
-    folder = nnunet.trainer_folder(DATASET, "nnUNetTrainerDDPMPixelClassifier_demo", "2d", 4)
+    folder = nnunet.trainer_folder(DATASET, "nnUNetTrainerDDPMPixelClassifier_demo_5labels", "2d", 4)
     plans = json.loads((folder.parent / "plans.json").read_text())
     assert plans["configurations"]["2d"]["ddpm_pixel_features"]["timesteps"] == record["timesteps"]
     checkpoint = torch.load(folder / "checkpoint_final.pth", map_location="cpu", weights_only=False)
@@ -92,11 +94,11 @@ def test_pixel_classifier_uses_the_choice_and_warns_for_another_pretraining(prob
     # one timestep, two stages: the head's first layer reads fewer channels than the default 3 stages x 3 timesteps
     debug = json.loads((folder / "debug.json").read_text())
     assert str(record["stages"]) in debug["probed_features"]
-    choice = pretrained_2d / CHOICE_FILE
+    choice = pretrained_2d / CHOICE
     original = choice.read_text()
     try:
         choice.write_text(json.dumps(dict(record, checkpoint_sha1="0" * 40)))
-        warned = nnunet.train(DATASET_ID, "2d", 3, "nnUNetTrainerDDPMPixelClassifier_demo")
+        warned = nnunet.train(DATASET_ID, "2d", 3, "nnUNetTrainerDDPMPixelClassifier_demo_5labels")
         assert "was made for another pretraining checkpoint" in warned.output
     finally:
         choice.write_text(original)

@@ -100,7 +100,7 @@ def test_phantom_end_to_end_pixel_classifier(nnunet, phantom_patient, tmp_path, 
     montage = imread(output / "montage_pixel.png")
     assert montage.ndim == 3 and montage[..., :3].std() > 0.01  # slices drawn, not a blank canvas
     # fold "all" would validate on its own training slices: skipped
-    model = output / "nnUNet_results" / "Dataset800_Patient" / "nnUNetTrainerDDPMPixelClassifier_demo__nnUNetPlans__2d"
+    model = output / "nnUNet_results" / "Dataset800_Patient" / "nnUNetTrainerDDPMPixelClassifier_defaultFeatures_demo__nnUNetPlans__2d"
     assert "Final validation skipped" in next((model / "fold_all").glob("training_log_*.txt")).read_text()
     # the slice dataset: annotated slices for training, the others for pretraining, every slice to predict
     raw = output / "nnUNet_raw" / "Dataset800_Patient"
@@ -113,7 +113,7 @@ def test_phantom_end_to_end_pixel_classifier(nnunet, phantom_patient, tmp_path, 
     capsys.readouterr()
     main(list(args))
     again = capsys.readouterr().out
-    assert "5 steps, 5 already done" in again and "nnUNetv2_train" not in again
+    assert "6 steps, 6 already done" in again and "nnUNetv2_train" not in again
     assert (output / "segmentation_pixel.nii.gz").is_file()
 
 

@@ -27,8 +27,9 @@ def test_too_large_a_budget_is_refused_with_the_numbers():
 
 
 def test_every_trainer_has_every_budget():
-    for base in ("nnUNetTrainer", "nnUNetTrainerDDPMFinetune", "nnUNetTrainerDDPMFinetuneFrozenEncoder",
-                 "nnUNetTrainer_demo", "nnUNetTrainerDDPMFinetune_demo"):
+    """Every comparison method's trainer, plain and _demo, at every budget: the runner checks budgets by number."""
+    from nnunet_ddpm.comparison.methods import METHODS
+    for base in [m.trainer + suffix for m in METHODS.values() for suffix in ("", "_demo")]:
         for n in (1, 2, 5, 10, 15, 20, 30, 40, 50, 100):
             cls = LABEL_BUDGET_TRAINERS[f"{base}_{n}labels"]
             assert cls.num_labelled_cases == n and cls.__mro__[2].__name__ == base
