@@ -120,9 +120,11 @@ def collect(args) -> None:
             target.mkdir(parents=True, exist_ok=True)
             shutil.copy(prediction / "evaluation.json", target / "evaluation.json")
         report = benchmark / "results.json"
-        if report.is_file():
-            settings = {renamed.get(m, m): v for m, v in json.loads(report.read_text())["settings"].items()}
-            (EVIDENCE / pretrain / outer / "settings.json").write_text(json.dumps(settings, indent=1))
+        if report.is_file():  # merged: a later run of other methods or budgets keeps the earlier methods' settings
+            target = EVIDENCE / pretrain / outer / "settings.json"
+            settings = json.loads(target.read_text()) if target.is_file() else {}
+            settings.update({renamed.get(m, m): v for m, v in json.loads(report.read_text())["settings"].items()})
+            target.write_text(json.dumps(settings, indent=1))
     shutil.copy(work / "outer_folds.json", EVIDENCE / "outer_folds.json")
     print(f"Collected into {EVIDENCE}")
 

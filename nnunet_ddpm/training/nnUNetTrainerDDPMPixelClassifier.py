@@ -65,6 +65,9 @@ class nnUNetTrainerDDPMPixelClassifier(UsesPretrainedDenoiser):
         self.weight_decay = 0.0
         self.num_epochs = 100
         self.probed_features = self._adopt_probed_features() if self.use_probed_features else None
+        if self.probed_features:  # what the network is built with, so that debug.json and the reports say so
+            self.feature_stages = tuple(self.probed_features["stages"])
+            self.feature_timesteps = tuple(self.probed_features["timesteps"])
 
     def _adopt_probed_features(self) -> Optional[dict]:
         """The choice of ``nnUNetv2_ddpm_probe_features`` beside the dataset's pretraining, if there is one (for a

@@ -138,6 +138,10 @@ def test_probed_pixel_classifier_probes_its_budget_first(nnunet, pretrained_2d, 
         built = json.loads((model.parent / "plans.json").read_text())["configurations"]["2d"]["ddpm_pixel_features"]
         assert (built["stages"], built["timesteps"], built["file"]) == (record["stages"], record["timesteps"],
                                                                         str(choice))
+        # the report shows the choice the model was built with
+        settings = json.loads((out / "results.json").read_text())["settings"]["pixel_probed"]
+        assert settings["feature_timesteps"] == str(tuple(record["timesteps"]))
+        assert settings["feature_stages"] == str(tuple(record["stages"]))
         # the pretraining, the folds, the probe, the training, the prediction and the evaluation
         assert "6 already done, 0 to run" in nnunet.run(*args).output
     finally:
