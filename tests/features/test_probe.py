@@ -82,27 +82,28 @@ def test_probe_never_reads_held_out_labels(probed, nnunet, pretrained_2d, tmp_pa
 
 
 def test_pixel_classifier_uses_the_choice_and_warns_for_another_pretraining(probed, nnunet, pretrained_2d):
+    """The choice (here with another checkpoint's digest) builds the network through nnUNetv2_train, with a warning;
+    the comparison runner's test trains from a matching choice."""
     record, _ = probed
-    result = nnunet.train(DATASET_ID, "2d", 4, "nnUNetTrainerDDPMPixelClassifier_demo_5labels")
-    assert "features of decoder stages" in result.output
-    folder = nnunet.trainer_folder(DATASET, "nnUNetTrainerDDPMPixelClassifier_demo_5labels", "2d", 4)
-    plans = json.loads((folder.parent / "plans.json").read_text())
-    assert plans["configurations"]["2d"]["ddpm_pixel_features"]["timesteps"] == record["timesteps"]
-    checkpoint = torch.load(folder / "checkpoint_final.pth", map_location="cpu", weights_only=False)
-    first_layer = [v for k, v in checkpoint["network_weights"].items() if ".seg_layers." in k and v.ndim == 4][0]
-    assert "another pretraining" not in result.output
-    # one timestep, two stages: the head's first layer reads fewer channels than the default 3 stages x 3 timesteps
-    debug = json.loads((folder / "debug.json").read_text())
-    assert str(record["stages"]) in debug["probed_features"]
     choice = pretrained_2d / CHOICE
     original = choice.read_text()
     try:
         choice.write_text(json.dumps(dict(record, checkpoint_sha1="0" * 40)))
-        warned = nnunet.train(DATASET_ID, "2d", 3, "nnUNetTrainerDDPMPixelClassifier_demo_5labels")
-        assert "was made for another pretraining checkpoint" in warned.output
+        result = nnunet.train(DATASET_ID, "2d", 3, "nnUNetTrainerDDPMPixelClassifier_demo_5labels")
     finally:
         choice.write_text(original)
-    assert first_layer.shape[1] > 0
+    assert "was made for another pretraining checkpoint" in result.output
+    folder = nnunet.trainer_folder(DATASET, "nnUNetTrainerDDPMPixelClassifier_demo_5labels", "2d", 3)
+    plans = json.loads((folder.parent / "plans.json").read_text())["configurations"]["2d"]
+    assert (plans["ddpm_pixel_features"]["stages"], plans["ddpm_pixel_features"]["timesteps"]) == \
+        (record["stages"], record["timesteps"])
+    debug = json.loads((folder / "debug.json").read_text())
+    assert debug["feature_timesteps"] == str(tuple(record["timesteps"]))
+    # the head's first layer has one convolution per chosen stage, reading that stage's channels at one timestep
+    features_per_stage = plans["architecture"]["arch_kwargs"]["features_per_stage"]
+    weights = torch.load(folder / "checkpoint_final.pth", map_location="cpu", weights_only=False)["network_weights"]
+    first_layer = sorted((k, v.shape[1]) for k, v in weights.items() if ".first_layer." in k and k.endswith("weight"))
+    assert [c for _, c in first_layer] == [features_per_stage[-s - 1] for s in record["stages"]]
 
 
 def test_cluster_picture_grid(tmp_path):
