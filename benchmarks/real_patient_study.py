@@ -163,12 +163,12 @@ def _summary(results, method, budget, region) -> Tuple[float, float, int]:
     return float(dice), float(hd95), int(undefined)
 
 
-def _paired(results, method, budget, region, metric: int) -> dict:
-    """Paired difference to the supervised baseline over patients; for HD95 each patient's means are taken over the
-    slices where both methods have one."""
+def _paired(results, method, budget, region, metric: int, only=None) -> dict:
+    """Paired difference to the supervised baseline over patients (those in ``only`` if given); for HD95 each
+    patient's means are taken over the slices where both methods have one."""
     from nnunet_ddpm.comparison.statistics import paired_difference
     mine, base = results[method][budget][region], results["baseline"][budget][region]
-    patients = sorted(set(mine) & set(base))
+    patients = sorted(set(mine) & set(base) & (set(only) if only is not None else set(mine)))
     a, b = [], []
     for p in patients:
         common = {k for k in mine[p] if k in base[p] and not np.isnan(mine[p][k][metric])
@@ -225,12 +225,76 @@ def report(args) -> None:
                         cells.append(f"{d['mean']:+.{digits}f} [{d['low']:+.{digits}f}, {d['high']:+.{digits}f}]")
                 lines.append(f"| {title(method)} | " + " | ".join(cells) + " |")
             lines.append("")
+    lines += _by_pretraining_length()
     text = "\n".join(lines)
     page = EVIDENCE.parent / "evidence.md"
     before, rest = page.read_text().split(TABLES_START, 1)
     after = rest.split(TABLES_END, 1)[1]
     page.write_text(f"{before}{TABLES_START}\n{text}\n{TABLES_END}{after}")
     print(text)
+
+
+def _by_pretraining_length() -> list:
+    """Each DDPM method's paired Dice difference to the supervised nnU-Net at every pretraining length it was run
+    with, on the patients that every length has (the same test patients, so that only the pretraining differs), as
+    a table and ``documentation/figures/evidence_pretraining_length.png``."""
+    from nnunet_ddpm.comparison.methods import title
+    by_length = {int(p.name[len("pretrain"):]): _load_results(p.name) for p in EVIDENCE.glob("pretrain*")}
+    if len(by_length) < 2:
+        return []
+    lengths = sorted(by_length)
+    lines, curves = [], {}
+    for budget in sorted(set.intersection(*(set(r["baseline"]) for r in by_length.values()))):
+        for method in ("finetune", "finetune_fulllr", "frozen", "init", "pixel", "pixel_probed"):
+            runs = [n for n in lengths if budget in by_length[n].get(method, {})]
+            if len(runs) < 2:
+                continue
+            regions = list(by_length[runs[0]]["baseline"][budget])
+            patients = set.intersection(*(set(by_length[n][method][budget][regions[0]]) &
+                                          set(by_length[n]["baseline"][budget][regions[0]]) for n in runs))
+            if not lines:
+                lines += ["### Gain against pretraining length", "",
+                          "Paired Dice difference to the supervised nnU-Net trained beside each pretraining (same "
+                          "outer folds, same labelled slices), on the test patients that every length has, with its "
+                          "95 % bootstrap interval over patients:", "",
+                          "| method | labelled slices | pretraining iterations | patients | " +
+                          " | ".join(f"Dice {r}" for r in regions) + " |", "|---" * (4 + len(regions)) + "|"]
+            for n in runs:
+                differences = [_paired(by_length[n], method, budget, r, 0, patients) for r in regions]
+                curves.setdefault((method, budget, tuple(regions)), []).append((n, differences))
+                lines.append(f"| {title(method)} | {budget} | {n} | {len(patients)} | " + " | ".join(
+                    f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]" for d in differences) + " |")
+    if curves:
+        _plot_by_length(curves, lengths, EVIDENCE.parent / "figures" / "evidence_pretraining_length.png")
+        lines += ["", "![gain against pretraining length](figures/evidence_pretraining_length.png)", ""]
+    return lines
+
+
+def _plot_by_length(curves: dict, lengths: list, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+    from nnunet_ddpm.comparison.methods import title
+    regions = next(iter(curves))[2]
+    figure, axes = plt.subplots(1, len(regions), figsize=(4.2 * len(regions), 3.6), sharey=True)
+    for index, axis in enumerate(axes):
+        for (method, budget, _), points in curves.items():
+            d = [p[index] for _, p in points]
+            axis.errorbar([n for n, _ in points], [v["mean"] for v in d], capsize=3, marker="o",
+                          yerr=[[v["mean"] - v["low"] for v in d], [v["high"] - v["mean"] for v in d]],
+                          label=f"{title(method)}, {budget} labels")
+        axis.axhline(0, color="grey", linewidth=0.8)
+        axis.set_xscale("log")
+        axis.set_xticks(lengths, [str(n) for n in lengths])
+        axis.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        axis.set_title(regions[index])
+        axis.set_xlabel("pretraining iterations")
+    axes[0].set_ylabel("Dice minus supervised nnU-Net")
+    axes[-1].legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
 
 
 def main() -> None:
