@@ -40,7 +40,7 @@ def environment(work: Path, pretrain_iterations: int, iterations: int, iteration
                nnUNet_ddpm_demo_iterations=str(iterations_per_epoch),
                nnUNet_ddpm_demo_epochs=str(iterations // iterations_per_epoch),
                nnUNet_ddpm_demo_pretrain_epochs=str(pretrain_iterations // iterations_per_epoch),
-               nnUNet_ddpm_demo_skip_validation="1")
+               nnUNet_ddpm_demo_skip_validation="1", OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
     from nnunet_ddpm.nnunet_trainers import TRAINER_DIR
     env["nnUNet_extTrainer"] = TRAINER_DIR
     return env

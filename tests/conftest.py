@@ -1,10 +1,17 @@
 """Shared fixtures: nnU-Net folders in a temporary directory, the planned phantom, its pretraining (helpers.py holds
 the helpers these build on)."""
+import os
 from pathlib import Path
 
-import pytest
+# Two pytest workers on two cores, and every nnUNetv2_train sets torch to as many threads as there are cores: waiting
+# OpenMP threads that spin take the core from the other worker's process (two trainings side by side ran several
+# times slower each). Passive waiting hands the core over; set before torch is first imported here, and inherited by
+# every console script the tests start.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from tests.helpers import PHANTOM_2D, NNUNetFolders
+import pytest  # noqa: E402
+
+from tests.helpers import PHANTOM_2D, NNUNetFolders  # noqa: E402
 
 
 @pytest.fixture(scope="session")
