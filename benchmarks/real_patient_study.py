@@ -187,11 +187,11 @@ def report(args) -> None:
         methods = [m for m in ("baseline", "finetune", "finetune_fulllr", "finetune_warmup", "frozen", "init",
                                "pixel", "pixel_probed") if m in results]
         iterations = pretrain_folder.name[len("pretrain"):]
-        outer = sorted(p.name for p in pretrain_folder.glob("outer*"))
         for budget in sorted(results["baseline"]):
             regions = list(results["baseline"][budget])
             patients = len(results["baseline"][budget][regions[0]])
             slices = sum(len(p) for p in results["baseline"][budget][regions[0]].values())
+            outer = sorted(p.parent.parent.name for p in pretrain_folder.glob(f"outer*/baseline/{budget}labels"))
             lines += [f"### {budget} labelled slices, pretraining {iterations} iterations",
                       "", f"{patients} test patients ({slices} slices; outer folds {', '.join(outer)}); a method run on fewer "
                       "outer folds is averaged over its own patients (column 'patients'). Dice and "
@@ -225,7 +225,7 @@ def report(args) -> None:
                         cells.append(f"{d['mean']:+.{digits}f} [{d['low']:+.{digits}f}, {d['high']:+.{digits}f}]")
                 lines.append(f"| {title(method)} | " + " | ".join(cells) + " |")
             lines.append("")
-    lines += _by_pretraining_length()
+    lines += _gains()
     text = "\n".join(lines)
     page = EVIDENCE.parent / "evidence.md"
     before, rest = page.read_text().split(TABLES_START, 1)
@@ -234,62 +234,78 @@ def report(args) -> None:
     print(text)
 
 
-def _by_pretraining_length() -> list:
-    """Each DDPM method's paired Dice difference to the supervised nnU-Net at every pretraining length it was run
-    with, on the patients that every length has (the same test patients, so that only the pretraining differs), as
-    a table and ``documentation/figures/evidence_pretraining_length.png``."""
+DDPM_METHODS = ("finetune", "finetune_fulllr", "frozen", "init", "pixel", "pixel_probed")
+
+
+def _gain_series(method: str, points: list) -> Tuple[list, set, list]:
+    """The paired Dice differences of ``method`` at each point ``(x, results, budget)``, all on the patients that
+    every point has, so that only x differs: (regions, patients, [(x, [difference per region])])."""
+    regions = list(points[0][1]["baseline"][points[0][2]])
+    patients = set.intersection(*(set(r[method][b][regions[0]]) & set(r["baseline"][b][regions[0]])
+                                  for _, r, b in points))
+    return regions, patients, [(x, [_paired(r, method, b, region, 0, patients) for region in regions])
+                               for x, r, b in points]
+
+
+def _gains() -> list:
+    """Each DDPM method's paired Dice difference to the supervised nnU-Net against the labelled slices (one
+    pretraining length) and against the pretraining length (one budget), on common patients, as tables and plots."""
     from nnunet_ddpm.comparison.methods import title
     by_length = {int(p.name[len("pretrain"):]): _load_results(p.name) for p in EVIDENCE.glob("pretrain*")}
-    if len(by_length) < 2:
-        return []
-    lengths = sorted(by_length)
-    lines, curves = [], {}
-    for budget in sorted(set.intersection(*(set(r["baseline"]) for r in by_length.values()))):
-        for method in ("finetune", "finetune_fulllr", "frozen", "init", "pixel", "pixel_probed"):
-            runs = [n for n in lengths if budget in by_length[n].get(method, {})]
-            if len(runs) < 2:
-                continue
-            regions = list(by_length[runs[0]]["baseline"][budget])
-            patients = set.intersection(*(set(by_length[n][method][budget][regions[0]]) &
-                                          set(by_length[n]["baseline"][budget][regions[0]]) for n in runs))
-            if not lines:
-                lines += ["### Gain against pretraining length", "",
-                          "Paired Dice difference to the supervised nnU-Net trained beside each pretraining (same "
-                          "outer folds, same labelled slices), on the test patients that every length has, with its "
-                          "95 % bootstrap interval over patients:", "",
-                          "| method | labelled slices | pretraining iterations | patients | " +
-                          " | ".join(f"Dice {r}" for r in regions) + " |", "|---" * (4 + len(regions)) + "|"]
-            for n in runs:
-                differences = [_paired(by_length[n], method, budget, r, 0, patients) for r in regions]
-                curves.setdefault((method, budget, tuple(regions)), []).append((n, differences))
-                lines.append(f"| {title(method)} | {budget} | {n} | {len(patients)} | " + " | ".join(
+    sections = []
+    for length, results in sorted(by_length.items()):  # against labelled slices
+        for method in DDPM_METHODS:
+            budgets = sorted(b for b in results.get(method, {}) if b in results["baseline"])
+            if len(budgets) > 1:
+                sections.append(("labelled slices", f"{title(method)}, pretraining {length}",
+                                 _gain_series(method, [(b, results, b) for b in budgets])))
+    budgets = set.intersection(*(set(r["baseline"]) for r in by_length.values())) if by_length else set()
+    for budget in sorted(budgets):  # against pretraining length
+        for method in DDPM_METHODS:
+            lengths = [n for n in sorted(by_length) if budget in by_length[n].get(method, {})]
+            if len(lengths) > 1:
+                sections.append(("pretraining iterations", f"{title(method)}, {budget} labelled slices",
+                                 _gain_series(method, [(n, by_length[n], budget) for n in lengths])))
+    lines = []
+    for axis in ("labelled slices", "pretraining iterations"):
+        chosen = [(label, series) for a, label, series in sections if a == axis]
+        if not chosen:
+            continue
+        regions = chosen[0][1][0]
+        lines += [f"### Gain against {axis}", "", "Paired Dice difference to the supervised nnU-Net trained beside "
+                  "each model (same outer folds), on the test patients that every point of a row group has, with "
+                  "its 95 % bootstrap interval over patients:", "",
+                  f"| method | {axis} | patients | " + " | ".join(f"Dice {r}" for r in regions) + " |",
+                  "|---" * (3 + len(regions)) + "|"]
+        for label, (_, patients, points) in chosen:
+            for x, differences in points:
+                lines.append(f"| {label} | {x} | {len(patients)} | " + " | ".join(
                     f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]" for d in differences) + " |")
-    if curves:
-        _plot_by_length(curves, lengths, EVIDENCE.parent / "figures" / "evidence_pretraining_length.png")
-        lines += ["", "![gain against pretraining length](figures/evidence_pretraining_length.png)", ""]
+        name = f"evidence_{axis.split()[0]}_{axis.split()[1]}.png"
+        _plot_gains(chosen, axis, EVIDENCE.parent / "figures" / name)
+        lines += ["", f"![gain against {axis}](figures/{name})", ""]
     return lines
 
 
-def _plot_by_length(curves: dict, lengths: list, path: Path) -> None:
+def _plot_gains(chosen: list, axis_name: str, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import matplotlib.ticker
-    from nnunet_ddpm.comparison.methods import title
-    regions = next(iter(curves))[2]
+    regions = chosen[0][1][0]
     figure, axes = plt.subplots(1, len(regions), figsize=(4.2 * len(regions), 3.6), sharey=True)
+    ticks = sorted({x for _, (_, _, points) in chosen for x, _ in points})
     for index, axis in enumerate(axes):
-        for (method, budget, _), points in curves.items():
+        for label, (_, _, points) in chosen:
             d = [p[index] for _, p in points]
-            axis.errorbar([n for n, _ in points], [v["mean"] for v in d], capsize=3, marker="o",
-                          yerr=[[v["mean"] - v["low"] for v in d], [v["high"] - v["mean"] for v in d]],
-                          label=f"{title(method)}, {budget} labels")
+            axis.errorbar([x for x, _ in points], [v["mean"] for v in d], capsize=3, marker="o", label=label,
+                          yerr=[[v["mean"] - v["low"] for v in d], [v["high"] - v["mean"] for v in d]])
         axis.axhline(0, color="grey", linewidth=0.8)
         axis.set_xscale("log")
-        axis.set_xticks(lengths, [str(n) for n in lengths])
+        axis.set_xticks(ticks, [str(x) for x in ticks])
         axis.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         axis.set_title(regions[index])
-        axis.set_xlabel("pretraining iterations")
+        axis.set_xlabel(axis_name)
     axes[0].set_ylabel("Dice minus supervised nnU-Net")
     axes[-1].legend(fontsize=7)
     figure.tight_layout()
