@@ -20,6 +20,7 @@ its features upsampled, and only ``--pixels-per-case`` of its pixels kept.
 """
 import argparse
 import csv
+import glob
 import os
 import sys
 from typing import Dict, Optional, Sequence, Tuple
@@ -248,6 +249,8 @@ def probe_features(dataset: str, configuration: str = "2d", fold: int = 0, budge
 
     output = join(os.path.dirname(os.path.abspath(checkpoint)), PROBE_FOLDER)
     maybe_mkdir_p(output)
+    for stale in glob.glob(join(output, "clusters_*.png")):  # the folder shows one probe: pictures of earlier runs go
+        os.remove(stale)
     folder = join(preprocessed, configuration_manager.data_identifier)
     data_source = infer_dataset_class(folder)(folder, cases)
     rng = np.random.default_rng(0)
