@@ -25,6 +25,8 @@ from typing import Tuple
 
 import numpy as np
 
+from nnunet_ddpm.splits.label_budget import ALL_LABELS, budget_folder, budget_order
+
 REPO = Path(__file__).resolve().parents[1]
 EVIDENCE = REPO / "documentation" / "evidence"
 SOURCE_ID, FIRST_FOLD_ID = 600, 610
@@ -137,8 +139,9 @@ def _load_results(pretrain: str) -> dict:
     the BraTS challenge's convention, so that every patient counts for every method. HD95 stays NaN where exactly
     one of the two has the region (no distance exists)."""
     results = {}
-    for evaluation in sorted((EVIDENCE / pretrain).glob("outer*/*/*labels/evaluation.json")):
-        method, budget = evaluation.parts[-3], int(evaluation.parts[-2][:-len("labels")])
+    for evaluation in sorted((EVIDENCE / pretrain).glob("outer*/*/*/evaluation.json")):
+        method, folder = evaluation.parts[-3], evaluation.parts[-2]
+        budget = ALL_LABELS if folder == ALL_LABELS else int(folder[:-len("labels")])
         target = results.setdefault(method, {}).setdefault(budget, {})
         for row in json.loads(evaluation.read_text())["per_case"]:
             dice = 1.0 if row["dice"] is None or np.isnan(row["dice"]) else row["dice"]
@@ -187,11 +190,12 @@ def report(args) -> None:
         methods = [m for m in ("baseline", "finetune", "finetune_fulllr", "finetune_warmup", "frozen", "init",
                                "pixel", "pixel_probed") if m in results]
         iterations = pretrain_folder.name[len("pretrain"):]
-        for budget in sorted(results["baseline"]):
+        for budget in sorted(results["baseline"], key=budget_order):
             regions = list(results["baseline"][budget])
             patients = len(results["baseline"][budget][regions[0]])
             slices = sum(len(p) for p in results["baseline"][budget][regions[0]].values())
-            outer = sorted(p.parent.parent.name for p in pretrain_folder.glob(f"outer*/baseline/{budget}labels"))
+            outer = sorted(p.parent.parent.name
+                           for p in pretrain_folder.glob(f"outer*/baseline/{budget_folder(budget)}"))
             lines += [f"### {budget} labelled slices, pretraining {iterations} iterations",
                       "", f"{patients} test patients ({slices} slices; outer folds {', '.join(outer)}); a method run on fewer "
                       "outer folds is averaged over its own patients (column 'patients'). Dice and "
@@ -255,12 +259,12 @@ def _gains() -> list:
     sections = []
     for length, results in sorted(by_length.items()):  # against labelled slices
         for method in DDPM_METHODS:
-            budgets = sorted(b for b in results.get(method, {}) if b in results["baseline"])
+            budgets = sorted((b for b in results.get(method, {}) if b in results["baseline"]), key=budget_order)
             if len(budgets) > 1:
                 sections.append(("labelled slices", f"{title(method)}, pretraining {length}",
                                  _gain_series(method, [(b, results, b) for b in budgets])))
     budgets = set.intersection(*(set(r["baseline"]) for r in by_length.values())) if by_length else set()
-    for budget in sorted(budgets):  # against pretraining length
+    for budget in sorted(budgets, key=budget_order):  # against pretraining length
         for method in DDPM_METHODS:
             lengths = [n for n in sorted(by_length) if budget in by_length[n].get(method, {})]
             if len(lengths) > 1:
@@ -291,19 +295,17 @@ def _plot_gains(chosen: list, axis_name: str, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import matplotlib.ticker
     regions = chosen[0][1][0]
     figure, axes = plt.subplots(1, len(regions), figsize=(4.2 * len(regions), 3.6), sharey=True)
-    ticks = sorted({x for _, (_, _, points) in chosen for x, _ in points})
+    ticks = sorted({x for _, (_, _, points) in chosen for x, _ in points}, key=budget_order)
+    position = {x: i for i, x in enumerate(ticks)}  # evenly spaced (budgets and lengths double), 'all' last
     for index, axis in enumerate(axes):
         for label, (_, _, points) in chosen:
             d = [p[index] for _, p in points]
-            axis.errorbar([x for x, _ in points], [v["mean"] for v in d], capsize=3, marker="o", label=label,
+            axis.errorbar([position[x] for x, _ in points], [v["mean"] for v in d], capsize=3, marker="o", label=label,
                           yerr=[[v["mean"] - v["low"] for v in d], [v["high"] - v["mean"] for v in d]])
         axis.axhline(0, color="grey", linewidth=0.8)
-        axis.set_xscale("log")
-        axis.set_xticks(ticks, [str(x) for x in ticks])
-        axis.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        axis.set_xticks(range(len(ticks)), [str(x) for x in ticks])
         axis.set_title(regions[index])
         axis.set_xlabel(axis_name)
     axes[0].set_ylabel("Dice minus supervised nnU-Net")

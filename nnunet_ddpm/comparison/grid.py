@@ -2,7 +2,7 @@
 anything trains and turned into resumable steps (``nnunet_ddpm.steps``): the pretraining, then for every method,
 budget and fold a training, a prediction of the held-out test set and its evaluation."""
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Union
 
 from batchgenerators.utilities.file_and_folder_operations import isdir, isfile, join, load_json, subfiles
 from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw, nnUNet_results
@@ -10,7 +10,7 @@ from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_datas
 
 from nnunet_ddpm.comparison.evaluation import EVALUATION_FILE
 from nnunet_ddpm.comparison.methods import BASELINE, METHODS, PRETRAINER
-from nnunet_ddpm.splits.label_budget import LABEL_BUDGETS
+from nnunet_ddpm.splits.label_budget import ALL_LABELS, LABEL_BUDGETS, budget_folder
 from nnunet_ddpm.steps import Step, model_folder, training_step, up_to_date
 
 class BenchmarkError(ValueError):
@@ -24,7 +24,7 @@ class Benchmark:
     dataset: str
     configuration: str = "2d"
     methods: Sequence[str] = ("baseline", "finetune", "pixel")
-    budgets: Sequence[int] = (10, 20)
+    budgets: Sequence[Union[int, str]] = (10, 20)  # numbers of labelled cases, or ALL_LABELS
     folds: Sequence[int] = (0,)
     plans: str = "nnUNetPlans"
     trainer_suffix: str = ""  # "_demo": the short-budget variants
@@ -51,8 +51,10 @@ class Benchmark:
             str(nnUNet_results), self.dataset_name, f"nnunet_ddpm_benchmark__{self.plans}__{self.configuration}")
 
     # names and folders
-    def trainer(self, method: str, budget: int) -> str:
-        return f"{METHODS[method].trainer}{self.trainer_suffix}_{budget}labels"
+    def trainer(self, method: str, budget: Union[int, str]) -> str:
+        """``<Trainer><suffix>_<N>labels``; with every label, the method's trainer itself."""
+        budget_suffix = "" if budget == ALL_LABELS else f"_{budget}labels"
+        return f"{METHODS[method].trainer}{self.trainer_suffix}{budget_suffix}"
 
     @property
     def pretrainer(self) -> str:
@@ -62,7 +64,7 @@ class Benchmark:
         return model_folder(str(nnUNet_results), self.dataset_name, trainer, self.plans, self.configuration, fold)
 
     def prediction_folder(self, method: str, budget: int, fold: int) -> str:
-        return join(self.output_folder, "predictions", method, f"{budget}labels", f"fold_{fold}")
+        return join(self.output_folder, "predictions", method, budget_folder(budget), f"fold_{fold}")
 
     @property
     def needs_pretraining(self) -> bool:
@@ -86,7 +88,8 @@ class Benchmark:
                                  f"built-in stages and timesteps).")
         # every method's trainer has _<N>labels variants for the budgets in LABEL_BUDGETS (label_budget.py), so the
         # check needs no trainer import (which would bring torch into this process)
-        missing = [self.trainer(m, b) for m in self.methods for b in self.budgets if b not in LABEL_BUDGETS]
+        missing = [self.trainer(m, b) for m in self.methods for b in self.budgets
+                   if b not in LABEL_BUDGETS and b != ALL_LABELS]
         if missing:
             raise BenchmarkError(
                 f"No trainer for {missing}. Budgets with trainers: {', '.join(map(str, LABEL_BUDGETS))}; add "
@@ -118,7 +121,7 @@ class Benchmark:
         for fold in self.folds:
             if fold >= len(splits):
                 raise BenchmarkError(f"Fold {fold} does not exist: {len(splits)} folds in {splits_file}.")
-            too_large = [b for b in self.budgets if b > len(splits[fold]["train"])]
+            too_large = [b for b in self.budgets if b != ALL_LABELS and b > len(splits[fold]["train"])]
             if too_large:
                 raise BenchmarkError(f"Budget(s) {too_large} exceed the {len(splits[fold]['train'])} training cases "
                                      f"of fold {fold}.")
@@ -127,8 +130,8 @@ class Benchmark:
     def training_step(self, trainer: str, fold) -> Step:
         command = ["nnUNetv2_train", self.dataset_name, self.configuration, str(fold), "-tr", trainer, "-p",
                    self.plans, "-device", self.device]
-        from_pretraining = trainer != self.pretrainer and not trainer.startswith(
-            METHODS[BASELINE].trainer + self.trainer_suffix + "_")
+        baseline = METHODS[BASELINE].trainer + self.trainer_suffix
+        from_pretraining = trainer not in (self.pretrainer, baseline) and not trainer.startswith(baseline + "_")
         return training_step(f"train {trainer} fold {fold}", command, self.model_folder(trainer, fold),
                              self.pretrained_weights if from_pretraining else None)
 
@@ -161,15 +164,19 @@ class Benchmark:
     def pretraining_steps(self) -> List[Step]:
         return [self.training_step(self.pretrainer, "all")] if self.trains_pretraining else []
 
-    def probe_step(self, budget: int) -> Step:
+    def probe_step(self, budget: Union[int, str]) -> Step:
         """``nnUNetv2_ddpm_probe_features`` on the first fold's N labelled cases, writing the choice that the
         ``_<N>labels`` pixel classifiers of every fold read (nnU-Net builds one network for all folds of a model
-        folder); done when the choice is newer than the pretraining checkpoint."""
+        folder); with every label, on all of the fold's training cases, for the trainer without a budget. Done when
+        the choice is newer than the pretraining checkpoint."""
         from nnunet_ddpm.features.probe import choice_file
+        budgeted = budget != ALL_LABELS
         pretraining = self.model_folder(self.pretrainer, "all")
         command = ["nnUNetv2_ddpm_probe_features", "-d", self.dataset_name, "-c", self.configuration, "-f",
-                   str(self.folds[0]), "--budget", str(budget), "-p", self.plans, "-tr", self.pretrainer]
-        choice, checkpoint = join(pretraining, choice_file(budget)), join(pretraining, "checkpoint_final.pth")
+                   str(self.folds[0]), *(["--budget", str(budget)] if budgeted else []), "-p", self.plans, "-tr",
+                   self.pretrainer]
+        choice = join(pretraining, choice_file(budget if budgeted else None))
+        checkpoint = join(pretraining, "checkpoint_final.pth")
         return Step(f"probe decoder features on {budget} labelled cases of fold {self.folds[0]}", command,
                     lambda: up_to_date(choice, checkpoint))
 

@@ -20,6 +20,7 @@ from nnunet_ddpm.comparison.evaluation import EVALUATION_FILE
 from nnunet_ddpm.comparison.methods import BASELINE, title as method_title
 from nnunet_ddpm.comparison.grid import Benchmark, BenchmarkError
 from nnunet_ddpm.comparison.statistics import RESAMPLES, SEED, paired_difference
+from nnunet_ddpm.splits.label_budget import budget_order
 
 SETTINGS_KEYS = ("num_epochs", "num_iterations_per_epoch", "initial_lr", "finetune_timestep", "feature_timesteps",
                  "feature_stages", "ensemble_size", "diffusion")
@@ -229,15 +230,17 @@ def _plot(benchmark: Benchmark, rows: List[dict], paired: List[dict], regions: L
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     panel_rows = 2 if paired else 1
+    budgets = sorted(benchmark.budgets, key=budget_order)
+    position = {budget: i for i, budget in enumerate(budgets)}  # evenly spaced, 'all' last
     figure, axes = plt.subplots(panel_rows, len(regions), figsize=(4.2 * len(regions), 3.6 * panel_rows),
                                 squeeze=False)
     for column, region in enumerate(regions):
         axis = axes[0][column]
         for method in benchmark.methods:
             series = sorted((r for r in rows if r["method"] == method and r["region"] == region),
-                            key=lambda r: r["labelled_cases"])
+                            key=lambda r: position[r["labelled_cases"]])
             std = np.array([r["dice_std"] for r in series])
-            axis.errorbar([r["labelled_cases"] for r in series], [r["dice_mean"] for r in series],
+            axis.errorbar([position[r["labelled_cases"]] for r in series], [r["dice_mean"] for r in series],
                           yerr=None if np.isnan(std).all() else np.nan_to_num(std), marker="o", capsize=3,
                           label=method_title(method))
         axis.set(title=region, xlabel="labelled training cases", ylabel="Dice", ylim=(0, 1))
@@ -246,16 +249,18 @@ def _plot(benchmark: Benchmark, rows: List[dict], paired: List[dict], regions: L
             axis = axes[1][column]
             for method in (m for m in benchmark.methods if m != BASELINE):
                 series = sorted((r for r in paired if r["method"] == method and r["region"] == region),
-                                key=lambda r: r["labelled_cases"])
+                                key=lambda r: position[r["labelled_cases"]])
                 mean = np.array([r["dice_difference"] for r in series])
                 interval = np.nan_to_num([mean - [r["dice_low"] for r in series],
                                           [r["dice_high"] for r in series] - mean])
-                axis.errorbar([r["labelled_cases"] for r in series], mean, yerr=interval, marker="o", capsize=3,
+                axis.errorbar([position[r["labelled_cases"]] for r in series], mean, yerr=interval, marker="o", capsize=3,
                               label=method_title(method))
             axis.axhline(0, color="black", linewidth=0.8)
             axis.set(title=f"{region}: paired difference", xlabel="labelled training cases",
                      ylabel=f"Dice minus {method_title(BASELINE)}\n(95 % bootstrap interval)")
             axis.grid(alpha=0.3)
+    for axis in axes.flat:
+        axis.set_xticks(range(len(budgets)), [str(b) for b in budgets])
     axes[0][0].legend(fontsize=8)
     figure.suptitle(header, fontsize=9)
     figure.tight_layout()

@@ -16,6 +16,7 @@ from nnunet_ddpm.comparison.cluster import EXECUTORS, Resources, submit
 from nnunet_ddpm.comparison.grid import Benchmark, BenchmarkError
 from nnunet_ddpm.comparison.methods import METHODS
 from nnunet_ddpm.comparison.report import write_report
+from nnunet_ddpm.splits.label_budget import parse_budget
 from nnunet_ddpm.steps import StepFailed, run_steps
 
 
@@ -79,8 +80,9 @@ def benchmark_entry():
     parser.add_argument("-p", default="nnUNetPlans", help="plans identifier (default: %(default)s)")
     parser.add_argument("--methods", nargs="+", default=["baseline", "finetune", "pixel"],
                         help=f"from {sorted(METHODS)} (default: %(default)s)")
-    parser.add_argument("--budgets", nargs="+", type=int, default=[10, 20, 30, 40, 50],
-                        help="labelled training cases per fold (default: the paper's %(default)s)")
+    parser.add_argument("--budgets", nargs="+", type=parse_budget, default=[10, 20, 30, 40, 50],
+                        help="labelled training cases per fold, or 'all' for every training case (default: the "
+                             "paper's %(default)s)")
     parser.add_argument("--folds", nargs="+", type=int, default=[0, 1, 2, 3, 4], help="default: %(default)s")
     parser.add_argument("--trainer-suffix", default="", help="e.g. _demo for the short-budget trainers")
     parser.add_argument("--device", default="cuda", help="cuda, cpu or mps (default: %(default)s)")

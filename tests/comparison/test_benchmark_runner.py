@@ -148,6 +148,27 @@ def test_probed_pixel_classifier_probes_its_budget_first(nnunet, pretrained_2d, 
         choice.unlink(missing_ok=True)
 
 
+def test_every_label_runs_the_trainers_without_a_budget(nnunet, phantom_2d, test_set, tmp_path):
+    """``--budgets all``: the methods' own trainers (every training case of the fold), the baseline without the
+    pretraining, the results in a folder of their own."""
+    out = tmp_path / "out"
+    args = benchmark_args(nnunet, test_set, out, "--pretrained-weights", "/etc/hostname", "--dry-run",
+                          method="baseline", budgets=("2", "all"))
+    args = list(args)
+    i = args.index("--methods")
+    args[i + 1:i + 2] = ["baseline", "finetune"]
+    planned = nnunet.run(*args).stdout.strip().splitlines()[1::2]
+    trainings = [line for line in planned if line.startswith("nnUNetv2_train ")]
+    assert [line.split(" -tr ")[1].split()[0] for line in trainings] == [
+        "nnUNetTrainer_demo_2labels", "nnUNetTrainerDDPMFinetune_demo_2labels", "nnUNetTrainer_demo",
+        "nnUNetTrainerDDPMFinetune_demo"]
+    assert ["-pretrained_weights" in line for line in trainings] == [False, True, False, True]
+    predictions = [line.split(" -o ")[1].split()[0] for line in planned if line.startswith("nnUNetv2_predict ")]
+    assert predictions[2:] == [str(out / "predictions" / m / "all" / "fold_0") for m in ("baseline", "finetune")]
+    bad = nnunet.run(*benchmark_args(nnunet, test_set, out, budgets=("some",)), ok=False)
+    assert "a label budget is a number of cases or 'all', got 'some'" in bad.output
+
+
 @pytest.mark.parametrize("extra, message", [
     (("--methods", "baseline", "diffusion"), "Unknown method(s) ['diffusion']"),
     (("--budgets", "3"), "No trainer for ['nnUNetTrainerDDPMPixelClassifier_defaultFeatures_demo_3labels'"),

@@ -117,3 +117,24 @@ def test_plot_has_a_row_of_paired_differences(report):
     # one region: 4.2 x 7.2 inches at 120 dpi (two rows of panels)
     assert image.shape[:2] == (864, 504)
     assert image[..., :3].std() > 0.05  # not a blank canvas
+
+
+def test_every_label_is_a_row_of_its_own(tmp_path):
+    """``--budgets 5 all``: the 'all' row follows the numbers in the tables, the CSV and the plot."""
+    benchmark = FakeBenchmark(str(tmp_path), folds=(0,), budgets=("all", 5))
+    for method in benchmark.methods:
+        for budget, shift in ((5, 0.0), ("all", 0.2)):
+            folder = Path(benchmark.model_folder(benchmark.trainer(method, budget), 0))
+            folder.mkdir(parents=True)
+            (folder / "debug.json").write_text("{}")
+            folder = Path(benchmark.prediction_folder(method, budget, 0))
+            folder.mkdir(parents=True)
+            (folder / "evaluation.json").write_text(json.dumps({"regions": ["tumour"], "per_case": [
+                {"case": c, "region": "tumour", "dice": d + shift, "hd95": 1.0}
+                for c, d in zip(CASES, DICE[(method, 0)])]}))
+    report = write_report(benchmark, CASES)
+    assert "| all | 0.800 | **0.867** |" in report["markdown"] and "| 5 | 0.600 | **0.667** |" in report["markdown"]
+    with open(tmp_path / "results.csv") as f:
+        rows = {(r["method"], r["labelled_cases"]): float(r["dice_mean"]) for r in csv.DictReader(f)}
+    assert rows[("finetune", "all")] == pytest.approx(0.8 + 0.2 / 3) and rows[("baseline", "5")] == pytest.approx(0.6)
+    assert imread(tmp_path / "dice_vs_labels.png").shape[:2] == (864, 504)
