@@ -2,8 +2,8 @@
 
 The network is what nnU-Net's planner makes for a cubic patch (``bench_training_step.planned_configuration``). Variants:
 ``stock`` (nnU-Net's U-Net), ``members`` (the pixel classifier as it predicts: member by member, BatchNorms folded),
-``fused`` (the same weights through the fused head, ``MLPEnsembleHead._fused``, as prediction ran before the seventh
-session). Each variant runs alone in a fresh process: peak RSS (``VmHWM``) and the median time of the tiles after one
+``fused`` (the same weights through the fused head, ``MLPEnsembleHead._fused``, the formulation that member-by-member
+prediction replaced). Each variant runs alone in a fresh process: peak RSS (``VmHWM``) and the median time of the tiles after one
 warm-up tile.
 
     python benchmarks/bench_pixel_tile_3d.py --edge 96 --out documentation/benchmarks/pixel_tile_3d96_cpu.json

@@ -95,7 +95,7 @@ def test_benchmark_runs_what_the_dry_run_prints_and_reports_the_evaluation(nnune
     assert len(planned) == 4 and planned[0].endswith("--c") and planned[1].startswith("nnUNetv2_predict")
     before = (out / "commands.txt").read_text().splitlines()
     result = nnunet.run(*benchmark_args(nnunet, test_set, out))
-    assert "4 already done, 3 to run" in result.output  # the pretraining (the session's) and the first cell
+    assert "4 already done, 3 to run" in result.output  # the shared pretraining and the first cell
     assert (out / "commands.txt").read_text().splitlines() == before + planned[:-1]
 
     # what is done is read from the output folders alone: a prediction redone by hand with the dry run's script is
