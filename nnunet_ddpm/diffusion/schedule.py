@@ -5,7 +5,7 @@ fixes our defaults, validates them, and keeps them in a plain dict that is store
 No trainer imports here.
 
 References: Ho et al. 2020 (DDPM, epsilon prediction), Nichol & Dhariwal 2021 (cosine schedule, eq. 17),
-Song et al. 2021 (DDIM sampling).
+Song et al. 2021 (DDIM sampling), Hang et al. 2023 (min-SNR loss weights).
 """
 import math
 from dataclasses import asdict, dataclass, fields
@@ -63,6 +63,16 @@ def add_noise(x0: torch.Tensor, noise: torch.Tensor, alpha_bar: Union[float, tor
         alpha_bar = alpha_bar.to(x0.dtype)
         return alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * noise
     return torch.add(noise * math.sqrt(1 - alpha_bar), x0, alpha=math.sqrt(alpha_bar))
+
+
+def min_snr_weights(alpha_bar: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Loss weights min(SNR_t, gamma) / SNR_t of epsilon prediction, SNR_t = alpha_bar_t / (1 - alpha_bar_t).
+
+    Hang et al. (ICCV 2023, "Efficient Diffusion Training via Min-SNR Weighting Strategy"): the nearly clean
+    timesteps, whose noise is hard to see and whose gradients conflict with the others', weigh less; reported to reach
+    the same quality in several times fewer iterations. The weight is 1 where SNR_t <= gamma."""
+    snr = alpha_bar / (1 - alpha_bar)
+    return snr.clamp(max=gamma) / snr
 
 
 def sample_training_timesteps(batch_size: int, settings: DiffusionSettings, device: torch.device,

@@ -20,7 +20,7 @@ from nnunetv2.utilities.collate_outputs import collate_outputs
 from torch import distributed as dist, nn
 
 from nnunet_ddpm.dataset_conversion.unlabeled_images import unlabeled_preprocessed_folder
-from nnunet_ddpm.diffusion import add_noise, ddim_sample, sample_training_timesteps
+from nnunet_ddpm.diffusion import add_noise, ddim_sample, min_snr_weights, sample_training_timesteps
 from nnunet_ddpm.networks import TimeConditionedUNet, build_unet_from_plans
 from nnunet_ddpm.training.ddpm_trainer_base import nnUNetTrainerDDPMBase
 from nnunet_ddpm.training.images_only_dataset import CombinedImagesDataset, images_only
@@ -43,6 +43,7 @@ class nnUNetTrainerDDPMPretrain(nnUNetTrainerDDPMBase):
     recomputed_encoder_stages = 2
     use_unlabeled_images = True  # add <data_identifier>_unlabeled/ (nnUNetv2_ddpm_preprocess_unlabeled) to training
     num_preview_samples = 8
+    min_snr_gamma = None  # a number: the loss of timestep t weighs min(SNR_t, gamma) / SNR_t (min_snr_weights)
     preview_sampling_steps = 50
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
@@ -137,13 +138,17 @@ class nnUNetTrainerDDPMPretrain(nnUNetTrainerDDPMBase):
         return timesteps, noise
 
     def denoising_loss(self, images: torch.Tensor, generator: torch.Generator = None) -> torch.Tensor:
-        """E_{t, eps} || eps - eps_theta(sqrt(a_t) x + sqrt(1 - a_t) eps, t) ||^2 for a batch (B, C, *spatial)."""
+        """E_{t, eps} || eps - eps_theta(sqrt(a_t) x + sqrt(1 - a_t) eps, t) ||^2 for a batch (B, C, *spatial),
+        each sample's mean squared error weighted by ``min_snr_weights`` if ``min_snr_gamma`` is set."""
         timesteps, noise = self.draw_timesteps_and_noise(images, generator)
         alpha_bar = self.alphas_cumprod.to(images.device)[timesteps].view(-1, *(1,) * (images.ndim - 1))
         noisy = add_noise(images, noise, alpha_bar)
         with self.autocast():
             prediction = self.network(noisy, timesteps)
-        return F.mse_loss(prediction.float(), noise)
+        if self.min_snr_gamma is None:
+            return F.mse_loss(prediction.float(), noise)
+        per_sample = (prediction.float() - noise).pow(2).flatten(1).mean(1)
+        return (min_snr_weights(alpha_bar.flatten().float(), self.min_snr_gamma) * per_sample).mean()
 
     def train_step(self, batch: dict) -> dict:
         images = batch['data'].to(self.device, non_blocking=True)

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from nnunet_ddpm.diffusion import DiffusionSettings, add_noise, ddim_sample, sample_training_timesteps
+from nnunet_ddpm.diffusion import DiffusionSettings, add_noise, ddim_sample, min_snr_weights, sample_training_timesteps
 
 
 def test_cosine_schedule_matches_nichol_dhariwal():
@@ -74,3 +74,9 @@ def test_ddim_sampling_is_seeded_and_recovers_data_with_an_oracle(shape):
     assert torch.allclose(first, target.expand(shape), atol=1e-3)
     with pytest.raises(ValueError, match="num_inference_steps must lie in"):
         ddim_sample(oracle, shape, settings, 0)
+
+
+def test_min_snr_weights_by_hand():
+    """SNR = a / (1 - a): 0.9 -> 9 (weight 5 / 9 at gamma 5), 0.5 -> 1 and 0.1 -> 1/9 (both below gamma: weight 1)."""
+    weights = min_snr_weights(torch.tensor([0.9, 0.5, 0.1]), 5.0)
+    assert weights.tolist() == pytest.approx([5 / 9, 1.0, 1.0])

@@ -28,6 +28,7 @@ from nnunet_ddpm.training.nnUNetTrainerDDPMPretrain import nnUNetTrainerDDPMPret
 from nnunet_ddpm.training.variants.finetune_schedule import (nnUNetTrainerDDPMFinetune_encoderLR1,
                                                              nnUNetTrainerDDPMFinetune_warmup)
 from nnunet_ddpm.training.variants.pixel_features import nnUNetTrainerDDPMPixelClassifier_defaultFeatures
+from nnunet_ddpm.training.variants.pretrain_objective import nnUNetTrainerDDPMPretrain_minSNR5
 
 
 BUDGET_RECORD = 'demo_budget.json'
@@ -86,6 +87,10 @@ class DemoBudget:
 
 
 class nnUNetTrainerDDPMPretrain_demo(DemoBudget, nnUNetTrainerDDPMPretrain):
+    preview_sampling_steps = 25
+
+
+class nnUNetTrainerDDPMPretrain_minSNR5_demo(DemoBudget, nnUNetTrainerDDPMPretrain_minSNR5):
     preview_sampling_steps = 25
 
 
