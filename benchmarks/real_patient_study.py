@@ -17,6 +17,7 @@ iterations (the ``_demo`` trainers with their budget from the environment).
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -25,9 +26,11 @@ from typing import Tuple
 
 import numpy as np
 
-from nnunet_ddpm.splits.label_budget import ALL_LABELS, budget_folder, budget_order
-
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # this checkout's nnunet_ddpm, installed or not
+from nnunet_ddpm.comparison.methods import PRETRAINER  # noqa: E402
+from nnunet_ddpm.splits.label_budget import ALL_LABELS, budget_folder, budget_order  # noqa: E402
+
 EVIDENCE = REPO / "documentation" / "evidence"
 SOURCE_ID, FIRST_FOLD_ID = 600, 610
 DUPLICATE = "brats_2013_pat0006_1"
@@ -35,8 +38,23 @@ TABLES_START = "<!-- tables: python benchmarks/real_patient_study.py report -->"
 TABLES_END = "<!-- end of tables -->"  # the 2015 sample's pat0006 is BraTS 2018's Brats18_2013_20_1
 
 
-def environment(work: Path, pretrain_iterations: int, iterations: int, iterations_per_epoch: int = 50) -> dict:
-    results = work / f"results_pretrain{pretrain_iterations}"
+def pretraining_name(iterations: int, pretrainer: str = PRETRAINER) -> str:
+    """``pretrain4000``, or ``pretrain4000minsnr5`` for the variant nnUNetTrainerDDPMPretrain_minSNR5: the name of a
+    pretraining's results, benchmark and evidence folders."""
+    return f"pretrain{iterations}" + pretrainer[len(PRETRAINER):].replace("_", "").lower()
+
+
+# the pretraining objectives' folder tags (pretraining_name) and what the report calls them
+OBJECTIVES = {"": "", "minsnr5": ", min-SNR loss weights (gamma 5)"}
+
+
+def pretraining_length(name: str) -> int:
+    return int(re.match(r"pretrain(\d+)", name).group(1))
+
+
+def environment(work: Path, pretrain_iterations: int, iterations: int, iterations_per_epoch: int = 50,
+                pretrainer: str = PRETRAINER) -> dict:
+    results = work / f"results_{pretraining_name(pretrain_iterations, pretrainer)}"
     env = dict(os.environ, nnUNet_raw=str(work / "raw"), nnUNet_preprocessed=str(work / "preprocessed"),
                nnUNet_results=str(results), nnUNet_def_n_proc="1", nnUNet_n_proc_DA="2", nnUNet_compile="false",
                nnUNet_ddpm_demo_iterations=str(iterations_per_epoch),
@@ -90,12 +108,13 @@ def prepare(args) -> None:
 def run(args) -> None:
     work = Path(args.w)
     folds = json.loads((work / "outer_folds.json").read_text())["folds"]
-    env = environment(work, args.pretrain_iterations, args.iterations)
+    env = environment(work, args.pretrain_iterations, args.iterations, pretrainer=args.pretrainer)
     for k in args.outer:
         assert k < len(folds)
         sh(["nnUNetv2_ddpm_benchmark", "-d", FIRST_FOLD_ID + k, "-c", "2d", "--methods", *args.methods,
             "--budgets", *args.budgets, "--folds", "0", "--trainer-suffix", "_demo", "--device", "cpu", "--np", "1",
-            "-o", work / f"benchmark_pretrain{args.pretrain_iterations}_outer{k}"], env)
+            "--pretrainer", args.pretrainer,
+            "-o", work / f"benchmark_{pretraining_name(args.pretrain_iterations, args.pretrainer)}_outer{k}"], env)
 
 
 # Work folders run while the default fine-tune trained every weight at one learning rate name the methods as they were
@@ -185,18 +204,19 @@ def report(args) -> None:
     """Rewrite the tables between the markers of documentation/evidence.md from the committed result files alone."""
     from nnunet_ddpm.comparison.methods import title
     lines = []
-    for pretrain_folder in sorted(EVIDENCE.glob("pretrain*"), key=lambda p: int(p.name[len("pretrain"):])):
+    for pretrain_folder in sorted(EVIDENCE.glob("pretrain*"), key=lambda p: (pretraining_length(p.name), p.name)):
         results = _load_results(pretrain_folder.name)
         methods = [m for m in ("baseline", "finetune", "finetune_fulllr", "finetune_warmup", "frozen", "init",
                                "pixel", "pixel_probed") if m in results]
-        iterations = pretrain_folder.name[len("pretrain"):]
+        iterations = str(pretraining_length(pretrain_folder.name))
+        objective = OBJECTIVES[pretrain_folder.name[len(f"pretrain{iterations}"):]]
         for budget in sorted(results["baseline"], key=budget_order):
             regions = list(results["baseline"][budget])
             patients = len(results["baseline"][budget][regions[0]])
             slices = sum(len(p) for p in results["baseline"][budget][regions[0]].values())
             outer = sorted(p.parent.parent.name
                            for p in pretrain_folder.glob(f"outer*/baseline/{budget_folder(budget)}"))
-            lines += [f"### {budget} labelled slices, pretraining {iterations} iterations",
+            lines += [f"### {budget} labelled slices, pretraining {iterations} iterations{objective}",
                       "", f"{patients} test patients ({slices} slices; outer folds {', '.join(outer)}); a method run on fewer "
                       "outer folds is averaged over its own patients (column 'patients'). Dice and "
                       "HD95 (mm): the mean over patients of each patient's mean over its test slices; a slice "
@@ -255,7 +275,8 @@ def _gains() -> list:
     """Each DDPM method's paired Dice difference to the supervised nnU-Net against the labelled slices (one
     pretraining length) and against the pretraining length (one budget), on common patients, as tables and plots."""
     from nnunet_ddpm.comparison.methods import title
-    by_length = {int(p.name[len("pretrain"):]): _load_results(p.name) for p in EVIDENCE.glob("pretrain*")}
+    by_length = {pretraining_length(p.name): _load_results(p.name) for p in EVIDENCE.glob("pretrain*")
+                 if p.name == f"pretrain{pretraining_length(p.name)}"}  # the plain objective
     sections = []
     for length, results in sorted(by_length.items()):  # against labelled slices
         for method in DDPM_METHODS:
@@ -302,8 +323,8 @@ def _plot_gains(chosen: list, axis_name: str, path: Path) -> None:
     for index, axis in enumerate(axes):
         for label, (_, _, points) in chosen:
             d = [p[index] for _, p in points]
-            axis.errorbar([position[x] for x, _ in points], [v["mean"] for v in d], capsize=3, marker="o", label=label,
-                          yerr=[[v["mean"] - v["low"] for v in d], [v["high"] - v["mean"] for v in d]])
+            axis.errorbar([position[x] for x, _ in points], [v["mean"] for v in d], capsize=3, marker="o",
+                          label=label, yerr=[[v["mean"] - v["low"] for v in d], [v["high"] - v["mean"] for v in d]])
         axis.axhline(0, color="grey", linewidth=0.8)
         axis.set_xticks(range(len(ticks)), [str(x) for x in ticks])
         axis.set_title(regions[index])
@@ -332,6 +353,7 @@ def main() -> None:
     r.add_argument("--outer", nargs="+", type=int, default=[0, 1, 2])
     r.add_argument("--pretrain-iterations", type=int, default=4000)
     r.add_argument("--iterations", type=int, default=1000, help="training iterations of every method")
+    r.add_argument("--pretrainer", default=PRETRAINER, help="a variant of the pretraining (another objective)")
     c = sub.add_parser("collect")
     c.add_argument("-w", required=True)
     sub.add_parser("report", help="rewrite the tables in documentation/evidence.md from the committed result files")
@@ -340,5 +362,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(REPO))
     main()

@@ -34,6 +34,7 @@ class Benchmark:
     test_images: Optional[str] = None
     test_labels: Optional[str] = None
     pretrained_weights: Optional[str] = None  # a DDPM pretraining checkpoint to use instead of pretraining here
+    pretraining_trainer: str = PRETRAINER  # or a variant of it (another objective), trained here and handed over
     dataset_name: str = field(init=False)
 
     def __post_init__(self):
@@ -58,7 +59,15 @@ class Benchmark:
 
     @property
     def pretrainer(self) -> str:
-        return PRETRAINER + self.trainer_suffix
+        return self.pretraining_trainer + self.trainer_suffix
+
+    @property
+    def handed_weights(self) -> Optional[str]:
+        """What the DDPM trainings get as -pretrained_weights: the given checkpoint, or the pretraining variant's
+        (without one, they find nnUNetTrainerDDPMPretrain's run themselves)."""
+        if self.pretrained_weights is not None or self.pretraining_trainer == PRETRAINER:
+            return self.pretrained_weights
+        return join(self.model_folder(self.pretrainer, "all"), "checkpoint_final.pth")
 
     def model_folder(self, trainer: str, fold) -> str:
         return model_folder(str(nnUNet_results), self.dataset_name, trainer, self.plans, self.configuration, fold)
@@ -81,11 +90,14 @@ class Benchmark:
             raise BenchmarkError(f"Pretraining checkpoint {self.pretrained_weights} does not exist. Give the "
                                  f"checkpoint_final.pth of an nnUNetTrainerDDPMPretrain run, or leave out "
                                  f"--pretrained-weights to pretrain on this dataset first.")
+        if not self.pretraining_trainer.startswith(PRETRAINER):
+            raise BenchmarkError(f"--pretrainer {self.pretraining_trainer}: give {PRETRAINER} or a variant of it "
+                                 f"(e.g. {PRETRAINER}_minSNR5).")
         probed = [m for m in self.methods if METHODS[m].probes_features]
-        if probed and self.pretrained_weights is not None:
-            raise BenchmarkError(f"{probed} probe the features of this dataset's own pretraining, where the pixel "
-                                 f"classifier finds the choice; leave out --pretrained-weights, or use 'pixel' (the "
-                                 f"built-in stages and timesteps).")
+        if probed and self.handed_weights is not None:
+            raise BenchmarkError(f"{probed} probe the features of this dataset's own {PRETRAINER} run, where the pixel "
+                                 f"classifier finds the choice; leave out --pretrained-weights and --pretrainer, or "
+                                 f"use 'pixel' (the built-in stages and timesteps).")
         # every method's trainer has _<N>labels variants for the budgets in LABEL_BUDGETS (label_budget.py), so the
         # check needs no trainer import (which would bring torch into this process)
         missing = [self.trainer(m, b) for m in self.methods for b in self.budgets
@@ -133,7 +145,7 @@ class Benchmark:
         baseline = METHODS[BASELINE].trainer + self.trainer_suffix
         from_pretraining = trainer not in (self.pretrainer, baseline) and not trainer.startswith(baseline + "_")
         return training_step(f"train {trainer} fold {fold}", command, self.model_folder(trainer, fold),
-                             self.pretrained_weights if from_pretraining else None)
+                             self.handed_weights if from_pretraining else None)
 
     def prediction_step(self, method: str, budget: int, fold: int, cases: List[str]) -> Step:
         """Done when every test case's segmentation is in the folder and newer than the model: a prediction made by
@@ -213,6 +225,8 @@ class Benchmark:
             command += ["--trainer-suffix", self.trainer_suffix]
         if self.pretrained_weights is not None:
             command += ["--pretrained-weights", self.pretrained_weights]
+        if self.pretraining_trainer != PRETRAINER:
+            command += ["--pretrainer", self.pretraining_trainer]
         return command + list(extra)
 
     def missing_evaluations(self, cases: List[str]) -> List[str]:

@@ -253,8 +253,8 @@ def _plot(benchmark: Benchmark, rows: List[dict], paired: List[dict], regions: L
                 mean = np.array([r["dice_difference"] for r in series])
                 interval = np.nan_to_num([mean - [r["dice_low"] for r in series],
                                           [r["dice_high"] for r in series] - mean])
-                axis.errorbar([position[r["labelled_cases"]] for r in series], mean, yerr=interval, marker="o", capsize=3,
-                              label=method_title(method))
+                axis.errorbar([position[r["labelled_cases"]] for r in series], mean, yerr=interval, marker="o",
+                              capsize=3, label=method_title(method))
             axis.axhline(0, color="black", linewidth=0.8)
             axis.set(title=f"{region}: paired difference", xlabel="labelled training cases",
                      ylabel=f"Dice minus {method_title(BASELINE)}\n(95 % bootstrap interval)")

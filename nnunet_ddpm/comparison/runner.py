@@ -14,7 +14,7 @@ from typing import List
 from nnunet_ddpm.cli import require_writable_folder
 from nnunet_ddpm.comparison.cluster import EXECUTORS, Resources, submit
 from nnunet_ddpm.comparison.grid import Benchmark, BenchmarkError
-from nnunet_ddpm.comparison.methods import METHODS
+from nnunet_ddpm.comparison.methods import METHODS, PRETRAINER
 from nnunet_ddpm.comparison.report import write_report
 from nnunet_ddpm.splits.label_budget import parse_budget
 from nnunet_ddpm.steps import StepFailed, run_steps
@@ -94,6 +94,9 @@ def benchmark_entry():
     parser.add_argument("--pretrained-weights", default=None,
                         help="DDPM pretraining checkpoint to start the DDPM methods from (e.g. pretrained on a larger "
                              "dataset with the same channels and plans) instead of pretraining on this dataset")
+    parser.add_argument("--pretrainer", default=PRETRAINER,
+                        help="the pretraining trainer, e.g. nnUNetTrainerDDPMPretrain_minSNR5 (another objective); its "
+                             "checkpoint is handed to the DDPM methods (default: %(default)s)")
     parser.add_argument("--dry-run", action="store_true",
                         help="print the missing steps as a shell script, with their dependencies, and exit")
     parser.add_argument("--collect", action="store_true",
@@ -128,7 +131,7 @@ def benchmark_entry():
     try:
         benchmark = Benchmark(args.d, args.c, args.methods, args.budgets, args.folds, args.p, args.trainer_suffix,
                               args.device, args.np, args.o, args.test_images, args.test_labels,
-                              args.pretrained_weights)
+                              args.pretrained_weights, args.pretrainer)
         if args.dry_run:
             print("\n".join(dry_run(benchmark)))
             return

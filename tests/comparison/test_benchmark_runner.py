@@ -169,13 +169,29 @@ def test_every_label_runs_the_trainers_without_a_budget(nnunet, phantom_2d, test
     assert "a label budget is a number of cases or 'all', got 'some'" in bad.output
 
 
+def test_a_pretraining_variant_is_trained_and_handed_to_the_ddpm_methods(nnunet, phantom_2d, test_set, tmp_path):
+    args = list(benchmark_args(nnunet, test_set, tmp_path / "out", "--pretrainer",
+                               "nnUNetTrainerDDPMPretrain_minSNR5", "--dry-run", method="finetune", budgets=("2",)))
+    planned = nnunet.run(*args).stdout.strip().splitlines()[1::2]
+    checkpoint = nnunet.trainer_folder(DATASET_NAME, "nnUNetTrainerDDPMPretrain_minSNR5_demo", "2d", "all") / \
+        "checkpoint_final.pth"
+    assert planned[0].startswith(f"nnUNetv2_train {DATASET_NAME} 2d all -tr nnUNetTrainerDDPMPretrain_minSNR5_demo ")
+    assert planned[1].startswith(f"nnUNetv2_train {DATASET_NAME} 2d 0 -tr nnUNetTrainerDDPMFinetune_demo_2labels ")
+    assert planned[1].endswith(f" -pretrained_weights {checkpoint}")
+    assert planned[-1].endswith("--pretrainer nnUNetTrainerDDPMPretrain_minSNR5 --collect")
+
+
 @pytest.mark.parametrize("extra, message", [
     (("--methods", "baseline", "diffusion"), "Unknown method(s) ['diffusion']"),
     (("--budgets", "3"), "No trainer for ['nnUNetTrainerDDPMPixelClassifier_defaultFeatures_demo_3labels'"),
     (("--budgets", "10"), "exceed the 6 training cases of fold 0"),
     (("--test-labels", "/nonexistent"), "have no label in /nonexistent"),
     (("--methods", "pixel", "--pretrained-weights", "/nonexistent.pth"), "/nonexistent.pth does not exist"),
-    (("--methods", "pixel_probed", "--pretrained-weights", "/etc/hostname"), "this dataset's own pretraining"),
+    (("--methods", "pixel_probed", "--pretrained-weights", "/etc/hostname"),
+     "this dataset's own nnUNetTrainerDDPMPretrain run"),
+    (("--methods", "pixel_probed", "--pretrainer", "nnUNetTrainerDDPMPretrain_minSNR5"),
+     "leave out --pretrained-weights and --pretrainer"),
+    (("--pretrainer", "nnUNetTrainer"), "--pretrainer nnUNetTrainer: give nnUNetTrainerDDPMPretrain or a variant"),
     (("-o", "/dev/null/out"), "cannot write to the output folder /dev/null/out"),  # below a file, refused for root too
 ])
 def test_bad_input_is_refused_before_training(nnunet, phantom_2d, test_set, tmp_path, extra, message):
