@@ -45,7 +45,7 @@ def pretraining_name(iterations: int, pretrainer: str = PRETRAINER) -> str:
 
 
 # the pretraining objectives' folder tags (pretraining_name) and what the report calls them
-OBJECTIVES = {"": "", "minsnr5": ", min-SNR loss weights (gamma 5)"}
+OBJECTIVES = {"": "", "minsnr5": ", min-SNR loss weights (gamma 5)", "vprediction": ", v-prediction"}
 
 
 def pretraining_length(name: str) -> int:

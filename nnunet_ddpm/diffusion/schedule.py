@@ -5,7 +5,7 @@ fixes our defaults, validates them, and keeps them in a plain dict that is store
 No trainer imports here.
 
 References: Ho et al. 2020 (DDPM, epsilon prediction), Nichol & Dhariwal 2021 (cosine schedule, eq. 17),
-Song et al. 2021 (DDIM sampling), Hang et al. 2023 (min-SNR loss weights).
+Song et al. 2021 (DDIM sampling), Salimans & Ho 2022 (v-prediction), Hang et al. 2023 (min-SNR loss weights).
 """
 import math
 from dataclasses import asdict, dataclass, fields
@@ -16,6 +16,8 @@ from diffusers import DDIMScheduler, DDPMScheduler
 
 # diffusers' names: 'squaredcos_cap_v2' is the cosine schedule of Nichol & Dhariwal.
 SUPPORTED_BETA_SCHEDULES = ("squaredcos_cap_v2", "linear", "scaled_linear")
+# what the denoiser predicts, in diffusers' names: the noise eps, or v = sqrt(a_t) eps - sqrt(1 - a_t) x_0
+PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 
 @dataclass(frozen=True)
@@ -65,14 +67,30 @@ def add_noise(x0: torch.Tensor, noise: torch.Tensor, alpha_bar: Union[float, tor
     return torch.add(noise * math.sqrt(1 - alpha_bar), x0, alpha=math.sqrt(alpha_bar))
 
 
-def min_snr_weights(alpha_bar: torch.Tensor, gamma: float) -> torch.Tensor:
-    """Loss weights min(SNR_t, gamma) / SNR_t of epsilon prediction, SNR_t = alpha_bar_t / (1 - alpha_bar_t).
+def prediction_target(x0: torch.Tensor, noise: torch.Tensor, alpha_bar: torch.Tensor,
+                      prediction_type: str = "epsilon") -> torch.Tensor:
+    """What the denoiser learns to output for x_t = add_noise(x0, noise, alpha_bar): the noise itself (Ho et al.
+    2020), or the velocity v = sqrt(a_t) eps - sqrt(1 - a_t) x_0 (Salimans & Ho, ICLR 2022, "Progressive
+    Distillation"), whose scale does not vanish at either end of the schedule."""
+    if prediction_type == "epsilon":
+        return noise
+    if prediction_type == "v_prediction":
+        alpha_bar = alpha_bar.to(x0.dtype)
+        return alpha_bar.sqrt() * noise - (1 - alpha_bar).sqrt() * x0
+    raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
+
+
+def min_snr_weights(alpha_bar: torch.Tensor, gamma: float, prediction_type: str = "epsilon") -> torch.Tensor:
+    """Min-SNR loss weights, SNR_t = alpha_bar_t / (1 - alpha_bar_t): min(SNR_t, gamma) / SNR_t for epsilon
+    prediction, min(SNR_t, gamma) / (SNR_t + 1) for v-prediction (whose loss already carries the factor SNR_t + 1).
 
     Hang et al. (ICCV 2023, "Efficient Diffusion Training via Min-SNR Weighting Strategy"): the nearly clean
     timesteps, whose noise is hard to see and whose gradients conflict with the others', weigh less; reported to reach
-    the same quality in several times fewer iterations. The weight is 1 where SNR_t <= gamma."""
+    the same quality in several times fewer iterations. For epsilon the weight is 1 where SNR_t <= gamma."""
     snr = alpha_bar / (1 - alpha_bar)
-    return snr.clamp(max=gamma) / snr
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
+    return snr.clamp(max=gamma) / (snr if prediction_type == "epsilon" else snr + 1)
 
 
 def sample_training_timesteps(batch_size: int, settings: DiffusionSettings, device: torch.device,
@@ -85,16 +103,17 @@ def sample_training_timesteps(batch_size: int, settings: DiffusionSettings, devi
 @torch.no_grad()
 def ddim_sample(denoiser: torch.nn.Module, shape: Sequence[int], settings: DiffusionSettings,
                 num_inference_steps: int = 50, generator: Optional[torch.Generator] = None,
-                device: torch.device = torch.device('cpu')) -> torch.Tensor:
+                device: torch.device = torch.device('cpu'), prediction_type: str = "epsilon") -> torch.Tensor:
     """Generate images of ``shape`` (B, C, *spatial) with deterministic DDIM (eta = 0, Song et al. 2021).
 
-    ``denoiser(x_t, t)`` must predict the noise. Sampling is seeded by ``generator`` (a CPU generator).
+    ``denoiser(x_t, t)`` predicts what ``prediction_type`` names. Sampling is seeded by ``generator`` (a CPU
+    generator).
     """
     if num_inference_steps < 1 or num_inference_steps > settings.num_train_timesteps:
         raise ValueError(f"num_inference_steps must lie in [1, {settings.num_train_timesteps}], "
                          f"got {num_inference_steps}")
     scheduler = DDIMScheduler(num_train_timesteps=settings.num_train_timesteps, beta_schedule=settings.beta_schedule,
-                              prediction_type="epsilon", clip_sample=False, set_alpha_to_one=True)
+                              prediction_type=prediction_type, clip_sample=False, set_alpha_to_one=True)
     scheduler.set_timesteps(num_inference_steps)
     x = torch.randn(tuple(shape), generator=generator).to(device)
     for t in scheduler.timesteps:

@@ -20,7 +20,8 @@ from nnunetv2.utilities.collate_outputs import collate_outputs
 from torch import distributed as dist, nn
 
 from nnunet_ddpm.dataset_conversion.unlabeled_images import unlabeled_preprocessed_folder
-from nnunet_ddpm.diffusion import add_noise, ddim_sample, min_snr_weights, sample_training_timesteps
+from nnunet_ddpm.diffusion import (PREDICTION_TYPES, add_noise, ddim_sample, min_snr_weights, prediction_target,
+                                   sample_training_timesteps)
 from nnunet_ddpm.networks import TimeConditionedUNet, build_unet_from_plans
 from nnunet_ddpm.training.ddpm_trainer_base import nnUNetTrainerDDPMBase
 from nnunet_ddpm.training.images_only_dataset import CombinedImagesDataset, images_only
@@ -29,7 +30,8 @@ from nnunet_ddpm.training.progress import DenoisingProgressLogger, save_sample_g
 
 
 class nnUNetTrainerDDPMPretrain(nnUNetTrainerDDPMBase):
-    """Trains the time-conditioned planned U-Net to predict the noise added to an image (MSE on epsilon).
+    """Trains the time-conditioned planned U-Net to predict the noise added to an image (MSE on epsilon, or on v with
+    ``prediction_type = 'v_prediction'``).
 
     Labels are never read: the dataset is opened images-only, foreground oversampling is off, augmentation is
     spatial only. Validation reports the denoising loss; the best checkpoint has the lowest moving average of it.
@@ -44,10 +46,14 @@ class nnUNetTrainerDDPMPretrain(nnUNetTrainerDDPMBase):
     use_unlabeled_images = True  # add <data_identifier>_unlabeled/ (nnUNetv2_ddpm_preprocess_unlabeled) to training
     num_preview_samples = 8
     min_snr_gamma = None  # a number: the loss of timestep t weighs min(SNR_t, gamma) / SNR_t (min_snr_weights)
+    prediction_type = "epsilon"  # or "v_prediction" (prediction_target); recorded in the checkpoint
     preview_sampling_steps = 50
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"{type(self).__name__}.prediction_type must be one of {PREDICTION_TYPES}, "
+                             f"got {self.prediction_type!r}")
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.initial_lr = 2e-4
         self.weight_decay = 0.0
@@ -138,17 +144,20 @@ class nnUNetTrainerDDPMPretrain(nnUNetTrainerDDPMBase):
         return timesteps, noise
 
     def denoising_loss(self, images: torch.Tensor, generator: torch.Generator = None) -> torch.Tensor:
-        """E_{t, eps} || eps - eps_theta(sqrt(a_t) x + sqrt(1 - a_t) eps, t) ||^2 for a batch (B, C, *spatial),
-        each sample's mean squared error weighted by ``min_snr_weights`` if ``min_snr_gamma`` is set."""
+        """E_{t, eps} || eps - eps_theta(sqrt(a_t) x + sqrt(1 - a_t) eps, t) ||^2 for a batch (B, C, *spatial), with
+        v in place of eps for v-prediction (``prediction_target``), each sample's mean squared error weighted by
+        ``min_snr_weights`` if ``min_snr_gamma`` is set."""
         timesteps, noise = self.draw_timesteps_and_noise(images, generator)
         alpha_bar = self.alphas_cumprod.to(images.device)[timesteps].view(-1, *(1,) * (images.ndim - 1))
         noisy = add_noise(images, noise, alpha_bar)
         with self.autocast():
             prediction = self.network(noisy, timesteps)
+        target = prediction_target(images, noise, alpha_bar, self.prediction_type)
         if self.min_snr_gamma is None:
-            return F.mse_loss(prediction.float(), noise)
-        per_sample = (prediction.float() - noise).pow(2).flatten(1).mean(1)
-        return (min_snr_weights(alpha_bar.flatten().float(), self.min_snr_gamma) * per_sample).mean()
+            return F.mse_loss(prediction.float(), target)
+        per_sample = (prediction.float() - target).pow(2).flatten(1).mean(1)
+        weights = min_snr_weights(alpha_bar.flatten().float(), self.min_snr_gamma, self.prediction_type)
+        return (weights * per_sample).mean()
 
     def train_step(self, batch: dict) -> dict:
         images = batch['data'].to(self.device, non_blocking=True)
@@ -213,7 +222,8 @@ class nnUNetTrainerDDPMPretrain(nnUNetTrainerDDPMBase):
             'network_weights': self.ema_network.state_dict(),
             'training_network_weights': self.unwrapped_network().state_dict(),
             'ema_updates': self.ema_updates,
-            'ddpm': denoiser_metadata(self, self.diffusion, self.timestep_embedding_dim, self.ema_decay),
+            'ddpm': denoiser_metadata(self, self.diffusion, self.timestep_embedding_dim, self.ema_decay) |
+            {'prediction_type': self.prediction_type},
         }
 
     def load_checkpoint(self, filename: str) -> None:
@@ -238,7 +248,8 @@ class nnUNetTrainerDDPMPretrain(nnUNetTrainerDDPMBase):
         patch_size = self.configuration_manager.patch_size
         generator = torch.Generator().manual_seed(self.random_seed)
         samples = ddim_sample(self.ema_network, (self.num_preview_samples, self.num_input_channels, *patch_size),
-                              self.diffusion, self.preview_sampling_steps, generator, self.device)
+                              self.diffusion, self.preview_sampling_steps, generator, self.device,
+                              self.prediction_type)
         channel_names = [self.dataset_json['channel_names'][k] for k in sorted(self.dataset_json['channel_names'],
                                                                                 key=int)]
         path = join(self.output_folder, 'samples.png')

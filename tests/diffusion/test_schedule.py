@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from nnunet_ddpm.diffusion import DiffusionSettings, add_noise, ddim_sample, min_snr_weights, sample_training_timesteps
+from nnunet_ddpm.diffusion import (DiffusionSettings, add_noise, ddim_sample, min_snr_weights, prediction_target,
+                                   sample_training_timesteps)
 
 
 def test_cosine_schedule_matches_nichol_dhariwal():
@@ -57,19 +58,22 @@ def test_add_noise_is_the_forward_process():
     assert timesteps.shape == (1000,) and timesteps.min() >= 0 and timesteps.max() <= 999
 
 
-@pytest.mark.parametrize("shape", [(2, 3, 16, 16), (1, 2, 8, 8, 8)])
-def test_ddim_sampling_is_seeded_and_recovers_data_with_an_oracle(shape):
-    """With the exact noise predictor of a data set that is a single point x*, DDIM lands on x*."""
+@pytest.mark.parametrize("shape,prediction_type", [((2, 3, 16, 16), "epsilon"), ((1, 2, 8, 8, 8), "epsilon"),
+                                                   ((2, 3, 16, 16), "v_prediction")])
+def test_ddim_sampling_is_seeded_and_recovers_data_with_an_oracle(shape, prediction_type):
+    """With the exact noise (or v) predictor of a data set that is a single point x*, DDIM lands on x*."""
     settings = DiffusionSettings()
     alphas_cumprod = settings.training_scheduler().alphas_cumprod
     target = torch.linspace(-1, 1, int(torch.tensor(shape[1:]).prod())).reshape(shape[1:])
 
     def oracle(x, t):
         a = alphas_cumprod[t].reshape(-1, *([1] * (x.ndim - 1)))
-        return (x - a.sqrt() * target) / (1 - a).sqrt()
+        noise = (x - a.sqrt() * target) / (1 - a).sqrt()
+        return noise if prediction_type == "epsilon" else a.sqrt() * noise - (1 - a).sqrt() * target
 
-    first = ddim_sample(oracle, shape, settings, 20, torch.Generator().manual_seed(3))
-    second = ddim_sample(oracle, shape, settings, 20, torch.Generator().manual_seed(3))
+    first = ddim_sample(oracle, shape, settings, 20, torch.Generator().manual_seed(3), prediction_type=prediction_type)
+    second = ddim_sample(oracle, shape, settings, 20, torch.Generator().manual_seed(3),
+                         prediction_type=prediction_type)
     assert torch.equal(first, second)
     assert torch.allclose(first, target.expand(shape), atol=1e-3)
     with pytest.raises(ValueError, match="num_inference_steps must lie in"):
@@ -80,3 +84,20 @@ def test_min_snr_weights_by_hand():
     """SNR = a / (1 - a): 0.9 -> 9 (weight 5 / 9 at gamma 5), 0.5 -> 1 and 0.1 -> 1/9 (both below gamma: weight 1)."""
     weights = min_snr_weights(torch.tensor([0.9, 0.5, 0.1]), 5.0)
     assert weights.tolist() == pytest.approx([5 / 9, 1.0, 1.0])
+    # v-prediction: min(SNR, 5) / (SNR + 1): 5 / 10, 1 / 2, (1/9) / (10/9)
+    weights = min_snr_weights(torch.tensor([0.9, 0.5, 0.1]), 5.0, "v_prediction")
+    assert weights.tolist() == pytest.approx([0.5, 0.5, 0.1])
+    with pytest.raises(ValueError, match="prediction_type must be one of"):
+        min_snr_weights(torch.tensor([0.5]), 5.0, "sample")
+
+
+def test_v_target_by_hand():
+    """v = sqrt(a) eps - sqrt(1 - a) x0 (Salimans & Ho 2022): a = 0.36, eps = 1, x0 = 2 gives 0.6 - 0.8 * 2 = -1.0;
+    and x0 = sqrt(a) x_t - sqrt(1 - a) v recovers the image from the noisy one."""
+    x0, noise, alpha_bar = torch.tensor([2.0]), torch.tensor([1.0]), torch.tensor([0.36])
+    assert prediction_target(x0, noise, alpha_bar, "epsilon") is noise
+    v = prediction_target(x0, noise, alpha_bar, "v_prediction")
+    assert v.tolist() == pytest.approx([-1.0])
+    assert (0.6 * add_noise(x0, noise, alpha_bar) - 0.8 * v).tolist() == pytest.approx([2.0])
+    with pytest.raises(ValueError, match="prediction_type must be one of"):
+        prediction_target(x0, noise, alpha_bar, "x0")

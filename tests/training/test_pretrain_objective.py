@@ -1,4 +1,5 @@
-"""The pretraining's denoising loss, plain and with min-SNR weights, against the same loss computed by hand."""
+"""The pretraining's denoising loss, plain, with min-SNR weights and with v-prediction, against the same loss computed by
+hand; a v-prediction pretraining through nnUNetv2_train and a fine-tune from it."""
 import contextlib
 from types import SimpleNamespace
 
@@ -7,7 +8,9 @@ import torch
 
 from nnunet_ddpm.diffusion import DiffusionSettings
 from nnunet_ddpm.training.nnUNetTrainerDDPMPretrain import nnUNetTrainerDDPMPretrain
-from nnunet_ddpm.training.variants.pretrain_objective import nnUNetTrainerDDPMPretrain_minSNR5
+from nnunet_ddpm.training.variants.pretrain_objective import (nnUNetTrainerDDPMPretrain_minSNR5,
+                                                              nnUNetTrainerDDPMPretrain_vPrediction)
+from tests.helpers import PHANTOM_2D
 
 
 def _loss(trainer_class, images, timesteps, noise, prediction):
@@ -21,7 +24,8 @@ def _loss(trainer_class, images, timesteps, noise, prediction):
 
     trainer = SimpleNamespace(draw_timesteps_and_noise=lambda x, g=None: (timesteps, noise), network=network,
                               alphas_cumprod=DiffusionSettings().training_scheduler().alphas_cumprod,
-                              autocast=contextlib.nullcontext, min_snr_gamma=trainer_class.min_snr_gamma)
+                              autocast=contextlib.nullcontext, min_snr_gamma=trainer_class.min_snr_gamma,
+                              prediction_type=trainer_class.prediction_type)
     return trainer_class.denoising_loss(trainer, images), seen
 
 
@@ -42,3 +46,40 @@ def test_min_snr_weights_each_samples_error():
     weighted, _ = _loss(nnUNetTrainerDDPMPretrain_minSNR5, images, timesteps, noise, prediction)
     by_hand = (5 / snr[0] * errors[0] + 1.0 * errors[1]) / 2
     assert weighted.item() == pytest.approx(by_hand.item(), rel=1e-6)
+
+
+def test_v_prediction_learns_v_and_min_snr_weighs_it_by_snr_plus_one():
+    generator = torch.Generator().manual_seed(1)
+    images, noise, prediction = (torch.randn(2, 1, 4, 4, generator=generator) for _ in range(3))
+    timesteps = torch.tensor([5, 700])
+    alpha_bar = DiffusionSettings().training_scheduler().alphas_cumprod[timesteps].view(2, 1, 1, 1)
+    v = alpha_bar.sqrt() * noise - (1 - alpha_bar).sqrt() * images
+    errors = ((prediction - v) ** 2).mean(dim=(1, 2, 3))
+    loss, seen = _loss(nnUNetTrainerDDPMPretrain_vPrediction, images, timesteps, noise, prediction)
+    assert loss.item() == pytest.approx(errors.mean().item(), rel=1e-6)
+    assert torch.allclose(seen["input"], alpha_bar.sqrt() * images + (1 - alpha_bar).sqrt() * noise)
+
+    class VPredictionMinSNR5(nnUNetTrainerDDPMPretrain_vPrediction):
+        min_snr_gamma = 5.0
+
+    snr = (alpha_bar / (1 - alpha_bar)).flatten()
+    weighted, _ = _loss(VPredictionMinSNR5, images, timesteps, noise, prediction)
+    by_hand = (5 / (snr[0] + 1) * errors[0] + snr[1] / (snr[1] + 1) * errors[1]) / 2
+    assert weighted.item() == pytest.approx(by_hand.item(), rel=1e-6)
+
+
+@pytest.mark.slow
+def test_a_v_prediction_pretraining_records_its_target_and_a_fine_tune_starts_from_it(nnunet, phantom_2d):
+    nnunet.train(PHANTOM_2D[0], "2d", "all", "nnUNetTrainerDDPMPretrain_vPrediction_demo")
+    checkpoint_path = nnunet.trainer_folder(phantom_2d, "nnUNetTrainerDDPMPretrain_vPrediction_demo", "2d", "all") / \
+        "checkpoint_final.pth"
+    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+    assert checkpoint["ddpm"]["prediction_type"] == "v_prediction"
+    assert checkpoint["trainer_name"] == "nnUNetTrainerDDPMPretrain_vPrediction_demo"
+
+    result = nnunet.train(PHANTOM_2D[0], "2d", "all", "nnUNetTrainerDDPMFinetune_demo", "-pretrained_weights",
+                          checkpoint_path)
+    finetuned = torch.load(nnunet.trainer_folder(phantom_2d, "nnUNetTrainerDDPMFinetune_demo", "2d", "all") /
+                           "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert finetuned["ddpm_pretraining"]["checkpoint"] == str(checkpoint_path.resolve())
+    assert "Initialised from the DDPM pretraining checkpoint" in result.stdout + result.stderr

@@ -8,3 +8,11 @@ class nnUNetTrainerDDPMPretrain_minSNR5(nnUNetTrainerDDPMPretrain):
     otherwise)."""
 
     min_snr_gamma = 5.0
+
+
+class nnUNetTrainerDDPMPretrain_vPrediction(nnUNetTrainerDDPMPretrain):
+    """The denoiser predicts v = sqrt(a_t) eps - sqrt(1 - a_t) x_0 instead of the noise (Salimans & Ho, ICLR 2022):
+    near t = 0 the noise is almost invisible in x_t and near t = T the image is, so the epsilon target is
+    ill-conditioned at one end; v stays well-scaled at both. Fine-tune from it with ``-pretrained_weights``."""
+
+    prediction_type = "v_prediction"
