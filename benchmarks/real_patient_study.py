@@ -186,10 +186,15 @@ def _summary(results, method, budget, region) -> Tuple[float, float, int]:
 
 
 def _paired(results, method, budget, region, metric: int, only=None) -> dict:
-    """Paired difference to the supervised baseline over patients (those in ``only`` if given); for HD95 each
-    patient's means are taken over the slices where both methods have one."""
+    """Paired difference to the supervised baseline over patients (those in ``only`` if given)."""
+    return _paired_between(results[method][budget][region], results["baseline"][budget][region], metric, only)
+
+
+def _paired_between(mine: dict, base: dict, metric: int, only=None) -> dict:
+    """Paired difference of two models' per-patient means (``{patient: {slice: (dice, hd95)}}``) over the patients
+    both have (and in ``only`` if given); for HD95 each patient's means are taken over the slices where both have
+    one."""
     from nnunet_ddpm.comparison.statistics import paired_difference
-    mine, base = results[method][budget][region], results["baseline"][budget][region]
     patients = sorted(set(mine) & set(base) & (set(only) if only is not None else set(mine)))
     a, b = [], []
     for p in patients:
@@ -249,7 +254,7 @@ def report(args) -> None:
                         cells.append(f"{d['mean']:+.{digits}f} [{d['low']:+.{digits}f}, {d['high']:+.{digits}f}]")
                 lines.append(f"| {title(method)} | " + " | ".join(cells) + " |")
             lines.append("")
-    lines += _gains()
+    lines += _gains() + _objectives()
     text = "\n".join(lines)
     page = EVIDENCE.parent / "evidence.md"
     before, rest = page.read_text().split(TABLES_START, 1)
@@ -310,6 +315,40 @@ def _gains() -> list:
         _plot_gains(chosen, axis, EVIDENCE.parent / "figures" / name)
         lines += ["", f"![gain against {axis}](figures/{name})", ""]
     return lines
+
+
+def _objectives() -> list:
+    """Each DDPM method pretrained with another objective against the same method from the plain pretraining of the
+    same length, paired on the patients both have: the objective's effect without the baselines' training noise."""
+    from nnunet_ddpm.comparison.methods import title
+    rows = []
+    for folder in sorted(EVIDENCE.glob("pretrain*"), key=lambda p: (pretraining_length(p.name), p.name)):
+        length = pretraining_length(folder.name)
+        objective = folder.name[len(f"pretrain{length}"):]
+        plain = EVIDENCE / f"pretrain{length}"
+        if not objective or not plain.is_dir():
+            continue
+        mine, reference = _load_results(folder.name), _load_results(plain.name)
+        for method in DDPM_METHODS:
+            for budget in sorted(set(mine.get(method, {})) & set(reference.get(method, {})), key=budget_order):
+                regions = list(mine[method][budget])
+                differences = [_paired_between(mine[method][budget][r], reference[method][budget][r], 0)
+                               for r in regions]
+                rows.append((f"{title(method)}, {OBJECTIVES[objective][2:]}", length, budget, regions, differences,
+                             len(set(mine[method][budget][regions[0]]) & set(reference[method][budget][regions[0]]))))
+    if not rows:
+        return []
+    regions = rows[0][3]
+    lines = ["### Pretraining objectives against the plain loss", "",
+             "Paired Dice difference of each method pretrained with another objective minus the same method from the "
+             "plain pretraining of the same length, on the patients both have, with its 95 % bootstrap interval over "
+             "patients (no supervised baseline in between, so its training noise does not enter):", "",
+             "| method, objective | pretraining iterations | labelled slices | patients | " +
+             " | ".join(f"Dice {r}" for r in regions) + " |", "|---" * (4 + len(regions)) + "|"]
+    for label, length, budget, _, differences, patients in rows:
+        lines.append(f"| {label} | {length} | {budget} | {patients} | " + " | ".join(
+            f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]" for d in differences) + " |")
+    return lines + [""]
 
 
 def _plot_gains(chosen: list, axis_name: str, path: Path) -> None:

@@ -114,7 +114,7 @@ def test_phantom_end_to_end_pixel_classifier(nnunet, phantom_patient, tmp_path, 
     main(list(args))
     again = capsys.readouterr().out
     assert "6 steps, 6 already done" in again and "nnUNetv2_train" not in again
-    assert (output / "segmentation_pixel.nii.gz").is_file()
+    assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(output / "segmentation_pixel.nii.gz"))), seg)
 
 
 @pytest.mark.skipif(not REAL_SAMPLE.is_dir(), reason=f"real BraTS 2015 sample not found at {REAL_SAMPLE}")
