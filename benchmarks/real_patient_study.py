@@ -44,8 +44,16 @@ def pretraining_name(iterations: int, pretrainer: str = PRETRAINER) -> str:
     return f"pretrain{iterations}" + pretrainer[len(PRETRAINER):].replace("_", "").lower()
 
 
-# the pretraining objectives' folder tags (pretraining_name) and what the report calls them
-OBJECTIVES = {"": "", "minsnr5": ", min-SNR loss weights (gamma 5)", "vprediction": ", v-prediction"}
+# the pretraining variants' folder tags (pretraining_name) and what the report calls them
+OBJECTIVES = {"": "", "minsnr5": ", min-SNR loss weights (gamma 5)", "vprediction": ", v-prediction",
+              "batch16": ", batch 16"}
+PLANNED_BATCH = 4  # nnU-Net's batch for the study's 48 x 40 patches: a batch-16 step sees 4 times as many images
+
+
+def images_per_step_factor(objective: str) -> int:
+    """How many times the plain pretraining's images a variant's step sees (1 unless it changes the batch)."""
+    batch = re.fullmatch(r"batch(\d+)", objective)
+    return int(batch.group(1)) // PLANNED_BATCH if batch else 1
 
 
 def pretraining_length(name: str) -> int:
@@ -215,7 +223,7 @@ def report(args) -> None:
                                "pixel", "pixel_probed") if m in results]
         iterations = str(pretraining_length(pretrain_folder.name))
         objective = OBJECTIVES[pretrain_folder.name[len(f"pretrain{iterations}"):]]
-        for budget in sorted(results["baseline"], key=budget_order):
+        for budget in sorted(results.get("baseline", {}), key=budget_order):  # a variant run without one: below
             regions = list(results["baseline"][budget])
             patients = len(results["baseline"][budget][regions[0]])
             slices = sum(len(p) for p in results["baseline"][budget][regions[0]].values())
@@ -318,35 +326,43 @@ def _gains() -> list:
 
 
 def _objectives() -> list:
-    """Each DDPM method pretrained with another objective against the same method from the plain pretraining of the
-    same length, paired on the patients both have: the objective's effect without the baselines' training noise."""
+    """Each DDPM method pretrained with another objective or batch against the same method from the plain
+    pretraining of the same length, and, for a larger batch, of the same number of images seen, paired on the
+    patients both have."""
     from nnunet_ddpm.comparison.methods import title
     rows = []
     for folder in sorted(EVIDENCE.glob("pretrain*"), key=lambda p: (pretraining_length(p.name), p.name)):
         length = pretraining_length(folder.name)
         objective = folder.name[len(f"pretrain{length}"):]
-        plain = EVIDENCE / f"pretrain{length}"
-        if not objective or not plain.is_dir():
+        if not objective:
             continue
-        mine, reference = _load_results(folder.name), _load_results(plain.name)
-        for method in DDPM_METHODS:
-            for budget in sorted(set(mine.get(method, {})) & set(reference.get(method, {})), key=budget_order):
-                regions = list(mine[method][budget])
-                differences = [_paired_between(mine[method][budget][r], reference[method][budget][r], 0)
-                               for r in regions]
-                rows.append((f"{title(method)}, {OBJECTIVES[objective][2:]}", length, budget, regions, differences,
-                             len(set(mine[method][budget][regions[0]]) & set(reference[method][budget][regions[0]]))))
+        mine = _load_results(folder.name)
+        for reference_length in sorted({length, length * images_per_step_factor(objective)}):
+            plain = EVIDENCE / f"pretrain{reference_length}"
+            if not plain.is_dir():
+                continue
+            reference = _load_results(plain.name)
+            for method in DDPM_METHODS:
+                for budget in sorted(set(mine.get(method, {})) & set(reference.get(method, {})), key=budget_order):
+                    regions = list(mine[method][budget])
+                    differences = [_paired_between(mine[method][budget][r], reference[method][budget][r], 0)
+                                   for r in regions]
+                    patients = len(set(mine[method][budget][regions[0]]) & set(reference[method][budget][regions[0]]))
+                    rows.append((f"{title(method)}, {OBJECTIVES[objective][2:]}", length, reference_length, budget,
+                                 regions, differences, patients))
     if not rows:
         return []
-    regions = rows[0][3]
-    lines = ["### Pretraining objectives against the plain loss", "",
-             "Paired Dice difference of each method pretrained with another objective minus the same method from the "
-             "plain pretraining of the same length, on the patients both have, with its 95 % bootstrap interval over "
-             "patients (no supervised baseline in between, so its training noise does not enter):", "",
-             "| method, objective | pretraining iterations | labelled slices | patients | " +
-             " | ".join(f"Dice {r}" for r in regions) + " |", "|---" * (4 + len(regions)) + "|"]
-    for label, length, budget, _, differences, patients in rows:
-        lines.append(f"| {label} | {length} | {budget} | {patients} | " + " | ".join(
+    regions = rows[0][4]
+    lines = ["### Pretraining objectives and batch against the plain loss", "",
+             "Paired Dice difference of each method pretrained with another objective or batch minus the same method "
+             f"from the plain pretraining (batch {PLANNED_BATCH}) of the iterations in the third column, on the "
+             "patients both have, with its 95 % bootstrap interval over patients (no supervised baseline in between, "
+             "so its training noise does not enter). A batch-16 pretraining is compared at the same iterations and "
+             "at the same images seen (four times the iterations, about the same compute):", "",
+             "| method, variant | pretraining iterations | plain pretraining iterations | labelled slices | patients | " +
+             " | ".join(f"Dice {r}" for r in regions) + " |", "|---" * (5 + len(regions)) + "|"]
+    for label, length, reference_length, budget, _, differences, patients in rows:
+        lines.append(f"| {label} | {length} | {reference_length} | {budget} | {patients} | " + " | ".join(
             f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]" for d in differences) + " |")
     return lines + [""]
 

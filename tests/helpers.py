@@ -69,9 +69,13 @@ class NNUNetFolders:
         return self.run("nnUNetv2_train", dataset_id, configuration, fold, "-tr", trainer, "-device", "cpu", *extra,
                         ok=ok, extra_env=extra_env)
 
-    def patch_size(self, dataset_name: str, configuration: str) -> list:
+    def planned(self, dataset_name: str, configuration: str) -> dict:
+        """The configuration's entry of the dataset's nnUNetPlans.json."""
         plans = json.loads((self.preprocessed / dataset_name / "nnUNetPlans.json").read_text())
-        return plans["configurations"][configuration]["patch_size"]
+        return plans["configurations"][configuration]
+
+    def patch_size(self, dataset_name: str, configuration: str) -> list:
+        return self.planned(dataset_name, configuration)["patch_size"]
 
     def trainer_folder(self, dataset_name: str, trainer: str, configuration: str, fold) -> Path:
         return self.results / dataset_name / f"{trainer}__nnUNetPlans__{configuration}" / f"fold_{fold}"
@@ -145,3 +149,36 @@ def hidden_plugin_env(tmp_path, results) -> dict:
     hide.mkdir(parents=True)
     (hide / "__init__.py").write_text("raise ImportError('nnunet_ddpm is hidden in this test')\n")
     return {"PYTHONPATH": str(hide.parent), "nnUNet_extTrainer": "", "nnUNet_results": str(results)}
+
+
+def tiny_plans(dataset_name: str, batch_size: int = 4, size: int = 32, channels: int = 2) -> dict:
+    """nnU-Net plans of a tiny 2D network (3 stages of 8, 16, 32 features, size x size patches), for constructing
+    trainers in the test process without planning a dataset; with the "continue_training" entry nnU-Net's
+    run_training adds before it constructs one."""
+    architecture = {
+        "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+        "arch_kwargs": {"n_stages": 3, "features_per_stage": [8, 16, 32], "conv_op": "torch.nn.modules.conv.Conv2d",
+                        "kernel_sizes": [[3, 3]] * 3, "strides": [[1, 1], [2, 2], [2, 2]], "n_conv_per_stage": [1] * 3,
+                        "n_conv_per_stage_decoder": [1] * 2, "conv_bias": True,
+                        "norm_op": "torch.nn.modules.instancenorm.InstanceNorm2d",
+                        "norm_op_kwargs": {"eps": 1e-5, "affine": True}, "dropout_op": None,
+                        "dropout_op_kwargs": None, "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True}},
+        "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]}
+    resampling = "resample_data_or_seg_to_shape"
+    configuration = {
+        "data_identifier": "nnUNetPlans_2d", "preprocessor_name": "DefaultPreprocessor", "batch_size": batch_size,
+        "patch_size": [size, size], "median_image_size_in_voxels": [size, size], "spacing": [1.0, 1.0],
+        "normalization_schemes": ["ZScoreNormalization"] * channels, "use_mask_for_norm": [False] * channels,
+        "resampling_fn_data": resampling, "resampling_fn_seg": resampling, "resampling_fn_probabilities": resampling,
+        "resampling_fn_data_kwargs": {}, "resampling_fn_seg_kwargs": {}, "resampling_fn_probabilities_kwargs": {},
+        "batch_dice": True, "architecture": architecture}
+    return {"dataset_name": dataset_name, "plans_name": "nnUNetPlans",
+            "original_median_spacing_after_transp": [1.0] * 3, "original_median_shape_after_transp": [1, size, size],
+            "image_reader_writer": "SimpleITKIO", "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2],
+            "experiment_planner_used": "ExperimentPlanner", "label_manager": "LabelManager",
+            "foreground_intensity_properties_per_channel": {}, "configurations": {"2d": configuration},
+            "continue_training": False}
+
+
+TINY_DATASET_JSON = {"channel_names": {"0": "A", "1": "B"}, "labels": {"background": 0, "tumour": 1},
+                     "numTraining": 4, "file_ending": ".nii.gz"}

@@ -13,13 +13,15 @@ from nnunet_ddpm.training.variants.demo_budget import (nnUNetTrainerDDPMFinetune
                                                        nnUNetTrainerDDPMFinetune_warmup_demo,
                                                        nnUNetTrainerDDPMInit_demo,
                                                        nnUNetTrainerDDPMPixelClassifier_defaultFeatures_demo,
+                                                       nnUNetTrainerDDPMPretrain_batch16_demo,
                                                        nnUNetTrainerDDPMPretrain_minSNR5_demo,
                                                        nnUNetTrainerDDPMPretrain_vPrediction_demo)
 from nnunet_ddpm.training.variants.pixel_features import (  # noqa: F401
     nnUNetTrainerDDPMPixelClassifier_defaultFeatures)
 from nnunet_ddpm.training.variants.finetune_schedule import (nnUNetTrainerDDPMFinetune_encoderLR1,  # noqa: F401
                                                              nnUNetTrainerDDPMFinetune_warmup)
-from nnunet_ddpm.training.variants.pretrain_objective import (nnUNetTrainerDDPMPretrain_minSNR5,  # noqa: F401
+from nnunet_ddpm.training.variants.pretrain_objective import (nnUNetTrainerDDPMPretrain_batch16,  # noqa: F401
+                                                              nnUNetTrainerDDPMPretrain_minSNR5,
                                                               nnUNetTrainerDDPMPretrain_vPrediction)
 from nnunet_ddpm.training.variants.label_budget import LABEL_BUDGET_TRAINERS
 

@@ -17,6 +17,7 @@ from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
 from batchgeneratorsv2.transforms.utils.pseudo2d import Convert2DTo3DTransform, Convert3DTo2DTransform
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.utilities.collate_outputs import collate_outputs
+from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from torch import distributed as dist, nn
 
 from nnunet_ddpm.dataset_conversion.unlabeled_images import unlabeled_preprocessed_folder
@@ -47,6 +48,7 @@ class nnUNetTrainerDDPMPretrain(nnUNetTrainerDDPMBase):
     num_preview_samples = 8
     min_snr_gamma = None  # a number: the loss of timestep t weighs min(SNR_t, gamma) / SNR_t (min_snr_weights)
     prediction_type = "epsilon"  # or "v_prediction" (prediction_target); recorded in the checkpoint
+    pretraining_batch_size = None  # a number: images per step instead of the plans' batch size
     preview_sampling_steps = 50
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
@@ -54,7 +56,16 @@ class nnUNetTrainerDDPMPretrain(nnUNetTrainerDDPMBase):
         if self.prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"{type(self).__name__}.prediction_type must be one of {PREDICTION_TYPES}, "
                              f"got {self.prediction_type!r}")
+        if self.pretraining_batch_size is not None and \
+                (not isinstance(self.pretraining_batch_size, int) or self.pretraining_batch_size < 1):
+            raise ValueError(f"{type(self).__name__}.pretraining_batch_size must be a positive integer or None, "
+                             f"got {self.pretraining_batch_size!r}")
         super().__init__(plans, configuration, fold, dataset_json, device)
+        if self.pretraining_batch_size is not None:
+            # only this trainer's view changes: the plans (which the fine-tunes compare with the checkpoint's) keep
+            # the planned batch, and nnU-Net splits this one over DDP ranks as it would the planned one
+            self.configuration_manager = ConfigurationManager(
+                {**self.configuration_manager.configuration, 'batch_size': self.pretraining_batch_size})
         self.initial_lr = 2e-4
         self.weight_decay = 0.0
         self.enable_deep_supervision = False
@@ -223,7 +234,7 @@ class nnUNetTrainerDDPMPretrain(nnUNetTrainerDDPMBase):
             'training_network_weights': self.unwrapped_network().state_dict(),
             'ema_updates': self.ema_updates,
             'ddpm': denoiser_metadata(self, self.diffusion, self.timestep_embedding_dim, self.ema_decay) |
-            {'prediction_type': self.prediction_type},
+            {'prediction_type': self.prediction_type, 'batch_size': int(self.configuration_manager.batch_size)},
         }
 
     def load_checkpoint(self, filename: str) -> None:

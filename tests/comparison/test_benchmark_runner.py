@@ -58,6 +58,7 @@ def test_benchmark_runs_what_the_dry_run_prints_and_reports_the_evaluation(nnune
     assert report["settings"]["pixel"]["num_epochs"] == "2"
     assert report["settings"]["pixel"]["num_iterations_per_epoch"] == "3"
     assert report["settings"]["pixel"]["ensemble_size"] == "5"
+    assert report["settings"]["pixel"]["batch_size"] == str(nnunet.planned(DATASET_NAME, "2d")["batch_size"])
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 2 * 3  # budgets x regions

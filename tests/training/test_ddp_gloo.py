@@ -23,6 +23,8 @@ import numpy as np
 import pytest
 import torch
 
+from tests.helpers import TINY_DATASET_JSON, tiny_plans
+
 pytestmark = pytest.mark.slow  # end-to-end: real nnU-Net console scripts
 
 WORLD_SIZE = 2
@@ -35,36 +37,6 @@ DATASET = "Dataset990_DDPTiny"
 # equal up to float rounding (measured: weights differ by at most 3e-8 after 3 steps that move them by up to 6e-4)
 TOLERANCE = 1e-6
 
-
-def _plans() -> dict:
-    """nnU-Net plans of a tiny 2D network: 3 stages of 8, 16, 32 features, 32 x 32 patches, batch 4."""
-    architecture = {
-        "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
-        "arch_kwargs": {"n_stages": 3, "features_per_stage": [8, 16, 32], "conv_op": "torch.nn.modules.conv.Conv2d",
-                        "kernel_sizes": [[3, 3]] * 3, "strides": [[1, 1], [2, 2], [2, 2]], "n_conv_per_stage": [1] * 3,
-                        "n_conv_per_stage_decoder": [1] * 2, "conv_bias": True,
-                        "norm_op": "torch.nn.modules.instancenorm.InstanceNorm2d",
-                        "norm_op_kwargs": {"eps": 1e-5, "affine": True}, "dropout_op": None,
-                        "dropout_op_kwargs": None, "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True}},
-        "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]}
-    resampling = "resample_data_or_seg_to_shape"
-    configuration = {
-        "data_identifier": "nnUNetPlans_2d", "preprocessor_name": "DefaultPreprocessor", "batch_size": BATCH,
-        "patch_size": [SIZE, SIZE], "median_image_size_in_voxels": [SIZE, SIZE], "spacing": [1.0, 1.0],
-        "normalization_schemes": ["ZScoreNormalization"] * CHANNELS, "use_mask_for_norm": [False] * CHANNELS,
-        "resampling_fn_data": resampling, "resampling_fn_seg": resampling, "resampling_fn_probabilities": resampling,
-        "resampling_fn_data_kwargs": {}, "resampling_fn_seg_kwargs": {}, "resampling_fn_probabilities_kwargs": {},
-        "batch_dice": True, "architecture": architecture}
-    return {"dataset_name": DATASET, "plans_name": "nnUNetPlans", "original_median_spacing_after_transp": [1.0] * 3,
-            "original_median_shape_after_transp": [1, SIZE, SIZE], "image_reader_writer": "SimpleITKIO",
-            "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2],
-            "experiment_planner_used": "ExperimentPlanner", "label_manager": "LabelManager",
-            "foreground_intensity_properties_per_channel": {}, "configurations": {"2d": configuration},
-            "continue_training": False}
-
-
-DATASET_JSON = {"channel_names": {"0": "A", "1": "B"}, "labels": {"background": 0, "tumour": 1},
-                "numTraining": BATCH, "file_ending": ".nii.gz"}
 
 
 def _data() -> dict:
@@ -127,14 +99,14 @@ def _segmentation_networks_under_ddp(samples: slice) -> dict:
                                                                 nnUNetTrainerDDPMFinetuneFrozenEncoder)
     from nnunet_ddpm.training.nnUNetTrainerDDPMPixelClassifier import nnUNetTrainerDDPMPixelClassifier
 
-    plans_manager = PlansManager(_plans())
+    plans_manager = PlansManager(tiny_plans(DATASET, BATCH, SIZE, CHANNELS))
     images = _data()["images"][0, samples]
     without_gradient = {}
     for trainer_class, deep_supervision in ((nnUNetTrainerDDPMFinetune, True),
                                             (nnUNetTrainerDDPMFinetuneFrozenEncoder, True),
                                             (nnUNetTrainerDDPMPixelClassifier, False)):
         network = trainer_class.build_network_architecture(plans_manager, plans_manager.get_configuration("2d"),
-                                                           CHANNELS, len(DATASET_JSON["labels"]), deep_supervision)
+                                                           CHANNELS, len(TINY_DATASET_JSON["labels"]), deep_supervision)
         model = DistributedDataParallel(network.train())
         optimizer = torch.optim.SGD([p for p in network.parameters() if p.requires_grad], lr=1e-3)
         for _ in range(2):
@@ -173,12 +145,12 @@ def _worker(rank: int, world_size: int, port: int, folder: str) -> None:
 
     cpu = torch.device("cpu")
     if rank == 0:
-        reference = PrescribedDraws(_plans(), "2d", "all", DATASET_JSON, cpu)
+        reference = PrescribedDraws(tiny_plans(DATASET, BATCH, SIZE, CHANNELS), "2d", "all", TINY_DATASET_JSON, cpu)
         reference.initialize()
         torch.save(_train_one_epoch(reference, slice(0, BATCH)), folder / "reference.pt")
 
     # nnUNetTrainer.__init__ sets a CUDA device when a process group exists: build the trainer first, as on CPU
-    trainer = PrescribedDraws(_plans(), "2d", "all", DATASET_JSON, cpu)
+    trainer = PrescribedDraws(tiny_plans(DATASET, BATCH, SIZE, CHANNELS), "2d", "all", TINY_DATASET_JSON, cpu)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size,
                             timeout=timedelta(seconds=120))
     trainer.is_ddp, trainer.local_rank = True, rank

@@ -1,5 +1,6 @@
 """The pretraining's denoising loss, plain, with min-SNR weights and with v-prediction, against the same loss computed by
-hand; a v-prediction pretraining through nnUNetv2_train and a fine-tune from it."""
+hand; the batch-size variant's batch; refusals of bad settings; a v-prediction pretraining through nnUNetv2_train and
+a fine-tune from it."""
 import contextlib
 from types import SimpleNamespace
 
@@ -8,9 +9,10 @@ import torch
 
 from nnunet_ddpm.diffusion import DiffusionSettings
 from nnunet_ddpm.training.nnUNetTrainerDDPMPretrain import nnUNetTrainerDDPMPretrain
-from nnunet_ddpm.training.variants.pretrain_objective import (nnUNetTrainerDDPMPretrain_minSNR5,
+from nnunet_ddpm.training.variants.pretrain_objective import (nnUNetTrainerDDPMPretrain_batch16,
+                                                              nnUNetTrainerDDPMPretrain_minSNR5,
                                                               nnUNetTrainerDDPMPretrain_vPrediction)
-from tests.helpers import PHANTOM_2D
+from tests.helpers import PHANTOM_2D, TINY_DATASET_JSON, tiny_plans
 
 
 def _loss(trainer_class, images, timesteps, noise, prediction):
@@ -68,6 +70,40 @@ def test_v_prediction_learns_v_and_min_snr_weighs_it_by_snr_plus_one():
     assert weighted.item() == pytest.approx(by_hand.item(), rel=1e-6)
 
 
+def _construct(trainer_class, tmp_path, monkeypatch, batch_size: int = 4):
+    """The trainer as nnU-Net's run_training constructs it, on tiny plans with the given planned batch."""
+    for variable in ("nnUNet_results", "nnUNet_preprocessed"):  # nnU-Net reads them when it needs them
+        monkeypatch.setenv(variable, str(tmp_path))
+    plans = tiny_plans("Dataset989_Tiny", batch_size)
+    return trainer_class(plans, "2d", "all", dict(TINY_DATASET_JSON), torch.device("cpu"))
+
+
+def test_the_batch16_pretraining_takes_16_images_per_step_and_leaves_the_plans_alone(tmp_path, monkeypatch):
+    trainer = _construct(nnUNetTrainerDDPMPretrain_batch16, tmp_path, monkeypatch, batch_size=4)
+    trainer._set_batch_size_and_oversample()
+    assert trainer.batch_size == 16 and trainer.configuration_manager.batch_size == 16
+    # the plans, which the fine-tunes compare with the checkpoint, and the patch are the planned ones
+    assert trainer.plans_manager.get_configuration("2d").batch_size == 4
+    assert trainer.plans_manager.plans["configurations"]["2d"]["batch_size"] == 4
+    assert trainer.configuration_manager.patch_size == [32, 32]
+    plain = _construct(nnUNetTrainerDDPMPretrain, tmp_path, monkeypatch, batch_size=4)
+    plain._set_batch_size_and_oversample()
+    assert plain.batch_size == 4
+
+
+@pytest.mark.parametrize("setting, value, message", [
+    ("prediction_type", "sample", "prediction_type must be one of ('epsilon', 'v_prediction'), got 'sample'"),
+    ("pretraining_batch_size", 0, "pretraining_batch_size must be a positive integer or None, got 0"),
+    ("pretraining_batch_size", 2.5, "pretraining_batch_size must be a positive integer or None, got 2.5"),
+])
+def test_a_pretraining_with_a_bad_setting_is_refused_when_constructed(tmp_path, monkeypatch, setting, value,
+                                                                      message):
+    bad = type("nnUNetTrainerDDPMPretrain_bad", (nnUNetTrainerDDPMPretrain,), {setting: value})
+    with pytest.raises(ValueError) as refused:
+        _construct(bad, tmp_path, monkeypatch)
+    assert str(refused.value) == f"nnUNetTrainerDDPMPretrain_bad.{message}"
+
+
 @pytest.mark.slow
 def test_a_v_prediction_pretraining_records_its_target_and_a_fine_tune_starts_from_it(nnunet, phantom_2d):
     nnunet.train(PHANTOM_2D[0], "2d", "all", "nnUNetTrainerDDPMPretrain_vPrediction_demo")
@@ -75,6 +111,7 @@ def test_a_v_prediction_pretraining_records_its_target_and_a_fine_tune_starts_fr
         "checkpoint_final.pth"
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
     assert checkpoint["ddpm"]["prediction_type"] == "v_prediction"
+    assert checkpoint["ddpm"]["batch_size"] == nnunet.planned(phantom_2d, "2d")["batch_size"]
     assert checkpoint["trainer_name"] == "nnUNetTrainerDDPMPretrain_vPrediction_demo"
 
     result = nnunet.train(PHANTOM_2D[0], "2d", "all", "nnUNetTrainerDDPMFinetune_demo", "-pretrained_weights",

@@ -28,7 +28,8 @@ from nnunet_ddpm.training.nnUNetTrainerDDPMPretrain import nnUNetTrainerDDPMPret
 from nnunet_ddpm.training.variants.finetune_schedule import (nnUNetTrainerDDPMFinetune_encoderLR1,
                                                              nnUNetTrainerDDPMFinetune_warmup)
 from nnunet_ddpm.training.variants.pixel_features import nnUNetTrainerDDPMPixelClassifier_defaultFeatures
-from nnunet_ddpm.training.variants.pretrain_objective import (nnUNetTrainerDDPMPretrain_minSNR5,
+from nnunet_ddpm.training.variants.pretrain_objective import (nnUNetTrainerDDPMPretrain_batch16,
+                                                              nnUNetTrainerDDPMPretrain_minSNR5,
                                                               nnUNetTrainerDDPMPretrain_vPrediction)
 
 
@@ -96,6 +97,10 @@ class nnUNetTrainerDDPMPretrain_minSNR5_demo(DemoBudget, nnUNetTrainerDDPMPretra
 
 
 class nnUNetTrainerDDPMPretrain_vPrediction_demo(DemoBudget, nnUNetTrainerDDPMPretrain_vPrediction):
+    preview_sampling_steps = 25
+
+
+class nnUNetTrainerDDPMPretrain_batch16_demo(DemoBudget, nnUNetTrainerDDPMPretrain_batch16):
     preview_sampling_steps = 25
 
 

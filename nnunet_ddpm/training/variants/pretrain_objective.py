@@ -1,4 +1,4 @@
-"""Pretraining objectives: each variant changes one thing of ``nnUNetTrainerDDPMPretrain``'s denoising loss."""
+"""Pretraining variants: each changes one thing of ``nnUNetTrainerDDPMPretrain``'s denoising loss or its batch."""
 from nnunet_ddpm.training.nnUNetTrainerDDPMPretrain import nnUNetTrainerDDPMPretrain
 
 
@@ -16,3 +16,11 @@ class nnUNetTrainerDDPMPretrain_vPrediction(nnUNetTrainerDDPMPretrain):
     ill-conditioned at one end; v stays well-scaled at both. Fine-tune from it with ``-pretrained_weights``."""
 
     prediction_type = "v_prediction"
+
+
+class nnUNetTrainerDDPMPretrain_batch16(nnUNetTrainerDDPMPretrain):
+    """16 images per step instead of the plans' batch: a smaller-variance gradient of the denoising loss, whose
+    per-sample timesteps make it noisy. Each step costs about batch / planned batch as much; compare it with the plain
+    pretraining at the same number of images seen. Fine-tune from it with ``-pretrained_weights``."""
+
+    pretraining_batch_size = 16
