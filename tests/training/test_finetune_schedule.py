@@ -1,5 +1,7 @@
 """The fine-tune's optimiser: nnU-Net's SGD + poly with the pretrained encoder at a tenth of the learning rate; the
-paper's variant is nnU-Net's SGD + poly exactly; the others change one thing each."""
+paper's variant is nnU-Net's SGD + poly exactly; the others change one thing each. The timestep variants change only
+the timestep and its signal level."""
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -11,6 +13,8 @@ from nnunet_ddpm.training.nnUNetTrainerDDPMFinetune import (nnUNetTrainerDDPMFin
                                                             nnUNetTrainerDDPMFinetuneFrozenEncoder)
 from nnunet_ddpm.training.variants.finetune_schedule import (nnUNetTrainerDDPMFinetune_encoderLR1,
                                                              nnUNetTrainerDDPMFinetune_warmup)
+from nnunet_ddpm.training.variants.finetune_timestep import (nnUNetTrainerDDPMFinetune_t0,
+                                                             nnUNetTrainerDDPMFinetune_t200)
 from tests.helpers import configuration
 
 
@@ -67,3 +71,28 @@ def test_warmup_variant_rises_linearly_then_decays():
     assert rates[:3] == pytest.approx([5e-4, 1e-3, 1e-3])  # 2 warm-up epochs: 1/2, 2/2, then poly from 1
     assert rates[2:] == pytest.approx([1e-3 * (1 - s / 18) ** 0.9 for s in range(18)])
     assert warmup_poly_factor(0, 10, 0) == 1.0 and warmup_poly_factor(9, 10, 0) == pytest.approx(0.1 ** 0.9)
+
+
+@pytest.mark.parametrize("trainer_class, timestep", [(nnUNetTrainerDDPMFinetune, 50),
+                                                     (nnUNetTrainerDDPMFinetune_t0, 0),
+                                                     (nnUNetTrainerDDPMFinetune_t200, 200)])
+def test_timestep_variants_run_the_network_at_their_timestep_and_its_signal_level(trainer_class, timestep):
+    def f(t):  # Nichol & Dhariwal's cosine, T = 1000, s = 0.008
+        return math.cos((t / 1000 + 0.008) / 1.008 * math.pi / 2) ** 2
+
+    network = trainer_class.build_network_architecture(None, configuration(2), 2, 3, True)
+    assert network.timestep == timestep
+    assert network.alpha_bar == pytest.approx(f(timestep + 1) / f(0), rel=1e-4)  # diffusers' index t is step t + 1
+    images = torch.randn(2, 2, 16, 16, generator=torch.Generator().manual_seed(0))
+    seen = []
+    network.unet.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0]))
+    network.eval()
+    with torch.no_grad():
+        network(images)
+    assert torch.allclose(seen[0], math.sqrt(network.alpha_bar) * images, atol=1e-6)
+    # the timestep's noise in training: x_t - sqrt(alpha_bar) x has the standard deviation sqrt(1 - alpha_bar)
+    network.train()
+    with torch.no_grad():
+        network(images)
+    residual = seen[1] - math.sqrt(network.alpha_bar) * images
+    assert residual.std().item() == pytest.approx(math.sqrt(1 - network.alpha_bar), rel=0.05)

@@ -27,6 +27,8 @@ from nnunet_ddpm.training.nnUNetTrainerDDPMPixelClassifier import nnUNetTrainerD
 from nnunet_ddpm.training.nnUNetTrainerDDPMPretrain import nnUNetTrainerDDPMPretrain
 from nnunet_ddpm.training.variants.finetune_schedule import (nnUNetTrainerDDPMFinetune_encoderLR1,
                                                              nnUNetTrainerDDPMFinetune_warmup)
+from nnunet_ddpm.training.variants.finetune_timestep import (nnUNetTrainerDDPMFinetune_t0,
+                                                             nnUNetTrainerDDPMFinetune_t200)
 from nnunet_ddpm.training.variants.pixel_features import nnUNetTrainerDDPMPixelClassifier_defaultFeatures
 from nnunet_ddpm.training.variants.pretrain_objective import (nnUNetTrainerDDPMPretrain_batch16,
                                                               nnUNetTrainerDDPMPretrain_minSNR5,
@@ -117,6 +119,14 @@ class nnUNetTrainerDDPMFinetune_encoderLR1_demo(DemoBudget, nnUNetTrainerDDPMFin
 
 
 class nnUNetTrainerDDPMFinetune_warmup_demo(DemoBudget, nnUNetTrainerDDPMFinetune_warmup):
+    pretraining_trainer_name = "nnUNetTrainerDDPMPretrain_demo"
+
+
+class nnUNetTrainerDDPMFinetune_t0_demo(DemoBudget, nnUNetTrainerDDPMFinetune_t0):
+    pretraining_trainer_name = "nnUNetTrainerDDPMPretrain_demo"
+
+
+class nnUNetTrainerDDPMFinetune_t200_demo(DemoBudget, nnUNetTrainerDDPMFinetune_t200):
     pretraining_trainer_name = "nnUNetTrainerDDPMPretrain_demo"
 
 

@@ -18,18 +18,20 @@ from nnunet_ddpm.training.nnUNetTrainerDDPMFinetune import (nnUNetTrainerDDPMFin
                                                             nnUNetTrainerDDPMFinetuneFrozenEncoder)
 from nnunet_ddpm.training.nnUNetTrainerDDPMInit import nnUNetTrainerDDPMInit
 from nnunet_ddpm.training.nnUNetTrainerDDPMPixelClassifier import nnUNetTrainerDDPMPixelClassifier
-from nnunet_ddpm.training.variants import demo_budget, finetune_schedule, pixel_features
+from nnunet_ddpm.training.variants import demo_budget, finetune_schedule, finetune_timestep, pixel_features
 
 BUDGETED_TRAINERS = (nnUNetTrainer, nnUNetTrainerDDPMFinetune, nnUNetTrainerDDPMFinetuneFrozenEncoder,
                      nnUNetTrainerDDPMPixelClassifier, finetune_schedule.nnUNetTrainerDDPMFinetune_encoderLR1,
                      finetune_schedule.nnUNetTrainerDDPMFinetune_warmup, nnUNetTrainerDDPMInit,
+                     finetune_timestep.nnUNetTrainerDDPMFinetune_t0, finetune_timestep.nnUNetTrainerDDPMFinetune_t200,
                      pixel_features.nnUNetTrainerDDPMPixelClassifier_defaultFeatures,
                      demo_budget.nnUNetTrainerDDPMPixelClassifier_defaultFeatures_demo,
                      demo_budget.nnUNetTrainer_demo, demo_budget.nnUNetTrainerDDPMInit_demo,
                      demo_budget.nnUNetTrainerDDPMFinetune_demo, demo_budget.nnUNetTrainerDDPMFinetuneFrozenEncoder_demo,
                      demo_budget.nnUNetTrainerDDPMPixelClassifier_demo,
                      demo_budget.nnUNetTrainerDDPMFinetune_encoderLR1_demo,
-                     demo_budget.nnUNetTrainerDDPMFinetune_warmup_demo)
+                     demo_budget.nnUNetTrainerDDPMFinetune_warmup_demo,
+                     demo_budget.nnUNetTrainerDDPMFinetune_t0_demo, demo_budget.nnUNetTrainerDDPMFinetune_t200_demo)
 
 
 class LabelBudget:
