@@ -219,8 +219,9 @@ def report(args) -> None:
     lines = []
     for pretrain_folder in sorted(EVIDENCE.glob("pretrain*"), key=lambda p: (pretraining_length(p.name), p.name)):
         results = _load_results(pretrain_folder.name)
-        methods = [m for m in ("baseline", "finetune", "finetune_fulllr", "finetune_warmup", "finetune_t0",
-                               "finetune_t200", "frozen", "init", "pixel", "pixel_probed") if m in results]
+        methods = [m for m in ("baseline", "finetune", "finetune_fulllr", "finetune_warmup", "finetune_unfreeze",
+                               "finetune_t0", "finetune_t200", "frozen", "init", "pixel", "pixel_probed")
+                   if m in results]
         iterations = str(pretraining_length(pretrain_folder.name))
         objective = OBJECTIVES[pretrain_folder.name[len(f"pretrain{iterations}"):]]
         for budget in sorted(results.get("baseline", {}), key=budget_order):  # a variant run without one: below

@@ -20,6 +20,8 @@ METHODS: Dict[str, Method] = {
                            probes_features=True),
     "finetune_fulllr": Method("nnUNetTrainerDDPMFinetune_encoderLR1", "DDPM fine-tune, one lr for all (paper)"),
     "finetune_warmup": Method("nnUNetTrainerDDPMFinetune_warmup", "DDPM fine-tune, lr 1e-3 with warm-up"),
+    "finetune_unfreeze": Method("nnUNetTrainerDDPMFinetune_unfreeze",
+                                "DDPM fine-tune, encoder frozen for the first quarter"),
     "finetune_t0": Method("nnUNetTrainerDDPMFinetune_t0", "DDPM fine-tune at timestep 0"),
     "finetune_t200": Method("nnUNetTrainerDDPMFinetune_t200", "DDPM fine-tune at timestep 200"),
     "init": Method("nnUNetTrainerDDPMInit", "nnU-Net from folded DDPM weights"),

@@ -12,6 +12,7 @@ from nnunet_ddpm.training.variants.demo_budget import (nnUNetTrainer_demo,  # no
 from nnunet_ddpm.training.variants.demo_budget import (nnUNetTrainerDDPMFinetune_encoderLR1_demo,  # noqa: F401
                                                        nnUNetTrainerDDPMFinetune_t0_demo,
                                                        nnUNetTrainerDDPMFinetune_t200_demo,
+                                                       nnUNetTrainerDDPMFinetune_unfreeze_demo,
                                                        nnUNetTrainerDDPMFinetune_warmup_demo,
                                                        nnUNetTrainerDDPMInit_demo,
                                                        nnUNetTrainerDDPMPixelClassifier_defaultFeatures_demo,
@@ -21,6 +22,7 @@ from nnunet_ddpm.training.variants.demo_budget import (nnUNetTrainerDDPMFinetune
 from nnunet_ddpm.training.variants.pixel_features import (  # noqa: F401
     nnUNetTrainerDDPMPixelClassifier_defaultFeatures)
 from nnunet_ddpm.training.variants.finetune_schedule import (nnUNetTrainerDDPMFinetune_encoderLR1,  # noqa: F401
+                                                             nnUNetTrainerDDPMFinetune_unfreeze,
                                                              nnUNetTrainerDDPMFinetune_warmup)
 from nnunet_ddpm.training.variants.finetune_timestep import (nnUNetTrainerDDPMFinetune_t0,  # noqa: F401
                                                              nnUNetTrainerDDPMFinetune_t200)

@@ -3,7 +3,9 @@
 Fine-tuning pretrained weights with the from-scratch schedule (SGD at 0.01 from the first step) can wash out what the
 pretraining learned; the usual remedies are a warm-up (as nnU-Net's development branch does for pretrained
 checkpoints) and a smaller learning rate for the pretrained part (discriminative learning rates, Howard & Ruder,
-ACL 2018). A parameter group's ``lr_scale`` (default 1) multiplies its learning rate.
+ACL 2018), or training the new parts first with the pretrained part frozen, then unfreezing it (gradual unfreezing,
+the same paper). A parameter group's ``lr_scale`` (default 1) multiplies its learning rate; its ``frozen_steps``
+(default 0) hold it at 0 for that many first steps.
 """
 from torch.optim.lr_scheduler import _LRScheduler
 
@@ -31,7 +33,8 @@ class WarmupPolyLRScheduler(_LRScheduler):
             self.ctr += 1
         factor = warmup_poly_factor(current_step, self.max_steps, self.warmup_steps, self.exponent)
         for group in self.optimizer.param_groups:
-            group['lr'] = self.initial_lr * group.get('lr_scale', 1.0) * factor
+            frozen = current_step < group.get('frozen_steps', 0)
+            group['lr'] = 0.0 if frozen else self.initial_lr * group.get('lr_scale', 1.0) * factor
         self._last_lr = [group['lr'] for group in self.optimizer.param_groups]
 
     def get_last_lr(self):

@@ -32,6 +32,7 @@ class nnUNetTrainerDDPMFinetune(UsesPretrainedDenoiser):
     # and the fraction of epochs of linear warm-up before nnU-Net's poly decay (lr_schedule.py)
     encoder_lr_scale = 0.1
     warmup_fraction = 0.0
+    encoder_frozen_fraction = 0.0  # the first fraction of epochs trains decoder and head only (encoder lr 0)
 
     @classmethod
     def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels: int,
@@ -56,7 +57,8 @@ class nnUNetTrainerDDPMFinetune(UsesPretrainedDenoiser):
         encoder = {id(p) for module in (network.unet.encoder, network.time_embedding) for p in module.parameters()}
         trainable = [p for p in network.parameters() if p.requires_grad]
         groups = [{'params': [p for p in trainable if id(p) not in encoder], 'lr_scale': 1.0},
-                  {'params': [p for p in trainable if id(p) in encoder], 'lr_scale': self.encoder_lr_scale}]
+                  {'params': [p for p in trainable if id(p) in encoder], 'lr_scale': self.encoder_lr_scale,
+                   'frozen_steps': round(self.encoder_frozen_fraction * self.num_epochs)}]
         optimizer = torch.optim.SGD([g for g in groups if g['params']], self.initial_lr,
                                     weight_decay=self.weight_decay, momentum=0.99, nesterov=True)
         warmup_epochs = round(self.warmup_fraction * self.num_epochs)

@@ -12,6 +12,7 @@ from nnunet_ddpm.training.lr_schedule import warmup_poly_factor
 from nnunet_ddpm.training.nnUNetTrainerDDPMFinetune import (nnUNetTrainerDDPMFinetune,
                                                             nnUNetTrainerDDPMFinetuneFrozenEncoder)
 from nnunet_ddpm.training.variants.finetune_schedule import (nnUNetTrainerDDPMFinetune_encoderLR1,
+                                                             nnUNetTrainerDDPMFinetune_unfreeze,
                                                              nnUNetTrainerDDPMFinetune_warmup)
 from nnunet_ddpm.training.variants.finetune_timestep import (nnUNetTrainerDDPMFinetune_t0,
                                                              nnUNetTrainerDDPMFinetune_t200)
@@ -23,6 +24,7 @@ def _optimizer(trainer_class, initial_lr=1e-2, num_epochs=20):
     network = trainer_class.build_network_architecture(None, configuration(2), 2, 3, True)
     trainer = SimpleNamespace(unwrapped_network=lambda: network, initial_lr=initial_lr, weight_decay=3e-5,
                               num_epochs=num_epochs, encoder_lr_scale=trainer_class.encoder_lr_scale,
+                              encoder_frozen_fraction=trainer_class.encoder_frozen_fraction,
                               warmup_fraction=trainer_class.warmup_fraction)
     optimizer, scheduler = trainer_class.configure_optimizers(trainer)
     return network, optimizer, scheduler
@@ -71,6 +73,15 @@ def test_warmup_variant_rises_linearly_then_decays():
     assert rates[:3] == pytest.approx([5e-4, 1e-3, 1e-3])  # 2 warm-up epochs: 1/2, 2/2, then poly from 1
     assert rates[2:] == pytest.approx([1e-3 * (1 - s / 18) ** 0.9 for s in range(18)])
     assert warmup_poly_factor(0, 10, 0) == 1.0 and warmup_poly_factor(9, 10, 0) == pytest.approx(0.1 ** 0.9)
+
+
+
+def test_unfreeze_holds_the_encoder_at_zero_for_the_first_quarter_then_gives_it_the_default_tenth():
+    _, optimizer, scheduler = _optimizer(nnUNetTrainerDDPMFinetune_unfreeze, num_epochs=20)
+    rates = _learning_rates(optimizer, scheduler, 20)
+    poly = [1e-2 * (1 - e / 20) ** 0.9 for e in range(20)]
+    assert [decoder for decoder, _ in rates] == pytest.approx(poly)
+    assert [encoder for _, encoder in rates] == pytest.approx([0.0] * 5 + [p / 10 for p in poly[5:]])
 
 
 @pytest.mark.parametrize("trainer_class, timestep", [(nnUNetTrainerDDPMFinetune, 50),

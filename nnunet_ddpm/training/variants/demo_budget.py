@@ -26,6 +26,7 @@ from nnunet_ddpm.training.nnUNetTrainerDDPMInit import nnUNetTrainerDDPMInit
 from nnunet_ddpm.training.nnUNetTrainerDDPMPixelClassifier import nnUNetTrainerDDPMPixelClassifier
 from nnunet_ddpm.training.nnUNetTrainerDDPMPretrain import nnUNetTrainerDDPMPretrain
 from nnunet_ddpm.training.variants.finetune_schedule import (nnUNetTrainerDDPMFinetune_encoderLR1,
+                                                             nnUNetTrainerDDPMFinetune_unfreeze,
                                                              nnUNetTrainerDDPMFinetune_warmup)
 from nnunet_ddpm.training.variants.finetune_timestep import (nnUNetTrainerDDPMFinetune_t0,
                                                              nnUNetTrainerDDPMFinetune_t200)
@@ -119,6 +120,10 @@ class nnUNetTrainerDDPMFinetune_encoderLR1_demo(DemoBudget, nnUNetTrainerDDPMFin
 
 
 class nnUNetTrainerDDPMFinetune_warmup_demo(DemoBudget, nnUNetTrainerDDPMFinetune_warmup):
+    pretraining_trainer_name = "nnUNetTrainerDDPMPretrain_demo"
+
+
+class nnUNetTrainerDDPMFinetune_unfreeze_demo(DemoBudget, nnUNetTrainerDDPMFinetune_unfreeze):
     pretraining_trainer_name = "nnUNetTrainerDDPMPretrain_demo"
 
 

@@ -21,3 +21,11 @@ class nnUNetTrainerDDPMFinetune_warmup(nnUNetTrainerDDPMFinetune_encoderLR1):
                  device: torch.device = torch.device('cuda')):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.initial_lr = 1e-3
+
+
+class nnUNetTrainerDDPMFinetune_unfreeze(nnUNetTrainerDDPMFinetune):
+    """The default fine-tune with the pretrained encoder and time embedding frozen for the first quarter of the
+    epochs: the new head and the decoder adapt first, so their early large gradients do not reach the pretrained
+    encoder; then the encoder trains at the default's tenth of the learning rate."""
+
+    encoder_frozen_fraction = 0.25

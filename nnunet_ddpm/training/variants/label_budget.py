@@ -23,6 +23,7 @@ from nnunet_ddpm.training.variants import demo_budget, finetune_schedule, finetu
 BUDGETED_TRAINERS = (nnUNetTrainer, nnUNetTrainerDDPMFinetune, nnUNetTrainerDDPMFinetuneFrozenEncoder,
                      nnUNetTrainerDDPMPixelClassifier, finetune_schedule.nnUNetTrainerDDPMFinetune_encoderLR1,
                      finetune_schedule.nnUNetTrainerDDPMFinetune_warmup, nnUNetTrainerDDPMInit,
+                     finetune_schedule.nnUNetTrainerDDPMFinetune_unfreeze,
                      finetune_timestep.nnUNetTrainerDDPMFinetune_t0, finetune_timestep.nnUNetTrainerDDPMFinetune_t200,
                      pixel_features.nnUNetTrainerDDPMPixelClassifier_defaultFeatures,
                      demo_budget.nnUNetTrainerDDPMPixelClassifier_defaultFeatures_demo,
@@ -31,7 +32,8 @@ BUDGETED_TRAINERS = (nnUNetTrainer, nnUNetTrainerDDPMFinetune, nnUNetTrainerDDPM
                      demo_budget.nnUNetTrainerDDPMPixelClassifier_demo,
                      demo_budget.nnUNetTrainerDDPMFinetune_encoderLR1_demo,
                      demo_budget.nnUNetTrainerDDPMFinetune_warmup_demo,
-                     demo_budget.nnUNetTrainerDDPMFinetune_t0_demo, demo_budget.nnUNetTrainerDDPMFinetune_t200_demo)
+                     demo_budget.nnUNetTrainerDDPMFinetune_t0_demo, demo_budget.nnUNetTrainerDDPMFinetune_t200_demo,
+                     demo_budget.nnUNetTrainerDDPMFinetune_unfreeze_demo)
 
 
 class LabelBudget:
