@@ -38,15 +38,16 @@ TABLES_START = "<!-- tables: python benchmarks/real_patient_study.py report -->"
 TABLES_END = "<!-- end of tables -->"  # the 2015 sample's pat0006 is BraTS 2018's Brats18_2013_20_1
 
 
-def pretraining_name(iterations: int, pretrainer: str = PRETRAINER) -> str:
-    """``pretrain4000``, or ``pretrain4000minsnr5`` for the variant nnUNetTrainerDDPMPretrain_minSNR5: the name of a
-    pretraining's results, benchmark and evidence folders."""
-    return f"pretrain{iterations}" + pretrainer[len(PRETRAINER):].replace("_", "").lower()
+def pretraining_name(iterations: int, pretrainer: str = PRETRAINER, run: int = 1) -> str:
+    """``pretrain4000``, ``pretrain4000minsnr5`` for the variant nnUNetTrainerDDPMPretrain_minSNR5, or
+    ``pretrain4000run2`` for a second run of the methods: the name of a results, benchmark and evidence folder."""
+    return f"pretrain{iterations}" + pretrainer[len(PRETRAINER):].replace("_", "").lower() + \
+        (f"run{run}" if run > 1 else "")
 
 
 # the pretraining variants' folder tags (pretraining_name) and what the report calls them
 OBJECTIVES = {"": "", "minsnr5": ", min-SNR loss weights (gamma 5)", "vprediction": ", v-prediction",
-              "batch16": ", batch 16"}
+              "batch16": ", batch 16", "run2": ", second run"}
 PLANNED_BATCH = 4  # nnU-Net's batch for the study's 48 x 40 patches: a batch-16 step sees 4 times as many images
 
 
@@ -61,8 +62,8 @@ def pretraining_length(name: str) -> int:
 
 
 def environment(work: Path, pretrain_iterations: int, iterations: int, iterations_per_epoch: int = 50,
-                pretrainer: str = PRETRAINER) -> dict:
-    results = work / f"results_{pretraining_name(pretrain_iterations, pretrainer)}"
+                pretrainer: str = PRETRAINER, run: int = 1) -> dict:
+    results = work / f"results_{pretraining_name(pretrain_iterations, pretrainer, run)}"
     env = dict(os.environ, nnUNet_raw=str(work / "raw"), nnUNet_preprocessed=str(work / "preprocessed"),
                nnUNet_results=str(results), nnUNet_def_n_proc="1", nnUNet_n_proc_DA="2", nnUNet_compile="false",
                nnUNet_ddpm_demo_iterations=str(iterations_per_epoch),
@@ -116,13 +117,18 @@ def prepare(args) -> None:
 def run(args) -> None:
     work = Path(args.w)
     folds = json.loads((work / "outer_folds.json").read_text())["folds"]
-    env = environment(work, args.pretrain_iterations, args.iterations, pretrainer=args.pretrainer)
+    env = environment(work, args.pretrain_iterations, args.iterations, pretrainer=args.pretrainer, run=args.run)
+    name = pretraining_name(args.pretrain_iterations, args.pretrainer, args.run)
     for k in args.outer:
         assert k < len(folds)
+        # a later run trains every method again, from the first run's pretraining (its results folder's checkpoint)
+        first_run = environment(work, args.pretrain_iterations, args.iterations, pretrainer=args.pretrainer)
+        checkpoint = Path(first_run["nnUNet_results"]) / f"Dataset{FIRST_FOLD_ID + k}_BraTSRealOuter{k}" / \
+            f"{args.pretrainer}_demo__nnUNetPlans__2d" / "fold_all" / "checkpoint_final.pth"
         sh(["nnUNetv2_ddpm_benchmark", "-d", FIRST_FOLD_ID + k, "-c", "2d", "--methods", *args.methods,
             "--budgets", *args.budgets, "--folds", "0", "--trainer-suffix", "_demo", "--device", "cpu", "--np", "1",
-            "--pretrainer", args.pretrainer,
-            "-o", work / f"benchmark_{pretraining_name(args.pretrain_iterations, args.pretrainer)}_outer{k}"], env)
+            "--pretrainer", args.pretrainer, *(["--pretrained-weights", checkpoint] if args.run > 1 else []),
+            "-o", work / f"benchmark_{name}_outer{k}"], env)
 
 
 # Work folders run while the default fine-tune trained every weight at one learning rate name the methods as they were
@@ -410,6 +416,8 @@ def main() -> None:
     r.add_argument("--pretrain-iterations", type=int, default=4000)
     r.add_argument("--iterations", type=int, default=1000, help="training iterations of every method")
     r.add_argument("--pretrainer", default=PRETRAINER, help="a variant of the pretraining (another objective)")
+    r.add_argument("--run", type=int, default=1, help="2: train the methods again (own folders), from the pretraining "
+                   "of run 1; the report compares the two runs")
     c = sub.add_parser("collect")
     c.add_argument("-w", required=True)
     sub.add_parser("report", help="rewrite the tables in documentation/evidence.md from the committed result files")
