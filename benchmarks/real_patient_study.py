@@ -365,7 +365,9 @@ def _objectives() -> list:
              f"from the plain pretraining (batch {PLANNED_BATCH}) of the iterations in the third column, on the "
              "patients both have, with its 95 % bootstrap interval over patients (no supervised baseline in between, "
              "so its training noise does not enter). A batch-16 pretraining is compared at the same iterations and "
-             "at the same images seen (four times the iterations, about the same compute):", "",
+             "at the same images seen (four times the iterations, about the same compute). The second run trains "
+             "the same method again from another pretraining run of the same settings: how far two runs of one "
+             "method differ by chance:", "",
              "| method, variant | pretraining iterations | plain pretraining iterations | labelled slices | patients | " +
              " | ".join(f"Dice {r}" for r in regions) + " |", "|---" * (5 + len(regions)) + "|"]
     for label, length, reference_length, budget, _, differences, patients in rows:
