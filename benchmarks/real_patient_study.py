@@ -47,7 +47,8 @@ def pretraining_name(iterations: int, pretrainer: str = PRETRAINER, run: int = 1
 
 # the pretraining variants' folder tags (pretraining_name) and what the report calls them
 OBJECTIVES = {"": "", "minsnr5": ", min-SNR loss weights (gamma 5)", "vprediction": ", v-prediction",
-              "batch16": ", batch 16", "run2": ", second run"}
+              "batch16": ", batch 16", "patch32": ", 32 x 32 patches", "patch64": ", 64 x 64 patches",
+              "run2": ", second run"}
 PLANNED_BATCH = 4  # nnU-Net's batch for the study's 48 x 40 patches: a batch-16 step sees 4 times as many images
 
 

@@ -18,6 +18,8 @@ from nnunet_ddpm.training.variants.demo_budget import (nnUNetTrainerDDPMFinetune
                                                        nnUNetTrainerDDPMPixelClassifier_defaultFeatures_demo,
                                                        nnUNetTrainerDDPMPretrain_batch16_demo,
                                                        nnUNetTrainerDDPMPretrain_minSNR5_demo,
+                                                       nnUNetTrainerDDPMPretrain_patch32_demo,
+                                                       nnUNetTrainerDDPMPretrain_patch64_demo,
                                                        nnUNetTrainerDDPMPretrain_vPrediction_demo)
 from nnunet_ddpm.training.variants.pixel_features import (  # noqa: F401
     nnUNetTrainerDDPMPixelClassifier_defaultFeatures)
@@ -28,6 +30,8 @@ from nnunet_ddpm.training.variants.finetune_timestep import (nnUNetTrainerDDPMFi
                                                              nnUNetTrainerDDPMFinetune_t200)
 from nnunet_ddpm.training.variants.pretrain_objective import (nnUNetTrainerDDPMPretrain_batch16,  # noqa: F401
                                                               nnUNetTrainerDDPMPretrain_minSNR5,
+                                                              nnUNetTrainerDDPMPretrain_patch32,
+                                                              nnUNetTrainerDDPMPretrain_patch64,
                                                               nnUNetTrainerDDPMPretrain_vPrediction)
 from nnunet_ddpm.training.variants.label_budget import LABEL_BUDGET_TRAINERS
 

@@ -49,6 +49,9 @@ class nnUNetTrainerDDPMPretrain(nnUNetTrainerDDPMBase):
     min_snr_gamma = None  # a number: the loss of timestep t weighs min(SNR_t, gamma) / SNR_t (min_snr_weights)
     prediction_type = "epsilon"  # or "v_prediction" (prediction_target); recorded in the checkpoint
     pretraining_batch_size = None  # a number: images per step instead of the plans' batch size
+    # a number (every axis) or one per axis: the patch the denoiser sees instead of the plans' patch; each axis a
+    # multiple of the network's downsampling along it, so that the planned U-Net takes it unchanged
+    pretraining_patch_size = None
     preview_sampling_steps = 50
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
@@ -61,11 +64,16 @@ class nnUNetTrainerDDPMPretrain(nnUNetTrainerDDPMBase):
             raise ValueError(f"{type(self).__name__}.pretraining_batch_size must be a positive integer or None, "
                              f"got {self.pretraining_batch_size!r}")
         super().__init__(plans, configuration, fold, dataset_json, device)
+        overrides = {}
         if self.pretraining_batch_size is not None:
+            overrides['batch_size'] = self.pretraining_batch_size
+        if self.pretraining_patch_size is not None:
+            overrides['patch_size'] = self._checked_pretraining_patch_size()
+        if overrides:
             # only this trainer's view changes: the plans (which the fine-tunes compare with the checkpoint's) keep
-            # the planned batch, and nnU-Net splits this one over DDP ranks as it would the planned one
-            self.configuration_manager = ConfigurationManager(
-                {**self.configuration_manager.configuration, 'batch_size': self.pretraining_batch_size})
+            # the planned batch and patch, and nnU-Net splits the batch over DDP ranks as it would the planned one
+            self.configuration_manager = ConfigurationManager({**self.configuration_manager.configuration,
+                                                               **overrides})
         self.initial_lr = 2e-4
         self.weight_decay = 0.0
         self.enable_deep_supervision = False
@@ -79,6 +87,24 @@ class nnUNetTrainerDDPMPretrain(nnUNetTrainerDDPMBase):
         self.ema_network = None  # -> initialize
         self.ema_updates = 0
         self._reference_images = None
+
+    def _checked_pretraining_patch_size(self) -> List[int]:
+        """``pretraining_patch_size`` as one size per axis of the planned patch, refused (with the sizes that would do)
+        unless every axis is a positive multiple of the planned network's downsampling along it."""
+        planned = self.configuration_manager.patch_size
+        size = self.pretraining_patch_size
+        size = [size] * len(planned) if isinstance(size, int) else list(size) if isinstance(size, (list, tuple)) \
+            else [None]
+        strides = self.configuration_manager.network_arch_init_kwargs['strides']
+        downsampling = [int(np.prod([s if isinstance(s, int) else s[axis] for s in strides]))
+                        for axis in range(len(planned))]
+        if len(size) != len(planned) or any(not isinstance(n, int) or isinstance(n, bool) or n < 1 or n % d
+                                            for n, d in zip(size, downsampling)):
+            raise ValueError(f"{type(self).__name__}.pretraining_patch_size must give {len(planned)} positive sizes "
+                             f"(or one for every axis), each a multiple of the network's downsampling {downsampling} "
+                             f"of the {self.configuration_name} configuration (planned patch {list(planned)}), got "
+                             f"{self.pretraining_patch_size!r}")
+        return size
 
     @classmethod
     def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels: int,
@@ -234,7 +260,8 @@ class nnUNetTrainerDDPMPretrain(nnUNetTrainerDDPMBase):
             'training_network_weights': self.unwrapped_network().state_dict(),
             'ema_updates': self.ema_updates,
             'ddpm': denoiser_metadata(self, self.diffusion, self.timestep_embedding_dim, self.ema_decay) |
-            {'prediction_type': self.prediction_type, 'batch_size': int(self.configuration_manager.batch_size)},
+            {'prediction_type': self.prediction_type, 'batch_size': int(self.configuration_manager.batch_size),
+             'patch_size': [int(n) for n in self.configuration_manager.patch_size]},
         }
 
     def load_checkpoint(self, filename: str) -> None:

@@ -1,5 +1,5 @@
 """The pretraining's denoising loss, plain, with min-SNR weights and with v-prediction, against the same loss computed by
-hand; the batch-size variant's batch; refusals of bad settings; a v-prediction pretraining through nnUNetv2_train and
+hand; the batch and patch variants' batch and patch; refusals of bad settings; a v-prediction pretraining through nnUNetv2_train and
 a fine-tune from it."""
 import contextlib
 from types import SimpleNamespace
@@ -11,6 +11,7 @@ from nnunet_ddpm.diffusion import DiffusionSettings
 from nnunet_ddpm.training.nnUNetTrainerDDPMPretrain import nnUNetTrainerDDPMPretrain
 from nnunet_ddpm.training.variants.pretrain_objective import (nnUNetTrainerDDPMPretrain_batch16,
                                                               nnUNetTrainerDDPMPretrain_minSNR5,
+                                                              nnUNetTrainerDDPMPretrain_patch64,
                                                               nnUNetTrainerDDPMPretrain_vPrediction)
 from tests.helpers import PHANTOM_2D, TINY_DATASET_JSON, tiny_plans
 
@@ -91,10 +92,32 @@ def test_the_batch16_pretraining_takes_16_images_per_step_and_leaves_the_plans_a
     assert plain.batch_size == 4
 
 
+def test_the_patch64_pretraining_crops_64_pixels_per_axis_and_leaves_the_plans_alone(tmp_path, monkeypatch):
+    trainer = _construct(nnUNetTrainerDDPMPretrain_patch64, tmp_path, monkeypatch)
+    assert trainer.configuration_manager.patch_size == [64, 64] and trainer.configuration_manager.batch_size == 4
+    assert trainer.plans_manager.get_configuration("2d").patch_size == [32, 32]
+    assert trainer.plans_manager.plans["configurations"]["2d"]["patch_size"] == [32, 32]
+    # nnU-Net's augmentation and data loaders take the patch from the trainer's configuration manager
+    trainer.num_input_channels = 2  # set by initialize(), which would also build the network
+    _, _, initial_patch_size, _ = trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+    assert min(initial_patch_size) >= 64
+    per_axis = type("nnUNetTrainerDDPMPretrain_per_axis", (nnUNetTrainerDDPMPretrain,),
+                    {"pretraining_patch_size": (24, 36)})
+    assert _construct(per_axis, tmp_path, monkeypatch).configuration_manager.patch_size == [24, 36]
+
+
+PATCH_REFUSAL = ("pretraining_patch_size must give 2 positive sizes (or one for every axis), each a multiple of the "
+                 "network's downsampling [4, 4] of the 2d configuration (planned patch [32, 32]), got ")
+
+
 @pytest.mark.parametrize("setting, value, message", [
     ("prediction_type", "sample", "prediction_type must be one of ('epsilon', 'v_prediction'), got 'sample'"),
     ("pretraining_batch_size", 0, "pretraining_batch_size must be a positive integer or None, got 0"),
     ("pretraining_batch_size", 2.5, "pretraining_batch_size must be a positive integer or None, got 2.5"),
+    ("pretraining_patch_size", 30, PATCH_REFUSAL + "30"),
+    ("pretraining_patch_size", (32, 32, 32), PATCH_REFUSAL + "(32, 32, 32)"),
+    ("pretraining_patch_size", 32.0, PATCH_REFUSAL + "32.0"),
+    ("pretraining_patch_size", 0, PATCH_REFUSAL + "0"),
 ])
 def test_a_pretraining_with_a_bad_setting_is_refused_when_constructed(tmp_path, monkeypatch, setting, value,
                                                                       message):
@@ -112,6 +135,7 @@ def test_a_v_prediction_pretraining_records_its_target_and_a_fine_tune_starts_fr
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
     assert checkpoint["ddpm"]["prediction_type"] == "v_prediction"
     assert checkpoint["ddpm"]["batch_size"] == nnunet.planned(phantom_2d, "2d")["batch_size"]
+    assert checkpoint["ddpm"]["patch_size"] == nnunet.planned(phantom_2d, "2d")["patch_size"]
     assert checkpoint["trainer_name"] == "nnUNetTrainerDDPMPretrain_vPrediction_demo"
 
     result = nnunet.train(PHANTOM_2D[0], "2d", "all", "nnUNetTrainerDDPMFinetune_demo", "-pretrained_weights",

@@ -33,6 +33,8 @@ from nnunet_ddpm.training.variants.finetune_timestep import (nnUNetTrainerDDPMFi
 from nnunet_ddpm.training.variants.pixel_features import nnUNetTrainerDDPMPixelClassifier_defaultFeatures
 from nnunet_ddpm.training.variants.pretrain_objective import (nnUNetTrainerDDPMPretrain_batch16,
                                                               nnUNetTrainerDDPMPretrain_minSNR5,
+                                                              nnUNetTrainerDDPMPretrain_patch32,
+                                                              nnUNetTrainerDDPMPretrain_patch64,
                                                               nnUNetTrainerDDPMPretrain_vPrediction)
 
 
@@ -104,6 +106,14 @@ class nnUNetTrainerDDPMPretrain_vPrediction_demo(DemoBudget, nnUNetTrainerDDPMPr
 
 
 class nnUNetTrainerDDPMPretrain_batch16_demo(DemoBudget, nnUNetTrainerDDPMPretrain_batch16):
+    preview_sampling_steps = 25
+
+
+class nnUNetTrainerDDPMPretrain_patch32_demo(DemoBudget, nnUNetTrainerDDPMPretrain_patch32):
+    preview_sampling_steps = 25
+
+
+class nnUNetTrainerDDPMPretrain_patch64_demo(DemoBudget, nnUNetTrainerDDPMPretrain_patch64):
     preview_sampling_steps = 25
 
 

@@ -1,4 +1,5 @@
-"""Pretraining variants: each changes one thing of ``nnUNetTrainerDDPMPretrain``'s denoising loss or its batch."""
+"""Pretraining variants: each changes one thing of ``nnUNetTrainerDDPMPretrain``'s denoising loss, its batch or its
+patch."""
 from nnunet_ddpm.training.nnUNetTrainerDDPMPretrain import nnUNetTrainerDDPMPretrain
 
 
@@ -24,3 +25,17 @@ class nnUNetTrainerDDPMPretrain_batch16(nnUNetTrainerDDPMPretrain):
     pretraining at the same number of images seen. Fine-tune from it with ``-pretrained_weights``."""
 
     pretraining_batch_size = 16
+
+
+class nnUNetTrainerDDPMPretrain_patch32(nnUNetTrainerDDPMPretrain):
+    """32 pixels per axis instead of the plans' patch: cheaper steps that see parts of an image, so more steps for the
+    same compute. The fine-tunes keep the planned patch. Fine-tune from it with ``-pretrained_weights``."""
+
+    pretraining_patch_size = 32
+
+
+class nnUNetTrainerDDPMPretrain_patch64(nnUNetTrainerDDPMPretrain):
+    """64 pixels per axis instead of the plans' patch: every step sees whole slices of up to 64 x 64 with their
+    surroundings, at the cost of the larger patch per step. Fine-tune from it with ``-pretrained_weights``."""
+
+    pretraining_patch_size = 64
