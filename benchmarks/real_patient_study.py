@@ -50,6 +50,7 @@ OBJECTIVES = {"": "", "minsnr5": ", min-SNR loss weights (gamma 5)", "vpredictio
               "batch16": ", batch 16", "patch32": ", 32 x 32 patches", "patch64": ", 64 x 64 patches",
               "run2": ", second run"}
 PLANNED_BATCH = 4  # nnU-Net's batch for the study's 48 x 40 patches: a batch-16 step sees 4 times as many images
+PLANNED_PATCH = "48 x 40"  # nnU-Net's patch for the study's slices (their brain boxes: median 43 x 35)
 
 
 def images_per_step_factor(objective: str) -> int:
@@ -334,7 +335,7 @@ def _gains() -> list:
 
 
 def _objectives() -> list:
-    """Each DDPM method pretrained with another objective or batch against the same method from the plain
+    """Each DDPM method pretrained with another objective, batch or patch against the same method from the plain
     pretraining of the same length, and, for a larger batch, of the same number of images seen, paired on the
     patients both have."""
     from nnunet_ddpm.comparison.methods import title
@@ -361,12 +362,14 @@ def _objectives() -> list:
     if not rows:
         return []
     regions = rows[0][4]
-    lines = ["### Pretraining objectives and batch against the plain loss", "",
-             "Paired Dice difference of each method pretrained with another objective or batch minus the same method "
-             f"from the plain pretraining (batch {PLANNED_BATCH}) of the iterations in the third column, on the "
-             "patients both have, with its 95 % bootstrap interval over patients (no supervised baseline in between, "
-             "so its training noise does not enter). A batch-16 pretraining is compared at the same iterations and "
-             "at the same images seen (four times the iterations, about the same compute). The second run trains "
+    lines = ["### Pretraining objectives, batch and patch against the plain loss", "",
+             "Paired Dice difference of each method pretrained with another objective, batch or patch minus the same "
+             f"method from the plain pretraining (batch {PLANNED_BATCH}, {PLANNED_PATCH} patches) of the iterations "
+             "in the third column, on the patients both have, with its 95 % bootstrap interval over patients (no "
+             "supervised baseline in between, so its training noise does not enter). A batch-16 pretraining is "
+             "compared at the same iterations and at the same images seen (four times the iterations, about the same "
+             "compute); a patch variant at the same iterations (its step costs about as much: the network's "
+             "overhead, not the pixels, dominates at these sizes). The second run trains "
              "the same method again from another pretraining run of the same settings: how far two runs of one "
              "method differ by chance:", "",
              "| method, variant | pretraining iterations | plain pretraining iterations | labelled slices | patients | " +

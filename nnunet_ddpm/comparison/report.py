@@ -22,8 +22,8 @@ from nnunet_ddpm.comparison.grid import Benchmark, BenchmarkError
 from nnunet_ddpm.comparison.statistics import RESAMPLES, SEED, paired_difference
 from nnunet_ddpm.splits.label_budget import budget_order
 
-SETTINGS_KEYS = ("num_epochs", "num_iterations_per_epoch", "batch_size", "initial_lr", "finetune_timestep",
-                 "feature_timesteps", "feature_stages", "ensemble_size", "diffusion")
+SETTINGS_KEYS = ("num_epochs", "num_iterations_per_epoch", "batch_size", "pretraining_patch_size", "initial_lr",
+                 "finetune_timestep", "feature_timesteps", "feature_stages", "ensemble_size", "diffusion")
 
 
 def trained_settings(model_folder: str) -> dict:
