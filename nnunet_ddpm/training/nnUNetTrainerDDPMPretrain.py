@@ -261,7 +261,7 @@ class nnUNetTrainerDDPMPretrain(nnUNetTrainerDDPMBase):
             'ema_updates': self.ema_updates,
             'ddpm': denoiser_metadata(self, self.diffusion, self.timestep_embedding_dim, self.ema_decay) |
             {'prediction_type': self.prediction_type, 'batch_size': int(self.configuration_manager.batch_size),
-             'patch_size': [int(n) for n in self.configuration_manager.patch_size]},
+             'pretraining_patch_size': [int(n) for n in self.configuration_manager.patch_size]},
         }
 
     def load_checkpoint(self, filename: str) -> None:

@@ -30,15 +30,20 @@ class PretrainingCheckpointError(SystemExit):
 
 
 def denoiser_metadata(trainer, diffusion_settings, timestep_embedding_dim: Optional[int], ema_decay: float) -> dict:
-    """The ``ddpm`` entry of a pretraining checkpoint, or the expectations of a run that loads one."""
+    """The ``ddpm`` entry of a pretraining checkpoint, or the expectations of a run that loads one.
+
+    ``patch_size`` is the plans' patch, not the one a pretraining may crop instead (``pretraining_patch_size``): the
+    convolutional denoiser takes any patch its downsampling divides, and the plans are what the two runs share.
+    """
     cm = trainer.configuration_manager
+    planned = trainer.plans_manager.get_configuration(trainer.configuration_name)
     return {
         "format_version": FORMAT_VERSION,
         "dataset_name": trainer.plans_manager.dataset_name,
         "plans_name": trainer.plans_manager.plans_name,
         "configuration": trainer.configuration_name,
         "num_input_channels": int(trainer.num_input_channels),
-        "patch_size": [int(i) for i in cm.patch_size],
+        "patch_size": [int(i) for i in planned.patch_size],
         "network_arch_class_name": cm.network_arch_class_name,
         "network_arch_init_kwargs": cm.network_arch_init_kwargs,
         "timestep_embedding_dim": timestep_embedding_dim,

@@ -135,7 +135,8 @@ def test_a_v_prediction_pretraining_records_its_target_and_a_fine_tune_starts_fr
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
     assert checkpoint["ddpm"]["prediction_type"] == "v_prediction"
     assert checkpoint["ddpm"]["batch_size"] == nnunet.planned(phantom_2d, "2d")["batch_size"]
-    assert checkpoint["ddpm"]["patch_size"] == nnunet.planned(phantom_2d, "2d")["patch_size"]
+    assert checkpoint["ddpm"]["patch_size"] == checkpoint["ddpm"]["pretraining_patch_size"] == \
+        nnunet.planned(phantom_2d, "2d")["patch_size"]
     assert checkpoint["trainer_name"] == "nnUNetTrainerDDPMPretrain_vPrediction_demo"
 
     result = nnunet.train(PHANTOM_2D[0], "2d", "all", "nnUNetTrainerDDPMFinetune_demo", "-pretrained_weights",
@@ -144,3 +145,25 @@ def test_a_v_prediction_pretraining_records_its_target_and_a_fine_tune_starts_fr
                            "checkpoint_final.pth", map_location="cpu", weights_only=False)
     assert finetuned["ddpm_pretraining"]["checkpoint"] == str(checkpoint_path.resolve())
     assert "Initialised from the DDPM pretraining checkpoint" in result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_a_pretraining_on_its_own_patch_records_both_patches_and_a_fine_tune_at_the_planned_patch_starts_from_it(
+        nnunet, phantom_2d):
+    planned = nnunet.planned(phantom_2d, "2d")["patch_size"]
+    assert planned != [64, 64]
+    nnunet.train(PHANTOM_2D[0], "2d", "all", "nnUNetTrainerDDPMPretrain_patch64_demo")
+    folder = nnunet.trainer_folder(phantom_2d, "nnUNetTrainerDDPMPretrain_patch64_demo", "2d", "all")
+    checkpoint = torch.load(folder / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    # the plans' patch, which a fine-tune must share, and the patch the denoiser was trained on
+    assert checkpoint["ddpm"]["patch_size"] == planned
+    assert checkpoint["ddpm"]["pretraining_patch_size"] == [64, 64]
+    assert checkpoint["init_args"]["plans"]["configurations"]["2d"]["patch_size"] == planned
+
+    result = nnunet.train(PHANTOM_2D[0], "2d", "all", "nnUNetTrainerDDPMFinetune_demo", "-pretrained_weights",
+                          folder / "checkpoint_final.pth")
+    assert "Initialised from the DDPM pretraining checkpoint" in result.stdout + result.stderr
+    finetuned = torch.load(nnunet.trainer_folder(phantom_2d, "nnUNetTrainerDDPMFinetune_demo", "2d", "all") /
+                           "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert finetuned["ddpm_pretraining"]["checkpoint"] == str((folder / "checkpoint_final.pth").resolve())
+    assert finetuned["init_args"]["plans"]["configurations"]["2d"]["patch_size"] == planned
