@@ -368,8 +368,7 @@ def _objectives() -> list:
              "in the third column, on the patients both have, with its 95 % bootstrap interval over patients (no "
              "supervised baseline in between, so its training noise does not enter). A batch-16 pretraining is "
              "compared at the same iterations and at the same images seen (four times the iterations, about the same "
-             "compute); a patch variant at the same iterations (its step costs about as much: the network's "
-             "overhead, not the pixels, dominates at these sizes). The second run trains "
+             "compute); a patch variant at the same iterations. The second run trains "
              "the same method again from another pretraining run of the same settings: how far two runs of one "
              "method differ by chance:", "",
              "| method, variant | pretraining iterations | plain pretraining iterations | labelled slices | patients | " +
