@@ -204,7 +204,7 @@ def probe_features(dataset: str, configuration: str = "2d", fold: int = 0, budge
     from tqdm import tqdm
 
     from nnunet_ddpm.diffusion import DiffusionSettings
-    from nnunet_ddpm.networks import PixelClassifierNetwork, build_unet_from_plans
+    from nnunet_ddpm.networks import PixelClassifierNetwork, build_unet_from_plans, network_downsampling
     from nnunet_ddpm.splits.label_budget import choose_labelled_cases
     from nnunet_ddpm.training.pretrained_checkpoint import (find_pretraining_checkpoint, load_checkpoint_file,
                                                             transfer_denoiser_weights)
@@ -245,7 +245,7 @@ def probe_features(dataset: str, configuration: str = "2d", fold: int = 0, budge
                                      timesteps_per_pass=1)
     transfer_denoiser_weights(network, pretrained["network_weights"])
     network.eval()
-    strides = np.prod(np.array(configuration_manager.pool_op_kernel_sizes), axis=0)
+    strides = network_downsampling(configuration_manager)
 
     output = join(os.path.dirname(os.path.abspath(checkpoint)), PROBE_FOLDER)
     maybe_mkdir_p(output)

@@ -17,6 +17,7 @@ import math
 from contextlib import contextmanager
 from typing import List, Optional, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
@@ -87,6 +88,12 @@ def build_unet_from_plans(configuration_manager: ConfigurationManager, num_input
                                   configuration_manager.network_arch_init_kwargs_req_import,
                                   num_input_channels, num_output_channels, allow_init=True,
                                   deep_supervision=deep_supervision)
+
+
+def network_downsampling(configuration_manager: ConfigurationManager) -> List[int]:
+    """The planned network's total downsampling per axis (the product of its pooling strides): every input it takes
+    must be a multiple of it along each axis."""
+    return [int(n) for n in np.prod(np.array(configuration_manager.pool_op_kernel_sizes), axis=0)]
 
 
 class TimeConditionedUNet(nn.Module):

@@ -23,7 +23,7 @@ from torch import distributed as dist, nn
 from nnunet_ddpm.dataset_conversion.unlabeled_images import unlabeled_preprocessed_folder
 from nnunet_ddpm.diffusion import (PREDICTION_TYPES, add_noise, ddim_sample, min_snr_weights, prediction_target,
                                    sample_training_timesteps)
-from nnunet_ddpm.networks import TimeConditionedUNet, build_unet_from_plans
+from nnunet_ddpm.networks import TimeConditionedUNet, build_unet_from_plans, network_downsampling
 from nnunet_ddpm.training.ddpm_trainer_base import nnUNetTrainerDDPMBase
 from nnunet_ddpm.training.images_only_dataset import CombinedImagesDataset, images_only
 from nnunet_ddpm.training.pretrained_checkpoint import denoiser_metadata
@@ -89,15 +89,13 @@ class nnUNetTrainerDDPMPretrain(nnUNetTrainerDDPMBase):
         self._reference_images = None
 
     def _checked_pretraining_patch_size(self) -> List[int]:
-        """``pretraining_patch_size`` as one size per axis of the planned patch, refused (with the sizes that would do)
-        unless every axis is a positive multiple of the planned network's downsampling along it."""
+        """``pretraining_patch_size`` as one size per axis of the planned patch, refused unless every axis is a positive
+        multiple of the planned network's downsampling along it."""
         planned = self.configuration_manager.patch_size
         size = self.pretraining_patch_size
         size = [size] * len(planned) if isinstance(size, int) else list(size) if isinstance(size, (list, tuple)) \
             else [None]
-        strides = self.configuration_manager.network_arch_init_kwargs['strides']
-        downsampling = [int(np.prod([s if isinstance(s, int) else s[axis] for s in strides]))
-                        for axis in range(len(planned))]
+        downsampling = network_downsampling(self.configuration_manager)
         if len(size) != len(planned) or any(not isinstance(n, int) or isinstance(n, bool) or n < 1 or n % d
                                             for n, d in zip(size, downsampling)):
             raise ValueError(f"{type(self).__name__}.pretraining_patch_size must give {len(planned)} positive sizes "
