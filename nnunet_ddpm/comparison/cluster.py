@@ -71,9 +71,9 @@ def pretraining_task(benchmark: Benchmark) -> None:
     run_steps(benchmark.pretraining_steps(), benchmark.output_folder)
 
 
-def cell_task(benchmark: Benchmark, cases: List[str], method: str, budget: int, fold: int) -> None:
+def cell_task(benchmark: Benchmark, cases: List[str], method: str, budget: int, fold: int, run=None) -> None:
     """What one array task runs: the cell's steps that are still missing when it starts."""
-    run_steps(benchmark.cell(method, budget, fold, cases).steps, benchmark.output_folder)
+    run_steps(benchmark.cell(method, budget, fold, cases, run).steps, benchmark.output_folder)
 
 
 def report_task(benchmark: Benchmark, cases: List[str]) -> str:
@@ -151,7 +151,7 @@ def submit(benchmark: Benchmark, kind: str, resources: Resources, log: Callable[
         return submitted
 
     def cell_jobs(group: List[Cell]) -> List[tuple]:
-        return [(c.name, cell_task, (benchmark, cases, c.method, c.budget, c.fold)) for c in group]
+        return [(c.name, cell_task, (benchmark, cases, c.method, c.budget, c.fold, c.run)) for c in group]
 
     pretraining_job = None
     if pretraining and "pretraining" not in active:

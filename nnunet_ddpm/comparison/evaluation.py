@@ -105,7 +105,10 @@ def evaluate_prediction_folder(prediction_folder: str, labels_folder: str, prepr
             per_case.append({
                 "case": os.path.basename(case_result["reference_file"])[:-len(dataset_json["file_ending"])],
                 "region": names[key], "dice": metrics["Dice"],
-                "hd95": hd95(_mask(prediction[0], region), _mask(reference[0], region), properties["spacing"])})
+                "hd95": hd95(_mask(prediction[0], region), _mask(reference[0], region), properties["spacing"]),
+                # the region's size in reference and prediction: a case without it in the reference where the
+                # prediction has it is a false-positive case, which neither Dice (NaN or 0) nor HD95 (NaN) shows
+                "reference_voxels": int(metrics["n_ref"]), "predicted_voxels": int(metrics["n_pred"])})
     result = {"regions": [names[k] for k in names], "per_case": per_case}
     save_json(result, join(prediction_folder, EVALUATION_FILE), sort_keys=False)
     return result

@@ -1,6 +1,10 @@
-"""What the comparison runs: one dataset and configuration, several methods, label budgets and folds, checked before
-anything trains and turned into resumable steps (``nnunet_ddpm.steps``): the pretraining, then for every method,
-budget and fold a training, a prediction of the held-out test set and its evaluation."""
+"""What the comparison runs: one dataset and configuration, several methods, label budgets, folds and runs, checked
+before anything trains and turned into resumable steps (``nnunet_ddpm.steps``): the pretraining, then for every
+method, budget, fold and run a training, a prediction of the held-out test set and its evaluation.
+
+A run is one seed and one draw of the labelled cases (``training/seeding.py``). The first seed with draw 0 is the
+plain run: its models sit where ``nnUNetv2_train`` puts them. Every other run trains into its own results folder under
+the output folder (``runs/seed<S>_draw<D>``), from the one pretraining of the grid."""
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Union
 
@@ -12,9 +16,25 @@ from nnunet_ddpm.comparison.evaluation import EVALUATION_FILE
 from nnunet_ddpm.comparison.methods import BASELINE, METHODS, PRETRAINER
 from nnunet_ddpm.splits.label_budget import ALL_LABELS, LABEL_BUDGETS, budget_folder
 from nnunet_ddpm.steps import Step, model_folder, training_step, up_to_date
+from nnunet_ddpm.training.seeding import DEFAULT_SEED, LABEL_DRAW_VARIABLE, SEED_VARIABLE
 
 class BenchmarkError(ValueError):
     """Bad input, found before anything is trained."""
+
+
+@dataclass(frozen=True)
+class Run:
+    """One repetition of every training of the grid: a seed and a draw of the labelled cases."""
+    seed: int = DEFAULT_SEED
+    draw: int = 0
+
+    @property
+    def name(self) -> str:
+        return f"seed{self.seed}_draw{self.draw}"
+
+    @property
+    def environment(self) -> dict:
+        return {SEED_VARIABLE: str(self.seed), LABEL_DRAW_VARIABLE: str(self.draw)}
 
 
 @dataclass
@@ -35,6 +55,8 @@ class Benchmark:
     test_labels: Optional[str] = None
     pretrained_weights: Optional[str] = None  # a DDPM pretraining checkpoint to use instead of pretraining here
     pretraining_trainer: str = PRETRAINER  # or a variant of it (another objective), trained here and handed over
+    seeds: Sequence[int] = (DEFAULT_SEED,)
+    label_draws: Sequence[int] = (0,)
     dataset_name: str = field(init=False)
 
     def __post_init__(self):
@@ -50,6 +72,23 @@ class Benchmark:
         self.test_labels = self.test_labels or join(raw, "labelsTs")
         self.output_folder = self.output_folder or join(
             str(nnUNet_results), self.dataset_name, f"nnunet_ddpm_benchmark__{self.plans}__{self.configuration}")
+        for name, values in (("seeds", self.seeds), ("label draws", self.label_draws)):
+            if not values or len(set(values)) < len(values) or any(int(v) < 0 for v in values):
+                raise BenchmarkError(f"The {name} must be distinct non-negative integers, got {list(values)}.")
+
+    # runs
+    @property
+    def runs(self) -> List[Run]:
+        return [Run(seed, draw) for draw in self.label_draws for seed in self.seeds]
+
+    @property
+    def plain_run(self) -> Run:
+        """The run whose models are ``nnUNetv2_train``'s own (in nnUNet_results)."""
+        return Run(self.seeds[0], 0)
+
+    def results_folder(self, run: Run) -> str:
+        """The nnUNet_results of ``run``'s trainings."""
+        return str(nnUNet_results) if run == self.plain_run else join(self.output_folder, "runs", run.name)
 
     # names and folders
     def trainer(self, method: str, budget: Union[int, str]) -> str:
@@ -67,13 +106,20 @@ class Benchmark:
         (without one, they find nnUNetTrainerDDPMPretrain's run themselves)."""
         if self.pretrained_weights is not None or self.pretraining_trainer == PRETRAINER:
             return self.pretrained_weights
-        return join(self.model_folder(self.pretrainer, "all"), "checkpoint_final.pth")
+        return self.pretraining_checkpoint
 
-    def model_folder(self, trainer: str, fold) -> str:
-        return model_folder(str(nnUNet_results), self.dataset_name, trainer, self.plans, self.configuration, fold)
+    @property
+    def pretraining_checkpoint(self) -> str:
+        return self.pretrained_weights or join(self.model_folder(self.pretrainer, "all"), "checkpoint_final.pth")
 
-    def prediction_folder(self, method: str, budget: int, fold: int) -> str:
-        return join(self.output_folder, "predictions", method, budget_folder(budget), f"fold_{fold}")
+    def model_folder(self, trainer: str, fold, run: Optional[Run] = None) -> str:
+        results = self.results_folder(run) if run is not None else str(nnUNet_results)
+        return model_folder(results, self.dataset_name, trainer, self.plans, self.configuration, fold)
+
+    def prediction_folder(self, method: str, budget: int, fold: int, run: Optional[Run] = None) -> str:
+        """``predictions/METHOD/BUDGET/fold_F``; another run than the plain one adds ``_seed<S>_draw<D>``."""
+        suffix = "" if run is None or run == self.plain_run else f"_{run.name}"
+        return join(self.output_folder, "predictions", method, budget_folder(budget), f"fold_{fold}{suffix}")
 
     @property
     def needs_pretraining(self) -> bool:
@@ -94,6 +140,9 @@ class Benchmark:
             raise BenchmarkError(f"--pretrainer {self.pretraining_trainer}: give {PRETRAINER} or a variant of it "
                                  f"(e.g. {PRETRAINER}_minSNR5).")
         probed = [m for m in self.methods if METHODS[m].probes_features]
+        if probed and list(self.label_draws) != [0]:
+            raise BenchmarkError(f"{probed} probe the features on draw 0 of the labelled cases; run them with "
+                                 f"--label-draws 0, or use 'pixel' (the built-in stages and timesteps).")
         if probed and self.handed_weights is not None:
             raise BenchmarkError(f"{probed} probe the features of this dataset's own {PRETRAINER} run, where the pixel "
                                  f"classifier finds the choice; leave out --pretrained-weights and --pretrainer, or "
@@ -139,34 +188,54 @@ class Benchmark:
                                      f"of fold {fold}.")
 
     # the steps
-    def training_step(self, trainer: str, fold) -> Step:
+    def training_step(self, trainer: str, fold, run: Optional[Run] = None) -> Step:
+        """``nnUNetv2_train`` of ``trainer``; in another run than the plain one (``run``), into that run's results
+        folder with its seed and draw, the DDPM methods from the grid's pretraining checkpoint."""
+        run = run or self.plain_run
         command = ["nnUNetv2_train", self.dataset_name, self.configuration, str(fold), "-tr", trainer, "-p",
                    self.plans, "-device", self.device]
         baseline = METHODS[BASELINE].trainer + self.trainer_suffix
         from_pretraining = trainer not in (self.pretrainer, baseline) and not trainer.startswith(baseline + "_")
-        return training_step(f"train {trainer} fold {fold}", command, self.model_folder(trainer, fold),
-                             self.handed_weights if from_pretraining else None)
+        weights = self.handed_weights if run == self.plain_run else self.pretraining_checkpoint
+        step = training_step(f"train {trainer} fold {fold}" + self._run_title(run), command,
+                             self.model_folder(trainer, fold, run), weights if from_pretraining else None)
+        step.env = self.run_environment(run) or None
+        return step
 
-    def prediction_step(self, method: str, budget: int, fold: int, cases: List[str]) -> Step:
+    def run_environment(self, run: Run, training: bool = True) -> dict:
+        """What a command of ``run`` adds to the environment: a training's seed and draw (none for the trainers'
+        defaults), and the run's results folder unless it is the plain run."""
+        seeded = run.environment if training and run != Run() else {}
+        return {**seeded, **({} if run == self.plain_run else {"nnUNet_results": self.results_folder(run)})}
+
+    def _run_title(self, run: Run) -> str:
+        return "" if len(self.runs) == 1 else f" ({run.name})"
+
+    def prediction_step(self, method: str, budget: int, fold: int, cases: List[str],
+                        run: Optional[Run] = None) -> Step:
         """Done when every test case's segmentation is in the folder and newer than the model: a prediction made by
         hand, by the dry run's command or by a cluster job counts; a retrained model invalidates it."""
-        out = self.prediction_folder(method, budget, fold)
+        run = run or self.plain_run
+        out = self.prediction_folder(method, budget, fold, run)
         trainer = self.trainer(method, budget)
         command = ["nnUNetv2_predict", "-i", self.test_images, "-o", out, "-d", self.dataset_name, "-c",
                    self.configuration, "-p", self.plans, "-f", str(fold), "-tr", trainer, "-device", self.device,
                    "-npp", str(self.num_processes), "-nps", str(self.num_processes)]
-        model = join(self.model_folder(trainer, fold), "checkpoint_final.pth")
+        model = join(self.model_folder(trainer, fold, run), "checkpoint_final.pth")
         files = [join(out, case + self.file_ending) for case in cases]
-        return Step(f"predict {len(cases)} test cases with {trainer} fold {fold}", command,
-                    lambda: all(up_to_date(f, model) for f in files))
+        return Step(f"predict {len(cases)} test cases with {trainer} fold {fold}" + self._run_title(run), command,
+                    lambda: all(up_to_date(f, model) for f in files),
+                    env=self.run_environment(run, training=False) or None)
 
-    def evaluation_step(self, method: str, budget: int, fold: int, cases: List[str], prediction: Step) -> Step:
+    def evaluation_step(self, method: str, budget: int, fold: int, cases: List[str], prediction: Step,
+                        run: Optional[Run] = None) -> Step:
         """Done when the prediction is and evaluation.json is newer than every segmentation it scores."""
-        out = self.prediction_folder(method, budget, fold)
+        run = run or self.plain_run
+        out = self.prediction_folder(method, budget, fold, run)
         command = ["nnUNetv2_ddpm_evaluate_predictions", "-i", out, "-ref", self.test_labels, "-d",
                    self.dataset_name, "-p", self.plans, "-np", str(self.num_processes)]
         files = [join(out, case + self.file_ending) for case in cases]
-        return Step(f"evaluate {method} {budget} labels fold {fold}", command,
+        return Step(f"evaluate {method} {budget} labels fold {fold}" + self._run_title(run), command,
                     lambda: prediction.is_done() and up_to_date(join(out, EVALUATION_FILE), *files))
 
     @property
@@ -199,16 +268,20 @@ class Benchmark:
         return Step("write nnU-Net's folds (splits_final.json)", ["nnUNetv2_ddpm_make_splits", "-d",
                                                                    self.dataset_name], lambda: isfile(splits))
 
-    def cell(self, method: str, budget: int, fold: int, cases: List[str]) -> "Cell":
-        prediction = self.prediction_step(method, budget, fold, cases)
+    def cell(self, method: str, budget: int, fold: int, cases: List[str], run: Optional[Run] = None) -> "Cell":
+        run = run or self.plain_run
+        prediction = self.prediction_step(method, budget, fold, cases, run)
         probe = [self.splits_step(), self.probe_step(budget)] if METHODS[method].probes_features else []
-        return Cell(method, budget, fold, probe + [self.training_step(self.trainer(method, budget), fold), prediction,
-                                                   self.evaluation_step(method, budget, fold, cases, prediction)],
-                    needs_pretraining=self.trains_pretraining and method != BASELINE)
+        return Cell(method, budget, fold, probe + [
+            self.training_step(self.trainer(method, budget), fold, run), prediction,
+            self.evaluation_step(method, budget, fold, cases, prediction, run)],
+            needs_pretraining=self.trains_pretraining and method != BASELINE, run=run,
+            suffix="" if len(self.runs) == 1 else f"_{run.name}")
 
     def cells(self, cases: List[str]) -> List["Cell"]:
-        """One cell per budget, fold and method, in the order one machine runs them."""
-        return [self.cell(method, budget, fold, cases)
+        """One cell per run, budget, fold and method, in the order one machine runs them (every method of a run
+        before the next run, so that an interrupted grid has complete comparisons)."""
+        return [self.cell(method, budget, fold, cases, run) for run in self.runs
                 for budget in self.budgets for fold in self.folds for method in self.methods]
 
     def steps(self, cases: List[str]) -> List[Step]:
@@ -227,6 +300,8 @@ class Benchmark:
             command += ["--pretrained-weights", self.pretrained_weights]
         if self.pretraining_trainer != PRETRAINER:
             command += ["--pretrainer", self.pretraining_trainer]
+        if len(self.runs) > 1 or self.plain_run != Run():
+            command += ["--seeds", *map(str, self.seeds), "--label-draws", *map(str, self.label_draws)]
         return command + list(extra)
 
     def missing_evaluations(self, cases: List[str]) -> List[str]:
@@ -241,10 +316,12 @@ class Cell:
     fold: int
     steps: List[Step]
     needs_pretraining: bool  # must wait for the pretraining trained in this grid
+    run: Run = Run()
+    suffix: str = ""  # the run's name where the grid has several
 
     @property
     def name(self) -> str:
-        return f"{self.method}_{self.budget}labels_fold{self.fold}"
+        return f"{self.method}_{self.budget}labels_fold{self.fold}{self.suffix}"
 
     def is_done(self) -> bool:
         return all(step.is_done() for step in self.steps)

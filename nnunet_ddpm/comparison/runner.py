@@ -18,6 +18,13 @@ from nnunet_ddpm.comparison.methods import METHODS, PRETRAINER
 from nnunet_ddpm.comparison.report import write_report
 from nnunet_ddpm.splits.label_budget import parse_budget
 from nnunet_ddpm.steps import StepFailed, run_steps
+from nnunet_ddpm.training.seeding import DEFAULT_SEED
+
+
+def _shell(step) -> str:
+    """The step's command as one shell line, with what it adds to the environment in front."""
+    prefix = [f"{k}={v}" for k, v in (step.env or {}).items()]
+    return shlex.join(["env", *prefix, *map(str, step.command)] if prefix else list(map(str, step.command)))
 
 
 def dry_run(benchmark: Benchmark) -> List[str]:
@@ -29,7 +36,7 @@ def dry_run(benchmark: Benchmark) -> List[str]:
     for step in benchmark.pretraining_steps():
         if not step.is_done():
             pretraining = 1
-            lines += [f"# [1] {step.title}", shlex.join(step.command)]
+            lines += [f"# [1] {step.title}", _shell(step)]
     number, last_of_cells = len(lines) // 2, []
     for cell in benchmark.cells(cases):
         previous = pretraining if cell.needs_pretraining else None
@@ -38,7 +45,7 @@ def dry_run(benchmark: Benchmark) -> List[str]:
                 continue
             number += 1
             lines += [f"# [{number}] {step.title}" + (f" (after [{previous}])" if previous else ""),
-                      shlex.join(step.command)]
+                      _shell(step)]
             previous = number
         if previous and previous != pretraining:
             last_of_cells.append(previous)
@@ -50,8 +57,8 @@ def run(benchmark: Benchmark, log=print) -> dict:
     """Run what is missing, then write the report; returns the report dict."""
     cases = benchmark.check()
     log(f"{benchmark.dataset_name} {benchmark.configuration}: methods {list(benchmark.methods)}, budgets "
-        f"{list(benchmark.budgets)}, folds {list(benchmark.folds)}, {len(cases)} test cases. Output: "
-        f"{benchmark.output_folder}")
+        f"{list(benchmark.budgets)}, folds {list(benchmark.folds)}, runs {[r.name for r in benchmark.runs]}, "
+        f"{len(cases)} test cases. Output: {benchmark.output_folder}")
     run_steps(benchmark.steps(cases), benchmark.output_folder, log=log)
     return write_report(benchmark, cases)
 
@@ -97,6 +104,12 @@ def benchmark_entry():
     parser.add_argument("--pretrainer", default=PRETRAINER,
                         help="the pretraining trainer, e.g. nnUNetTrainerDDPMPretrain_minSNR5 (another objective); its "
                              "checkpoint is handed to the DDPM methods (default: %(default)s)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[DEFAULT_SEED],
+                        help="train every method once per seed (nnUNet_ddpm_seed; default: %(default)s): a difference "
+                             "between methods counts only beside the spread between runs of one method")
+    parser.add_argument("--label-draws", nargs="+", type=int, default=[0],
+                        help="draws of the labelled cases (nnUNet_ddpm_label_draw; default: %(default)s); every seed "
+                             "runs with every draw")
     parser.add_argument("--dry-run", action="store_true",
                         help="print the missing steps as a shell script, with their dependencies, and exit")
     parser.add_argument("--collect", action="store_true",
@@ -131,7 +144,8 @@ def benchmark_entry():
     try:
         benchmark = Benchmark(args.d, args.c, args.methods, args.budgets, args.folds, args.p, args.trainer_suffix,
                               args.device, args.np, args.o, args.test_images, args.test_labels,
-                              args.pretrained_weights, args.pretrainer)
+                              args.pretrained_weights, args.pretrainer, seeds=args.seeds,
+                              label_draws=args.label_draws)
         if args.dry_run:
             print("\n".join(dry_run(benchmark)))
             return

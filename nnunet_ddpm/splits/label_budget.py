@@ -3,7 +3,8 @@
 The paper trains each method on 10, 20, 30, 40 or 50 labelled slices, five repetitions each. Here a repetition is a
 cross-validation fold: fold k draws its N cases from its own training cases with a seed fixed by k, as the first N of
 one seeded permutation, so budgets are nested (the 10-case set is inside the 20-case set of the same fold) and every
-method of the same N and fold sees exactly the same cases.
+method of the same N and fold sees exactly the same cases. Other draws (``draw`` > 0) are other seeded permutations,
+nested in the same way: repeating a comparison over draws measures how much the choice of the labelled cases matters.
 """
 import argparse
 from typing import List, Sequence, Tuple, Union
@@ -37,8 +38,10 @@ def budget_folder(budget: Union[int, str]) -> str:
     return ALL_LABELS if budget == ALL_LABELS else f"{budget}labels"
 
 
-def choose_labelled_cases(training_cases: Sequence[str], num_labelled: int, fold: Union[int, str]) -> List[str]:
-    """The ``num_labelled`` cases of ``training_cases`` that fold ``fold`` may use labels of (sorted)."""
+def choose_labelled_cases(training_cases: Sequence[str], num_labelled: int, fold: Union[int, str],
+                          draw: int = 0) -> List[str]:
+    """The ``num_labelled`` cases of ``training_cases`` that fold ``fold`` may use labels of in draw ``draw``
+    (sorted)."""
     if num_labelled < 1:
         raise ValueError(f"A label budget must be at least 1 case, got {num_labelled}")
     if num_labelled > len(training_cases):
@@ -46,5 +49,5 @@ def choose_labelled_cases(training_cases: Sequence[str], num_labelled: int, fold
                          f"{len(training_cases)} training cases. Use a budget of at most {len(training_cases)} "
                          f"(e.g. a smaller _<N>labels trainer) or a dataset with more labelled cases.")
     seed = LABEL_BUDGET_SEED + (fold if isinstance(fold, int) else 0)
-    order = np.random.RandomState(seed).permutation(sorted(training_cases))
+    order = np.random.RandomState(seed if draw == 0 else [seed, draw]).permutation(sorted(training_cases))
     return sorted(str(case) for case in order[:num_labelled])

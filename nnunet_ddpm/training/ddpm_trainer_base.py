@@ -1,9 +1,7 @@
 """What the DDPM trainers share: diffusion settings, seeding, checkpoint extras, loading the pretrained denoiser."""
 import os
-import random
 from typing import Optional
 
-import numpy as np
 import torch
 from batchgenerators.utilities.file_and_folder_operations import isfile, join, load_json, save_json
 from nnunetv2.paths import nnUNet_results
@@ -19,35 +17,28 @@ from nnunet_ddpm.training.given_weights import pretrained_weights_given_by_nnune
 from nnunet_ddpm.training.pretrained_checkpoint import (check_compatible, denoiser_metadata,
                                                         find_pretraining_checkpoint, load_checkpoint_file,
                                                         pretraining_command)
+from nnunet_ddpm.training.seeding import Seeded, seed_everything
 
 
 PRETRAINING_RECORD = 'ddpm_pretraining.json'
 
 
-def _seed_all(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-class nnUNetTrainerDDPMBase(nnUNetTrainer):
+class nnUNetTrainerDDPMBase(Seeded, nnUNetTrainer):
     """Not meant to be trained itself. Subclasses set the class attributes below to change one thing each."""
 
     diffusion = DiffusionSettings()  # forward process; must equal the pretraining's when fine-tuning
     timestep_embedding_dim = None  # None: 4 x the first stage's features (DDPM convention)
     pretraining_trainer_name = "nnUNetTrainerDDPMPretrain"
-    random_seed = 12345  # seeds torch, numpy and random before the network is built (DDP ranks > 0: see initialize)
 
     def initialize(self):
+        """Seeded (``training/seeding.py``) before the network is built; DDP ranks > 0 then draw their own streams."""
         first_time = not self.was_initialized
-        if first_time:
-            _seed_all(self.random_seed)
         super().initialize()
         if first_time and self.is_ddp and self.local_rank > 0:
             # Every rank was seeded alike, so every rank builds the same network. From here on each rank must draw its
             # own timesteps, noise and (with in-process data loading) batches, or all GPUs would repeat rank 0's draws
             # on their halves of the batch. Rank 0 keeps the stream of a one-process run.
-            _seed_all(self.random_seed + self.local_rank)
+            seed_everything(self.random_seed + self.local_rank)
 
     def do_split(self):
         """nnU-Net's split, refused if it puts a patient of ``case_groups.json`` in training and validation."""

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
+from nnunet_ddpm.comparison.grid import Run
 from nnunet_ddpm.comparison.report import write_report
 from nnunet_ddpm.comparison.statistics import paired_difference
 
@@ -30,15 +31,25 @@ class FakeBenchmark:
     plans: str = "nnUNetPlans"
     device: str = "cpu"
     trains_pretraining: bool = False
+    seeds: tuple = (12345,)
+    label_draws: tuple = (0,)
+
+    @property
+    def runs(self):
+        return [Run(seed, draw) for draw in self.label_draws for seed in self.seeds]
 
     def trainer(self, method, budget):
         return f"{method}_{budget}labels"
 
-    def model_folder(self, trainer, fold):
-        return str(Path(self.output_folder) / "models" / trainer / f"fold_{fold}")
+    def _run(self, run):
+        return "" if run is None or run == self.runs[0] else f"_{run.name}"
 
-    def prediction_folder(self, method, budget, fold):
-        return str(Path(self.output_folder) / "predictions" / method / f"{budget}labels" / f"fold_{fold}")
+    def model_folder(self, trainer, fold, run=None):
+        return str(Path(self.output_folder) / "models" / trainer / f"fold_{fold}{self._run(run)}")
+
+    def prediction_folder(self, method, budget, fold, run=None):
+        return str(Path(self.output_folder) / "predictions" / method / f"{budget}labels" /
+                   f"fold_{fold}{self._run(run)}")
 
 
 def hd(method, fold, case):
@@ -138,3 +149,68 @@ def test_every_label_is_a_row_of_its_own(tmp_path):
         rows = {(r["method"], r["labelled_cases"]): float(r["dice_mean"]) for r in csv.DictReader(f)}
     assert rows[("finetune", "all")] == pytest.approx(0.8 + 0.2 / 3) and rows[("baseline", "5")] == pytest.approx(0.6)
     assert imread(tmp_path / "dice_vs_labels.png").shape[:2] == (864, 504)
+
+
+def write_model(benchmark, method, fold, run, dice, hd95=1.0, reference_voxels=None, predicted_voxels=None):
+    folder = Path(benchmark.model_folder(benchmark.trainer(method, 5), fold, run))
+    folder.mkdir(parents=True)
+    (folder / "debug.json").write_text("{}")
+    folder = Path(benchmark.prediction_folder(method, 5, fold, run))
+    folder.mkdir(parents=True)
+    rows = [{"case": c, "region": "tumour", "dice": d, "hd95": hd95} for c, d in zip(CASES, dice)]
+    if reference_voxels is not None:
+        for row, r, p in zip(rows, reference_voxels, predicted_voxels):
+            row |= {"reference_voxels": r, "predicted_voxels": p}
+    (folder / "evaluation.json").write_text(json.dumps({"regions": ["tumour"], "per_case": rows}))
+
+
+def test_runs_are_averaged_and_their_spread_enters_the_interval(tmp_path):
+    """Two runs, one fold: fine-tune minus baseline is +0.1 on every case in run 1 and -0.1 in run 2. Over the runs
+    the mean is 0; resampling the two runs gives the means of (1, 1), (1, 2), (2, 1), (2, 2): +0.1, 0, 0, -0.1, so the
+    95 % interval is [-0.1, +0.1], where each run alone would claim an interval of zero width."""
+    benchmark = FakeBenchmark(str(tmp_path), folds=(0,), seeds=(1, 2))
+    for run, sign in zip(benchmark.runs, (1, -1)):
+        write_model(benchmark, "baseline", 0, run, [0.5, 0.6, 0.7])
+        write_model(benchmark, "finetune", 0, run, [0.5 + sign * 0.1, 0.6 + sign * 0.1, 0.7 + sign * 0.1])
+    report = write_report(benchmark, CASES)
+    (row,) = report["paired_differences"]
+    assert row["runs"] == 2 and row["dice_difference"] == pytest.approx(0.0, abs=1e-12)
+    assert (row["dice_low"], row["dice_high"]) == (pytest.approx(-0.1), pytest.approx(0.1))
+    rows = {r["method"]: r for r in report["results"]}
+    assert rows["finetune"]["models"] == 2 and rows["finetune"]["dice_mean"] == pytest.approx(0.6)
+    assert rows["finetune"]["dice_std"] == pytest.approx(np.std([0.7, 0.5], ddof=1))
+    assert "2 runs (seeds [1, 2] x label draws [0])" in report["markdown"]
+    assert "then runs, so that it holds the training noise" in report["markdown"]
+    assert [(r["seed"], r["label_draw"]) for r in report["per_case"][:4]] == [(1, 0)] * 3 + [(2, 0)]
+
+
+def test_false_positive_cases_are_counted(tmp_path):
+    """c0 and c1 have no tumour in the reference; the fine-tune predicts it on both, the baseline on c1 only."""
+    benchmark = FakeBenchmark(str(tmp_path), folds=(0,))
+    write_model(benchmark, "baseline", 0, None, [float("nan"), 0.0, 0.7], reference_voxels=[0, 0, 40],
+                predicted_voxels=[0, 3, 35])
+    write_model(benchmark, "finetune", 0, None, [0.0, 0.0, 0.8], reference_voxels=[0, 0, 40],
+                predicted_voxels=[5, 9, 41])
+    report = write_report(benchmark, CASES)
+    rows = {r["method"]: r for r in report["results"]}
+    assert (rows["baseline"]["false_positive_cases"], rows["baseline"]["region_absent_cases"]) == (1, 2)
+    assert rows["finetune"]["false_positive_share"] == 1.0
+    assert "### Cases without the region where it is predicted (false-positive cases)" in report["markdown"]
+    assert "| 5 | 1 of 2 | 2 of 2 |" in report["markdown"]
+
+
+def test_paired_differences_are_drawn_in_each_methods_colour(tmp_path):
+    """The lower row draws the fine-tune's difference in the fine-tune's colour (matplotlib's C1, orange), never in the
+    baseline's (C0, blue)."""
+    benchmark = FakeBenchmark(str(tmp_path), folds=(0,))
+    write_model(benchmark, "baseline", 0, None, [0.5, 0.6, 0.7])
+    write_model(benchmark, "finetune", 0, None, [0.6, 0.65, 0.9])
+    write_report(benchmark, CASES)
+    image = imread(tmp_path / "dice_vs_labels.png")[..., :3]
+    lower = image[image.shape[0] // 2:]
+
+    def near(rgb):
+        return (np.abs(lower - np.array(rgb) / 255).max(axis=-1) < 0.08).sum()
+
+    assert near((255, 127, 14)) > 50  # C1
+    assert near((31, 119, 180)) == 0  # C0

@@ -58,3 +58,24 @@ def test_fewer_than_two_cases_have_no_interval():
 def test_shapes_must_match():
     with pytest.raises(ValueError, match="same"):
         paired_difference(np.zeros((2, 3)), np.zeros((1, 3)))
+
+
+def test_one_run_each_is_the_bootstrap_over_cases():
+    from nnunet_ddpm.comparison.statistics import run_aware_difference
+    method, baseline = np.array([[0.7, 0.5, 0.9, 0.4]]), np.array([[0.6, 0.6, 0.6, 0.6]])
+    for paired in (True, False):
+        found = run_aware_difference(method, baseline, paired_runs=paired)
+        plain = paired_difference(method, baseline)
+        assert [found[k] for k in ("mean", "low", "high")] == pytest.approx([plain[k] for k in ("mean", "low", "high")])
+
+
+def test_unpaired_runs_are_resampled_on_each_side():
+    """Baseline: two runs, 0.5 and 0.7 on every case; method: one run, 0.6. Resampling the baseline's runs gives the
+    means 0.5, 0.6, 0.6, 0.7 (each run drawn with probability 1/2, two draws): the difference is +0.1, 0, 0 or -0.1,
+    with probabilities 1/4, 1/2, 1/4, so the 95 % interval is [-0.1, +0.1] around the mean 0."""
+    from nnunet_ddpm.comparison.statistics import run_aware_difference
+    found = run_aware_difference(np.full((1, 5), 0.6), np.array([[0.5] * 5, [0.7] * 5]), paired_runs=False)
+    assert found["mean"] == pytest.approx(0.0, abs=1e-12) and found["runs"] == [1, 2] and found["cases"] == 5
+    assert (found["low"], found["high"]) == (pytest.approx(-0.1), pytest.approx(0.1))
+    with pytest.raises(ValueError, match="Paired runs need the same"):
+        run_aware_difference(np.full((1, 5), 0.6), np.array([[0.5] * 5, [0.7] * 5]), paired_runs=True)

@@ -25,6 +25,7 @@ from nnunet_ddpm.training.nnUNetTrainerDDPMFinetune import (nnUNetTrainerDDPMFin
 from nnunet_ddpm.training.nnUNetTrainerDDPMInit import nnUNetTrainerDDPMInit
 from nnunet_ddpm.training.nnUNetTrainerDDPMPixelClassifier import nnUNetTrainerDDPMPixelClassifier
 from nnunet_ddpm.training.nnUNetTrainerDDPMPretrain import nnUNetTrainerDDPMPretrain
+from nnunet_ddpm.training.seeding import Seeded
 from nnunet_ddpm.training.variants.finetune_schedule import (nnUNetTrainerDDPMFinetune_encoderLR1,
                                                              nnUNetTrainerDDPMFinetune_unfreeze,
                                                              nnUNetTrainerDDPMFinetune_warmup)
@@ -48,8 +49,9 @@ def _positive_int(name: str, default: int) -> int:
     return int(value)
 
 
-class DemoBudget:
-    """Mixin (first base) that gives any trainer the demo budget; nothing else changes."""
+class DemoBudget(Seeded):
+    """Mixin (first base) that gives any trainer the demo budget (and, like every trainer of the plugin, a seed:
+    ``training/seeding.py``); nothing else changes."""
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):

@@ -1,8 +1,9 @@
 """Label-budget variants ``<Trainer>_<N>labels`` of every segmentation trainer, the stock nnUNetTrainer included.
 
-Fold k trains on N of its training cases (``nnunet_ddpm.splits.label_budget``: deterministic, nested across N) and
-validates on its validation cases as usual; the chosen cases are written to ``labelled_cases.json`` in the output
-folder. Nothing else differs from the base trainer, so ``nnUNetTrainer_20labels`` is the supervised baseline of
+Fold k trains on N of its training cases (``nnunet_ddpm.splits.label_budget``: deterministic, nested across N; another
+draw with ``nnUNet_ddpm_label_draw``) and validates on its validation cases as usual; the chosen cases are written to
+``labelled_cases.json`` in the output folder. Every variant is seeded (``training/seeding.py``), the stock nnUNetTrainer's
+included, so that repeated runs of a comparison differ only where they are meant to. Nothing else differs from the base trainer, so ``nnUNetTrainer_20labels`` is the supervised baseline of
 ``nnUNetTrainerDDPMFinetune_20labels``. The DDPM pretraining is not budgeted: it sees all images, never labels.
 
 Add a budget in one line, in a module of a folder on ``nnUNet_extTrainer``::
@@ -18,6 +19,7 @@ from nnunet_ddpm.training.nnUNetTrainerDDPMFinetune import (nnUNetTrainerDDPMFin
                                                             nnUNetTrainerDDPMFinetuneFrozenEncoder)
 from nnunet_ddpm.training.nnUNetTrainerDDPMInit import nnUNetTrainerDDPMInit
 from nnunet_ddpm.training.nnUNetTrainerDDPMPixelClassifier import nnUNetTrainerDDPMPixelClassifier
+from nnunet_ddpm.training.seeding import Seeded, label_draw
 from nnunet_ddpm.training.variants import demo_budget, finetune_schedule, finetune_timestep, pixel_features
 
 BUDGETED_TRAINERS = (nnUNetTrainer, nnUNetTrainerDDPMFinetune, nnUNetTrainerDDPMFinetuneFrozenEncoder,
@@ -36,7 +38,7 @@ BUDGETED_TRAINERS = (nnUNetTrainer, nnUNetTrainerDDPMFinetune, nnUNetTrainerDDPM
                      demo_budget.nnUNetTrainerDDPMFinetune_unfreeze_demo)
 
 
-class LabelBudget:
+class LabelBudget(Seeded):
     """Mixin (first base): keep ``num_labelled_cases`` of the fold's training cases."""
 
     num_labelled_cases: int = None
@@ -44,16 +46,18 @@ class LabelBudget:
     def do_split(self):
         train_cases, val_cases = super().do_split()
         check_fold_against_groups(self.preprocessed_dataset_folder_base, self.fold, train_cases, val_cases)  # stock
+        draw = label_draw()
         try:
-            labelled = choose_labelled_cases(train_cases, self.num_labelled_cases, self.fold)
+            labelled = choose_labelled_cases(train_cases, self.num_labelled_cases, self.fold, draw)
         except ValueError as e:  # ends nnUNetv2_train with the message, not a traceback through nnU-Net
             raise SystemExit(f"{self.__class__.__name__}: {e}") from None
         if self.local_rank == 0:
-            save_json({"num_labelled_cases": self.num_labelled_cases, "fold": self.fold,
+            save_json({"num_labelled_cases": self.num_labelled_cases, "fold": self.fold, "draw": draw,
                        "drawn_from_training_cases": len(train_cases), "cases": labelled},
                       join(self.output_folder, "labelled_cases.json"), sort_keys=False)
         self.print_to_log_file(f"Label budget: training on {len(labelled)} of the fold's {len(train_cases)} "
-                               f"training cases (labelled_cases.json); validating on {len(val_cases)} cases.")
+                               f"training cases (draw {draw}, seed {self.random_seed}; labelled_cases.json); "
+                               f"validating on {len(val_cases)} cases.")
         return labelled, val_cases
 
 
