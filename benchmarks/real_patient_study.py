@@ -48,7 +48,8 @@ def pretraining_name(iterations: int, pretrainer: str = PRETRAINER, run: int = 1
 # the pretraining variants' folder tags (pretraining_name) and what the report calls them
 OBJECTIVES = {"": "", "minsnr5": ", min-SNR loss weights (gamma 5)", "vprediction": ", v-prediction",
               "batch16": ", batch 16", "patch32": ", 32 x 32 patches", "patch64": ", 64 x 64 patches",
-              "run2": ", second run"}
+              **{f"run{n}": f", run {n}" for n in range(2, 10)}}
+RUN_RECORD = "run.json"  # a run's seed, draw of labelled slices and pretraining, beside its evaluations
 PLANNED_BATCH = 4  # nnU-Net's batch for the study's 48 x 40 patches: a batch-16 step sees 4 times as many images
 PLANNED_PATCH = "48 x 40"  # nnU-Net's patch for the study's slices (their brain boxes: median 43 x 35)
 
@@ -64,7 +65,9 @@ def pretraining_length(name: str) -> int:
 
 
 def environment(work: Path, pretrain_iterations: int, iterations: int, iterations_per_epoch: int = 50,
-                pretrainer: str = PRETRAINER, run: int = 1) -> dict:
+                pretrainer: str = PRETRAINER, run: int = 1, label_draw: int = 0) -> dict:
+    """The environment of every command of one run: its own nnUNet_results, the training budget, and from run 2 on
+    the run's number as the seed of every training (run 1 keeps the trainers' default seed)."""
     results = work / f"results_{pretraining_name(pretrain_iterations, pretrainer, run)}"
     env = dict(os.environ, nnUNet_raw=str(work / "raw"), nnUNet_preprocessed=str(work / "preprocessed"),
                nnUNet_results=str(results), nnUNet_def_n_proc="1", nnUNet_n_proc_DA="2", nnUNet_compile="false",
@@ -73,7 +76,10 @@ def environment(work: Path, pretrain_iterations: int, iterations: int, iteration
                nnUNet_ddpm_demo_pretrain_epochs=str(pretrain_iterations // iterations_per_epoch),
                nnUNet_ddpm_demo_skip_validation="1", OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
     from nnunet_ddpm.nnunet_trainers import TRAINER_DIR
+    from nnunet_ddpm.training.seeding import DEFAULT_SEED, LABEL_DRAW_VARIABLE, SEED_VARIABLE
     env["nnUNet_extTrainer"] = TRAINER_DIR
+    env[SEED_VARIABLE] = str(run if run > 1 else DEFAULT_SEED)
+    env[LABEL_DRAW_VARIABLE] = str(label_draw)
     return env
 
 
@@ -117,20 +123,39 @@ def prepare(args) -> None:
 
 
 def run(args) -> None:
+    """One run of the methods on the outer folds. A later run trains every method again in its own folders, seeded by
+    its number and on draw ``--label-draw`` of the labelled slices, from the pretraining of run ``--pretraining-run``
+    (by default run 1's if its checkpoint is still there, else its own, trained first)."""
     work = Path(args.w)
     folds = json.loads((work / "outer_folds.json").read_text())["folds"]
-    env = environment(work, args.pretrain_iterations, args.iterations, pretrainer=args.pretrainer, run=args.run)
+    env = environment(work, args.pretrain_iterations, args.iterations, pretrainer=args.pretrainer, run=args.run,
+                      label_draw=args.label_draw)
     name = pretraining_name(args.pretrain_iterations, args.pretrainer, args.run)
     for k in args.outer:
         assert k < len(folds)
-        # a later run trains every method again, from the first run's pretraining (its results folder's checkpoint)
-        first_run = environment(work, args.pretrain_iterations, args.iterations, pretrainer=args.pretrainer)
-        checkpoint = Path(first_run["nnUNet_results"]) / f"Dataset{FIRST_FOLD_ID + k}_BraTSRealOuter{k}" / \
+        source = args.pretraining_run or 1
+        checkpoint = Path(environment(work, args.pretrain_iterations, args.iterations, pretrainer=args.pretrainer,
+                                      run=source)["nnUNet_results"]) / f"Dataset{FIRST_FOLD_ID + k}_BraTSRealOuter{k}" / \
             f"{args.pretrainer}_demo__nnUNetPlans__2d" / "fold_all" / "checkpoint_final.pth"
+        if args.run == source or (not checkpoint.is_file() and args.pretraining_run is None):
+            handed, source = [], args.run  # this run's own pretraining (trained by the benchmark if missing)
+        elif checkpoint.is_file():
+            handed = ["--pretrained-weights", checkpoint]
+        else:
+            raise SystemExit(f"Run {source}'s pretraining checkpoint {checkpoint} does not exist: run it first, or leave "
+                             f"out --pretraining-run to pretrain in this run's own folder.")
+        benchmark = work / f"benchmark_{name}_outer{k}"
+        benchmark.mkdir(parents=True, exist_ok=True)
+        record = {"run": args.run, "seed": int(env["nnUNet_ddpm_seed"]), "label_draw": args.label_draw,
+                  "pretraining_run": source}
+        previous = json.loads((benchmark / RUN_RECORD).read_text()) if (benchmark / RUN_RECORD).is_file() else record
+        if previous != record:
+            raise SystemExit(f"{benchmark} holds run {previous}, this command asks for {record}: give the run another "
+                             f"--run number.")
+        (benchmark / RUN_RECORD).write_text(json.dumps(record, indent=1))
         sh(["nnUNetv2_ddpm_benchmark", "-d", FIRST_FOLD_ID + k, "-c", "2d", "--methods", *args.methods,
             "--budgets", *args.budgets, "--folds", "0", "--trainer-suffix", "_demo", "--device", "cpu", "--np", "1",
-            "--pretrainer", args.pretrainer, *(["--pretrained-weights", checkpoint] if args.run > 1 else []),
-            "-o", work / f"benchmark_{name}_outer{k}"], env)
+            "--pretrainer", args.pretrainer, *handed, "-o", benchmark], env)
 
 
 # Work folders run while the default fine-tune trained every weight at one learning rate name the methods as they were
@@ -421,8 +446,12 @@ def main() -> None:
     r.add_argument("--pretrain-iterations", type=int, default=4000)
     r.add_argument("--iterations", type=int, default=1000, help="training iterations of every method")
     r.add_argument("--pretrainer", default=PRETRAINER, help="a variant of the pretraining (another objective)")
-    r.add_argument("--run", type=int, default=1, help="2: train the methods again (own folders), from the pretraining "
-                   "of run 1; the report compares the two runs")
+    r.add_argument("--run", type=int, default=1, help="N > 1: train the methods again in their own folders, seeded with "
+                   "N; the report pools the runs")
+    r.add_argument("--label-draw", type=int, default=0, help="which draw of the labelled slices (nnUNet_ddpm_label_draw)")
+    r.add_argument("--pretraining-run", type=int, default=None,
+                   help="start the DDPM methods from that run's pretraining (default: run 1's if it exists, else this "
+                        "run's own)")
     c = sub.add_parser("collect")
     c.add_argument("-w", required=True)
     sub.add_parser("report", help="rewrite the tables in documentation/evidence.md from the committed result files")
