@@ -181,6 +181,9 @@ def collect(args) -> None:
             target = EVIDENCE / pretrain / outer / method / budget
             target.mkdir(parents=True, exist_ok=True)
             shutil.copy(prediction / "evaluation.json", target / "evaluation.json")
+        if (benchmark / RUN_RECORD).is_file():
+            (EVIDENCE / pretrain / outer).mkdir(parents=True, exist_ok=True)
+            shutil.copy(benchmark / RUN_RECORD, EVIDENCE / pretrain / outer / RUN_RECORD)
         report = benchmark / "results.json"
         if report.is_file():  # merged: a later run of other methods or budgets keeps the earlier methods' settings
             target = EVIDENCE / pretrain / outer / "settings.json"
@@ -188,7 +191,127 @@ def collect(args) -> None:
             settings.update({renamed.get(m, m): v for m, v in json.loads(report.read_text())["settings"].items()})
             target.write_text(json.dumps(settings, indent=1))
     shutil.copy(work / "outer_folds.json", EVIDENCE / "outer_folds.json")
+    _write_reference_sizes(work)
     print(f"Collected into {EVIDENCE}")
+
+
+REFERENCE_SIZES = EVIDENCE / "test_reference_voxels.json"
+
+
+def _write_reference_sizes(work: Path) -> None:
+    """Each test slice's region sizes in its reference segmentation ({case: {region: voxels}}): with a slice's Dice
+    they tell a false-positive slice (no region in the reference, some in the prediction: Dice 0) from a true negative
+    (Dice undefined), also in evaluation files written before they recorded the sizes. Counts only, no image data."""
+    import SimpleITK as sitk
+    sizes = {}
+    for k in range(len(json.loads((work / "outer_folds.json").read_text())["folds"])):
+        raw = work / "raw" / f"Dataset{FIRST_FOLD_ID + k}_BraTSRealOuter{k}"
+        labels = json.loads((raw / "dataset.json").read_text())["labels"]
+        regions = {name: value for name, value in labels.items() if name != "background"}  # names as evaluated
+        for label_file in sorted((raw / "labelsTs").glob("*.nii.gz")):
+            segmentation = sitk.GetArrayFromImage(sitk.ReadImage(str(label_file)))
+            sizes[label_file.name[:-len(".nii.gz")]] = {name: int(np.isin(segmentation, value).sum())
+                                                        for name, value in regions.items()}
+    REFERENCE_SIZES.write_text(json.dumps(sizes, indent=0, sort_keys=True))
+
+
+def _runs_of(setting: str) -> dict:
+    """{run number: evidence folder} of one setting (``pretrain4000``: run 1 there, run N in ``pretrain4000runN``)."""
+    folders = {1: EVIDENCE / setting} if (EVIDENCE / setting).is_dir() else {}
+    for folder in EVIDENCE.glob(f"{setting}run*"):
+        number = re.fullmatch(rf"{setting}run(\d+)", folder.name)
+        if number:
+            folders[int(number.group(1))] = folder
+    return dict(sorted(folders.items()))
+
+
+def _slice_dice(folder: Path, method: str, budget) -> dict:
+    """{region: {case: Dice}} of one run of a method and budget over every outer fold it has; NaN where neither
+    reference nor prediction has the region (kept, so that false-positive slices can be told from true negatives)."""
+    dice = {}
+    for evaluation in sorted(folder.glob(f"outer*/{method}/{budget_folder(budget)}/evaluation.json")):
+        for row in json.loads(evaluation.read_text())["per_case"]:
+            value = float("nan") if row["dice"] is None else float(row["dice"])
+            dice.setdefault(row["region"], {})[row["case"]] = value
+    return dice
+
+
+def _replicated_rows(setting: str, budget, methods) -> list:
+    """Per method, its runs (those that cover the baseline's test patients), the mean over runs of the patients' mean
+    Dice (BraTS convention: a slice without the region in reference and prediction scores 1), its false-positive
+    slices, and the paired difference to the supervised nnU-Net with an interval over patients and runs
+    (``run_aware_difference``; runs paired where both sides have the same runs, which share seeds and labelled
+    slices)."""
+    from nnunet_ddpm.comparison.statistics import run_aware_difference
+    sizes = json.loads(REFERENCE_SIZES.read_text())
+    runs = {m: {n: _slice_dice(f, m, budget) for n, f in _runs_of(setting).items()} for m in methods}
+    runs = {m: {n: d for n, d in r.items() if d} for m, r in runs.items()}
+    base = runs.get("baseline", {})
+    if not base:
+        return []
+    regions = list(next(iter(base.values())))
+    cases = sorted(next(iter(base.values()))[regions[0]])
+    patients = sorted({c.rsplit("_s", 1)[0] for c in cases})
+
+    def patient_means(dice: dict, region: str) -> np.ndarray:
+        values = {}
+        for case in cases:
+            value = dice[region][case]
+            values.setdefault(case.rsplit("_s", 1)[0], []).append(1.0 if np.isnan(value) else value)
+        return np.array([np.mean(values[p]) for p in patients])
+
+    rows = []
+    for method in methods:
+        complete = {n: d for n, d in runs.get(method, {}).items() if set(cases) <= set(d[regions[0]])}
+        if not complete:
+            continue
+        row = {"method": method, "runs": sorted(complete), "dice": [], "false_positives": [], "difference": []}
+        for region in regions:
+            mine = np.array([patient_means(d, region) for d in complete.values()])
+            row["dice"].append(float(mine.mean()))
+            absent = [c for c in cases if sizes[c][region] == 0]
+            row["false_positives"].append((float(np.mean([sum(not np.isnan(d[region][c]) for c in absent)
+                                                          for d in complete.values()])), len(absent)))
+            if method != "baseline":
+                paired = sorted(complete) == sorted(base)
+                theirs = np.array([patient_means(base[n], region) for n in (sorted(complete) if paired else base)])
+                row["difference"].append(run_aware_difference(mine, theirs, paired_runs=paired))
+        rows.append(row)
+    return rows, regions, len(patients), len(cases)
+
+
+def _replicated() -> list:
+    """The tables that the README's claims come from: every method with all its runs of the plain 4,000-iteration
+    pretraining, per budget."""
+    from nnunet_ddpm.comparison.methods import title
+    lines = ["### Replicated comparison (every run counted)", "",
+             "Each method with all its runs at 4,000 pretraining iterations (run 1 and later runs; a run trains every "
+             "method again with its own seed, and some runs on another draw of the labelled slices: `run.json` in "
+             "each evidence folder). Dice: the mean over runs of the mean over patients of each patient's mean over "
+             "its slices (a slice without the region in reference and prediction scores 1). False-positive slices: "
+             "of the test slices without the region in the reference, on how many the method predicts it (mean over "
+             "runs). Paired difference to the supervised nnU-Net on the same patients, with a 95 % bootstrap "
+             "interval that resamples patients, then runs (10,000 resamples, seeded), so it holds the training "
+             "noise; runs are paired where both sides have the same runs.", ""]
+    for budget in (5, 10, 20, ALL_LABELS):
+        found = _replicated_rows("pretrain4000", budget, ("baseline", "finetune", "frozen", "init", "pixel"))
+        if not found:
+            continue
+        rows, regions, patients, slices = found
+        lines += [f"#### {budget} labelled slices ({patients} test patients, {slices} slices)", "",
+                  "| method | runs | " + " | ".join(f"Dice {r}" for r in regions) + " | " +
+                  " | ".join(f"false-positive slices {r}" for r in regions) + " | " +
+                  " | ".join(f"paired Dice difference {r}" for r in regions) + " |",
+                  "|---" * (2 + 3 * len(regions)) + "|"]
+        for row in rows:
+            lines.append(f"| {title(row['method'])} | {len(row['runs'])} ({', '.join(map(str, row['runs']))}) | " +
+                         " | ".join(f"{d:.3f}" for d in row["dice"]) + " | " +
+                         " | ".join(f"{n:.1f} of {of}" for n, of in row["false_positives"]) + " | " +
+                         (" | ".join(f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
+                                     for d in row["difference"]) if row["difference"] else
+                          " | ".join("" for _ in regions)) + " |")
+        lines.append("")
+    return lines
 
 
 def _load_results(pretrain: str) -> dict:
@@ -296,7 +419,7 @@ def report(args) -> None:
                         cells.append(f"{d['mean']:+.{digits}f} [{d['low']:+.{digits}f}, {d['high']:+.{digits}f}]")
                 lines.append(f"| {title(method)} | " + " | ".join(cells) + " |")
             lines.append("")
-    lines += _gains() + _objectives()
+    lines = _replicated() + lines + _gains() + _objectives()
     text = "\n".join(lines)
     page = EVIDENCE.parent / "evidence.md"
     before, rest = page.read_text().split(TABLES_START, 1)
