@@ -31,8 +31,10 @@ def phantom_2d(nnunet) -> str:
 
 @pytest.fixture(scope="session")
 def pretrained_2d(nnunet, phantom_2d) -> Path:
-    """Folder of the finished test-budget DDPM pretraining on the 2D phantom (fold all)."""
-    nnunet.train(PHANTOM_2D[0], "2d", "all", "nnUNetTrainerDDPMPretrain_demo")
+    """Folder of the finished test-budget DDPM pretraining on the 2D phantom (fold all), with a snapshot after the
+    first epoch's 3 iterations (checkpoint_iteration3.pth)."""
+    nnunet.train(PHANTOM_2D[0], "2d", "all", "nnUNetTrainerDDPMPretrain_demo",
+                 extra_env={"nnUNet_ddpm_pretrain_snapshots": "3"})
     return nnunet.trainer_folder(phantom_2d, "nnUNetTrainerDDPMPretrain_demo", "2d", "all")
 
 

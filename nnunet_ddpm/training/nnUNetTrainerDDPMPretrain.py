@@ -3,6 +3,7 @@
 Ho et al. 2020 (epsilon-prediction loss, Algorithm 1), Nichol & Dhariwal 2021 (cosine schedule), as used by
 Alshenoudy et al. 2023 ("Semi-supervised Brain Tumor Segmentation Using Diffusion Models").
 """
+import os
 from copy import deepcopy
 from time import time
 from typing import List, Tuple
@@ -30,6 +31,9 @@ from nnunet_ddpm.training.pretrained_checkpoint import denoiser_metadata
 from nnunet_ddpm.training.progress import DenoisingProgressLogger, save_sample_grid
 
 
+SNAPSHOTS_VARIABLE = 'nnUNet_ddpm_pretrain_snapshots'
+
+
 class nnUNetTrainerDDPMPretrain(nnUNetTrainerDDPMBase):
     """Trains the time-conditioned planned U-Net to predict the noise added to an image (MSE on epsilon, or on v with
     ``prediction_type = 'v_prediction'``).
@@ -53,6 +57,11 @@ class nnUNetTrainerDDPMPretrain(nnUNetTrainerDDPMBase):
     # multiple of the network's downsampling along it, so that the planned U-Net takes it unchanged
     pretraining_patch_size = None
     preview_sampling_steps = 50
+    # iteration counts after which a copy of the checkpoint is kept as checkpoint_iteration<N>.pth, so that one long
+    # pretraining gives the fine-tunes of several pretraining lengths (set nnUNet_ddpm_pretrain_snapshots=4000,8000
+    # to choose them per run). The learning rate decays over the whole run, so a snapshot is not the end of a shorter
+    # run; its EMA weights are what a fine-tune reads.
+    snapshot_iterations = ()
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
@@ -118,6 +127,7 @@ class nnUNetTrainerDDPMPretrain(nnUNetTrainerDDPMBase):
         return TimeConditionedUNet(unet, cls.timestep_embedding_dim, cls.recomputed_encoder_stages)
 
     def initialize(self):
+        self.snapshots()  # a bad nnUNet_ddpm_pretrain_snapshots is refused now, not after hours of training
         super().initialize()
         self.dataset_class = images_only(self.dataset_class)
         self.ema_network = deepcopy(self.unwrapped_network()).requires_grad_(False).eval()
@@ -242,6 +252,9 @@ class nnUNetTrainerDDPMPretrain(nnUNetTrainerDDPMBase):
         self.print_to_log_file(f"Epoch time: {np.round(epoch_time, decimals=2)} s")
         if (self.current_epoch + 1) % self.save_every == 0 and self.current_epoch != (self.num_epochs - 1):
             self.save_checkpoint(join(self.output_folder, 'checkpoint_latest.pth'))
+        iterations = (self.current_epoch + 1) * self.num_iterations_per_epoch
+        if iterations in self.snapshots():
+            self.save_checkpoint(join(self.output_folder, f'checkpoint_iteration{iterations}.pth'))
         ema_val_loss = self.logger.get_value('ema_val_losses', step=-1)
         if self._best_ema is None or ema_val_loss < self._best_ema:
             self._best_ema = ema_val_loss
@@ -250,6 +263,17 @@ class nnUNetTrainerDDPMPretrain(nnUNetTrainerDDPMBase):
         if self.local_rank == 0:
             self.logger.plot_progress_png(self.output_folder)
         self.current_epoch += 1
+
+    def snapshots(self) -> tuple:
+        """``snapshot_iterations``, or the comma-separated counts of ``nnUNet_ddpm_pretrain_snapshots``."""
+        text = os.environ.get(SNAPSHOTS_VARIABLE)
+        if not text:
+            return tuple(self.snapshot_iterations)
+        counts = [c.strip() for c in text.split(',')]
+        if not all(c.isdigit() and int(c) > 0 for c in counts):
+            raise SystemExit(f"{SNAPSHOTS_VARIABLE} must be comma-separated positive iteration counts (e.g. "
+                             f"4000,8000), got {text!r}")
+        return tuple(int(c) for c in counts)
 
     def extra_checkpoint_entries(self) -> dict:
         """EMA weights go to 'network_weights' (what fine-tuning and -pretrained_weights read)."""

@@ -43,6 +43,12 @@ def test_pretraining_writes_denoiser_checkpoint_progress_and_samples(nnunet, pre
     losses = checkpoint["logging"]
     assert len(losses["train_losses"]) == len(losses["val_losses"]) == 2
     assert losses["train_losses"][1] < losses["train_losses"][0] and losses["val_losses"][1] < losses["val_losses"][0]
+    # the snapshot asked for after 3 iterations (nnUNet_ddpm_pretrain_snapshots=3): the first epoch's checkpoint, with
+    # the same pretraining record as the final one, so a fine-tune takes it as -pretrained_weights
+    snapshot = _load(pretrained_2d / "checkpoint_iteration3.pth")
+    assert snapshot["current_epoch"] == 1 and snapshot["ema_updates"] == 3 and snapshot["ddpm"] == meta
+    assert any(not torch.equal(snapshot["network_weights"][k], ema[k]) for k in ema)
+    assert sorted(p.name for p in pretrained_2d.glob("checkpoint_iteration*.pth")) == ["checkpoint_iteration3.pth"]
 
 
 def test_pretraining_never_reads_labels(nnunet, pretrained_2d, tmp_path):

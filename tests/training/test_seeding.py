@@ -37,3 +37,11 @@ def test_one_seed_repeats_a_training_exactly_and_another_seed_and_draw_do_not(nn
 def test_a_bad_seed_is_refused_with_its_name(nnunet, phantom_2d):
     result = nnunet.train(PHANTOM_2D[0], "2d", 0, TRAINER, ok=False, extra_env={"nnUNet_ddpm_seed": "seven"})
     assert "nnUNet_ddpm_seed must be a non-negative integer, got 'seven'" in result.output
+
+
+def test_bad_snapshot_iterations_are_refused_before_training(nnunet, phantom_2d, tmp_path):
+    result = nnunet.train(PHANTOM_2D[0], "2d", "all", "nnUNetTrainerDDPMPretrain_demo", ok=False,
+                          extra_env={"nnUNet_ddpm_pretrain_snapshots": "4000,8k", "nnUNet_results": str(tmp_path)})
+    assert "nnUNet_ddpm_pretrain_snapshots must be comma-separated positive iteration counts (e.g. 4000,8000), got " \
+           "'4000,8k'" in result.output
+    assert not list(tmp_path.rglob("checkpoint_*.pth"))
