@@ -60,3 +60,23 @@ def test_no_import_cycles():
 def test_cycle_finder_finds_a_cycle():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_no_development_tools_in_the_package():
+    """The installed package imports none of the repository's development folders nor test libraries, and setup.py
+    installs nnunet_ddpm alone (benchmarks/, tools/ and tests/ stay in the checkout)."""
+    from setuptools import find_packages
+    development = {"tests", "benchmarks", "tools", "pytest"}
+    found = {}
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else []
+            for name in names:
+                if name.split(".")[0] in development:
+                    found.setdefault(str(path.relative_to(PACKAGE.parent)), []).append(name)
+    assert not found, found
+    setup = (PACKAGE.parent / "setup.py").read_text()
+    assert 'packages=find_packages(include=["nnunet_ddpm", "nnunet_ddpm.*"])' in setup
+    installed = find_packages(str(PACKAGE.parent), include=["nnunet_ddpm", "nnunet_ddpm.*"])
+    assert installed and all(p.split(".")[0] == "nnunet_ddpm" for p in installed)
