@@ -130,9 +130,11 @@ class nnUNetTrainerDDPMPixelClassifier(UsesPretrainedDenoiser):
             self.print_to_log_file("WARNING: " + message)
         return source
 
-    def apply_pretrained_weights(self, weights: dict) -> str:
+    def apply_pretrained_weights(self, weights: dict) -> None:
+        transfer_denoiser_weights(self.unwrapped_network(), weights)  # every key but the head's (.seg_layers.)
+
+    def pretrained_weights_use(self) -> str:
         network = self.unwrapped_network()
-        transfer_denoiser_weights(network, weights)  # every key but the head's (.seg_layers.)
         return (f"frozen; features of decoder stages {network.stages} at timesteps {network.timesteps} "
                 f"({network.timesteps_per_pass} per denoiser pass), ensemble of {self.ensemble_size} MLPs")
 
