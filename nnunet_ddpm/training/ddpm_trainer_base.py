@@ -174,6 +174,7 @@ class UsesPretrainedDenoiser(nnUNetTrainerDDPMBase):
                                           self.plans_manager.plans_name, self.pretraining_trainer_name)
             expected = denoiser_metadata(self, self.diffusion, self.timestep_embedding_dim, ema_decay=None)
             check_compatible(metadata, expected, described, command)
+        self.prepare_for_given_weights(sha256)
         metadata = metadata or {}
         source = {'checkpoint': None, 'weights_sha256': sha256, 'given_to_nnunet': True,
                   'dataset_name': metadata.get('dataset_name'), 'epochs': metadata.get('epochs'),
@@ -181,6 +182,10 @@ class UsesPretrainedDenoiser(nnUNetTrainerDDPMBase):
         self.print_to_log_file(f"Initialised from the DDPM pretraining {described}: dataset {source['dataset_name']}, "
                                f"{source['epochs']} epochs, EMA weights; {source['use']}.")
         return source
+
+    def prepare_for_given_weights(self, weights_sha256: str) -> None:
+        """Called once nnU-Net's given weights passed the checks, before training: a subclass whose network depends
+        on which pretraining it starts from (the pixel classifier's probed features) settles it here."""
 
     def apply_pretrained_weights(self, weights: dict) -> None:
         """Put the pretrained denoiser's state dict into ``self.network``."""
