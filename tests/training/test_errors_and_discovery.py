@@ -146,19 +146,47 @@ def test_another_noise_schedule_is_refused_from_the_shell_and_from_python(nnunet
     assert not list((tmp_path / "results").rglob("checkpoint_*.pth"))
 
 
-def test_the_python_api_snippet_of_how_it_works_runs_as_written(nnunet, phantom_2d, tmp_path):
-    """documentation/how_it_works.md, section "From Python": every trainer from run_training, in its own results."""
+def _python_blocks_of_how_it_works() -> list:
     text = (Path(__file__).resolve().parents[2] / "documentation" / "how_it_works.md").read_text()
-    snippet = text.split("### From Python", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    section = text.split("### From Python", 1)[1].split("\n## ", 1)[0]
+    return [block.split("```", 1)[0] for block in section.split("```python\n")[1:]]
+
+
+def test_the_one_line_of_how_it_works_makes_the_trainers_findable_from_python(nnunet):
+    one_line, _ = _python_blocks_of_how_it_works()
+    assert len(one_line.strip().splitlines()) == 1
+    code = one_line + "import os; print(os.environ['nnUNet_extTrainer'])\n"
+    for before, after in (("", TRAINER_DIR), ("/my/trainers", os.pathsep.join([TRAINER_DIR, "/my/trainers"]))):
+        result = nnunet.run(sys.executable, "-c", code, training=False, extra_env={"nnUNet_extTrainer": before})
+        assert result.stdout.strip() == after
+
+
+def test_the_python_script_of_how_it_works_runs_as_a_saved_script(nnunet, phantom_2d, tmp_path):
+    """documentation/how_it_works.md, "From Python", saved as a file and run with nnU-Net's final validation on (its
+    worker processes, and the predictor's, import the script again) and nnUNet_extTrainer unset: every model is trained
+    once and validated, and the predictor writes every case."""
+    _, script = _python_blocks_of_how_it_works()
+    path = tmp_path / "ddpm_from_python.py"
+    path.write_text(script)
     results = tmp_path / "results"
-    nnunet.run(sys.executable, "-c", snippet, extra_env={"nnUNet_results": str(results)})
+    nnunet.run(sys.executable, path, extra_env={"nnUNet_results": str(results), "nnUNet_extTrainer": "",
+                                                "nnUNet_ddpm_demo_skip_validation": "0"})
     folder = results / DATASET_NAME
-    for trainer, fold in (("nnUNetTrainerDDPMFinetune_demo", 0), ("nnUNetTrainerDDPMFinetuneFrozenEncoder_demo", 0),
+    for trainer, fold in (("nnUNetTrainerDDPMPretrain_demo", "all"), ("nnUNetTrainerDDPMFinetune_demo", 0),
                           ("nnUNetTrainerDDPMPixelClassifier_demo", 0), ("nnUNetTrainer_demo", 0),
                           ("nnUNetTrainerDDPMFinetune_demo", 1)):
-        checkpoint = torch.load(folder / f"{trainer}__nnUNetPlans__2d" / f"fold_{fold}" / "checkpoint_final.pth",
-                                map_location="cpu", weights_only=False)
+        fold_folder = folder / f"{trainer}__nnUNetPlans__2d" / f"fold_{fold}"
+        checkpoint = torch.load(fold_folder / "checkpoint_final.pth", map_location="cpu", weights_only=False)
         assert (checkpoint["trainer_name"], checkpoint["current_epoch"]) == (trainer, 2)  # the tests' 2 epochs
+        assert len(list(fold_folder.glob("training_log_*.txt"))) == 1, f"{trainer} fold {fold} trained again"
+        if fold != "all":
+            assert (fold_folder / "validation" / "summary.json").is_file()
+    record = json.loads((folder / "nnUNetTrainerDDPMFinetune_demo__nnUNetPlans__2d" / "fold_1" /
+                         "ddpm_pretraining.json").read_text())
+    assert record["given_to_nnunet"] is True
+    predictions = sorted(p.name for p in (results / "predictions").glob("*.nii.gz"))
+    assert predictions == sorted(p.name.replace("_0000.nii.gz", ".nii.gz")
+                                 for p in (nnunet.raw / DATASET_NAME / "imagesTr").glob("*_0000.nii.gz"))
 
 
 def test_trainers_are_found_in_a_fresh_shell_after_one_setting(nnunet, pretrained_2d, tmp_path):
