@@ -9,7 +9,8 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["nnunet_ddpm", "nnunet_ddpm.*"]),
     install_requires=[
-        "nnunetv2>=2.8.1,<2.9",  # trainer hooks, MetaLogger and the extTrainer search of 2.8
+        # trainer hooks, MetaLogger and the extTrainer search of 2.8; what was tested: documentation/testing.md
+        "nnunetv2>=2.8.1,<3",
         "torch>=2.3",  # torch.compiler.is_compiling (networks/time_conditioned_unet.py)
         "numpy",
         "SimpleITK",

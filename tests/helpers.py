@@ -182,3 +182,17 @@ def tiny_plans(dataset_name: str, batch_size: int = 4, size: int = 32, channels:
 
 TINY_DATASET_JSON = {"channel_names": {"0": "A", "1": "B"}, "labels": {"background": 0, "tumour": 1},
                      "numTraining": 4, "file_ending": ".nii.gz"}
+
+
+def changed_pretraining(source: Path, target: Path, change) -> Path:
+    """A copy of the pretraining checkpoint ``source`` at ``target`` whose description ``change(metadata)`` edited in
+    place, in both places it is kept: the checkpoint's ``ddpm`` entry and the buffer inside its weights."""
+    from nnunet_ddpm.networks import (PRETRAINING_METADATA_KEY, decode_pretraining_metadata,
+                                      encode_pretraining_metadata)
+    checkpoint = torch.load(source, map_location="cpu", weights_only=False)
+    change(checkpoint["ddpm"])
+    inside = decode_pretraining_metadata(checkpoint["network_weights"][PRETRAINING_METADATA_KEY])
+    change(inside)
+    checkpoint["network_weights"][PRETRAINING_METADATA_KEY] = encode_pretraining_metadata(inside)
+    torch.save(checkpoint, target)
+    return target

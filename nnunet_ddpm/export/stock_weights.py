@@ -91,10 +91,18 @@ def adaptation_plan(plans_manager: PlansManager, configuration: str, num_input_c
 
 def _segmentation_network(trainer_name: str, plans_manager: PlansManager, configuration: str,
                           dataset_json: dict) -> torch.nn.Module:
-    from nnunet_ddpm.nnunet_trainers import nnunet_ddpm_trainers
-    trainer_class = getattr(nnunet_ddpm_trainers, trainer_name, None)
-    if trainer_class is None:
-        raise ExportError(f"{trainer_name} is not a trainer of nnunet_ddpm; a stock trainer's model needs no export.")
+    from nnunet_ddpm.nnunet_trainers import find_trainer_class
+    from nnunet_ddpm.training.ddpm_trainer_base import nnUNetTrainerDDPMBase
+    try:
+        trainer_class = find_trainer_class(trainer_name)
+    except RuntimeError:
+        raise ExportError(
+            f"nnU-Net's trainer search finds no trainer {trainer_name} (searched nnunetv2's trainers and "
+            f"nnUNet_extTrainer={os.environ.get('nnUNet_extTrainer')}). If it is your own trainer, name its folder: "
+            f'export nnUNet_extTrainer="$(nnUNetv2_ddpm_trainer_dir){os.pathsep}/path/to/your/trainers"') from None
+    if not issubclass(trainer_class, nnUNetTrainerDDPMBase):
+        raise ExportError(f"{trainer_name} is not a trainer of nnunet_ddpm nor a subclass of one; a stock trainer's "
+                          f"model needs no export.")
     from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
     configuration_manager = plans_manager.get_configuration(configuration)
     num_outputs = plans_manager.get_label_manager(dataset_json).num_segmentation_heads

@@ -15,6 +15,14 @@ as many as the defaults by default) are written beside the pretraining checkpoin
 classifier without a choice of its own budget). One choice serves all folds of a trainer, because nnU-Net builds one
 network for a model folder's folds.
 
+A pixel classifier given its pretraining by nnU-Net's ``-pretrained_weights`` learns only the weights, not the file
+(``training/ddpm_trainer_base.py``). So every choice is also filed by the content hash of the weights it was made for
+(``denoiser_sha256``), under ``$nnUNet_results/<dataset>/ddpm_pixel_features/<hash>/`` (``indexed_choice_file``),
+where such a run looks it up.
+
+Decoder stages are counted from the end everywhere (files, messages, logs): -1 is the full-resolution stage, -2 the
+one below it; that numbering does not depend on the network's depth.
+
 Memory is bounded by the sampled pixels: each case is run on one patch (the plans' patch size, around its centre),
 its features upsampled, and only ``--pixels-per-case`` of its pixels kept.
 """
@@ -39,6 +47,12 @@ def choice_file(budget: Optional[int] = None) -> str:
     """The choice's file name: one per label budget, so that a ``_<N>labels`` trainer uses the choice made on its
     own N cases; ``pixel_features.json`` for a probe of all of a fold's training cases."""
     return CHOICE_FILE if budget is None else f"pixel_features_{budget}labels.json"
+
+
+def indexed_choice_file(results_folder: str, dataset_name: str, weights_sha256: str,
+                        budget: Optional[int] = None) -> str:
+    """Where the choice made for the weights with content hash ``weights_sha256`` is filed for ``dataset_name``."""
+    return join(results_folder, dataset_name, "ddpm_pixel_features", weights_sha256[:16], choice_file(budget))
 
 
 def case_patch(data: np.ndarray, seg: np.ndarray, patch_size: Sequence[int], divisor: Sequence[int]):
@@ -206,8 +220,8 @@ def probe_features(dataset: str, configuration: str = "2d", fold: int = 0, budge
     from nnunet_ddpm.diffusion import DiffusionSettings
     from nnunet_ddpm.networks import PixelClassifierNetwork, build_unet_from_plans, network_downsampling
     from nnunet_ddpm.splits.label_budget import choose_labelled_cases
-    from nnunet_ddpm.training.pretrained_checkpoint import (find_pretraining_checkpoint, load_checkpoint_file,
-                                                            transfer_denoiser_weights)
+    from nnunet_ddpm.training.pretrained_checkpoint import (denoiser_sha256, find_pretraining_checkpoint,
+                                                            load_checkpoint_file, transfer_denoiser_weights)
     try:
         dataset_name = maybe_convert_to_dataset_name(dataset)
     except RuntimeError as e:
@@ -289,13 +303,18 @@ def probe_features(dataset: str, configuration: str = "2d", fold: int = 0, budge
         f.write("\n".join(table) + "\n")
     heat_map(scores, join(output, "scores.png"), f"{dataset_name} fold {fold}: linear probe per stage and timestep")
     record = {**choice, "checkpoint": os.path.abspath(checkpoint), "checkpoint_sha1": file_digest(checkpoint),
-              "fold": fold, "budget": budget, "cases": cases, "pixels_per_case": pixels_per_case,
+              "weights_sha256": denoiser_sha256(network.state_dict()), "fold": fold, "budget": budget, "cases": cases, "pixels_per_case": pixels_per_case,
               "max_stages": max_stages, "max_timesteps": max_timesteps,
               "scores": {f"{stage - len(all_stages)},{t}": v for (stage, t), v in sorted(scores.items())},
               "pictures": pictures}
     record["file"] = join(os.path.dirname(os.path.abspath(checkpoint)), choice_file(budget))
-    save_json(record, record["file"] + ".partial", sort_keys=False)
-    os.replace(record["file"] + ".partial", record["file"])  # a trainer starting now reads the old or the new choice
+    written = [record["file"]]
+    if nnUNet_results.is_set():  # where a trainer given these weights by nnU-Net looks for their choice
+        written.append(indexed_choice_file(str(nnUNet_results), dataset_name, record["weights_sha256"], budget))
+        maybe_mkdir_p(os.path.dirname(written[-1]))
+    for path in written:
+        save_json(record, path + ".partial", sort_keys=False)
+        os.replace(path + ".partial", path)  # a trainer starting now reads the old or the new choice
     return record
 
 

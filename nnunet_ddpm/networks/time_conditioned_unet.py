@@ -9,10 +9,17 @@ The modulation is folded into the normalisation's affine parameters: instance no
 batch norm of its (1, B*C, *spatial) view, so per-sample scales are per-channel weights there. That costs what a plain
 instance norm costs (measured in ``documentation/performance.md``).
 
-State-dict keys are those of the plain nnU-Net network under ``unet.`` plus ``time_embedding.*`` and one
-``*.norm.time_projection.*`` per normalisation, for the denoiser and the segmentation network alike, so pretrained
-weights move between them (and through nnU-Net's ``-pretrained_weights``) by key; only ``.seg_layers.`` differ.
+State-dict keys are those of the plain nnU-Net network under ``unet.`` plus ``time_embedding.*``, one
+``*.norm.time_projection.*`` per normalisation and ``pretraining_metadata``, for the denoiser and the segmentation
+network alike, so pretrained weights move between them (and through nnU-Net's ``-pretrained_weights``) by key; only
+``.seg_layers.`` differ.
+
+``pretraining_metadata`` is a fixed-size byte buffer holding the pretraining's description as JSON (noise schedule,
+plans, configuration, patch: what must agree with a run that uses it; ``training/pretrained_checkpoint.py``), zeros in
+a network that no pretraining has filled. It travels with the weights, so a trainer given a pretraining by nnU-Net's
+``-pretrained_weights`` (which copies weights and tells the trainer nothing else) can still check what it was given.
 """
+import json
 import math
 from contextlib import contextmanager
 from typing import List, Optional, Sequence
@@ -28,6 +35,26 @@ from torch.nn.modules.instancenorm import _InstanceNorm
 from torch.utils.checkpoint import checkpoint
 
 from nnunet_ddpm.diffusion import add_noise
+
+PRETRAINING_METADATA_KEY = "pretraining_metadata"
+PRETRAINING_METADATA_BYTES = 8192  # a few hundred bytes are used; nnU-Net's loader needs one shape for every network
+
+
+def encode_pretraining_metadata(metadata: dict) -> torch.Tensor:
+    """``metadata`` as the ``pretraining_metadata`` buffer: compact JSON in UTF-8, zero-padded."""
+    encoded = json.dumps(metadata, separators=(",", ":")).encode()
+    if len(encoded) > PRETRAINING_METADATA_BYTES:
+        raise ValueError(f"The pretraining metadata takes {len(encoded)} bytes, the network's buffer holds "
+                         f"{PRETRAINING_METADATA_BYTES}: {encoded[:200]!r}...")
+    buffer = torch.zeros(PRETRAINING_METADATA_BYTES, dtype=torch.uint8)
+    buffer[:len(encoded)] = torch.frombuffer(bytearray(encoded), dtype=torch.uint8)
+    return buffer
+
+
+def decode_pretraining_metadata(buffer: torch.Tensor) -> Optional[dict]:
+    """The metadata in a ``pretraining_metadata`` buffer, None for a buffer that no pretraining filled."""
+    encoded = bytes(buffer.detach().cpu().numpy().tobytes()).rstrip(b"\0")
+    return json.loads(encoded.decode()) if encoded else None
 
 
 class _Conditioning:
@@ -136,6 +163,13 @@ class TimeConditionedUNet(nn.Module):
                                                         for n in self._norms]), persistent=False)
         self.register_buffer("_shift_index", torch.cat([2 * n.offset + n.num_features + torch.arange(n.num_features)
                                                         for n in self._norms]), persistent=False)
+        self.register_buffer(PRETRAINING_METADATA_KEY, torch.zeros(PRETRAINING_METADATA_BYTES, dtype=torch.uint8))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # models and pretrainings saved before the buffer existed load with an empty one (what their metadata was is
+        # not in their weights), instead of failing a strict load in nnU-Net's predictor
+        state_dict.setdefault(prefix + PRETRAINING_METADATA_KEY, torch.zeros_like(self.pretraining_metadata))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def embed(self, timesteps: torch.Tensor, device: torch.device) -> torch.Tensor:
         """Timestep embedding of shape (B or 1, embedding_dim) for integer timesteps of shape (B,), (1,) or ()."""

@@ -13,8 +13,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from nnunet_ddpm.diffusion import DiffusionSettings
 from nnunet_ddpm.splits.grouped_folds import check_fold_against_groups
-from nnunet_ddpm.training.given_weights import pretrained_weights_given_by_nnunet
-from nnunet_ddpm.training.pretrained_checkpoint import (check_compatible, denoiser_metadata,
+from nnunet_ddpm.networks.time_conditioned_unet import PRETRAINING_METADATA_KEY, decode_pretraining_metadata
+from nnunet_ddpm.training.pretrained_checkpoint import (PretrainingCheckpointError, check_compatible,
+                                                        denoiser_metadata, denoiser_sha256,
                                                         find_pretraining_checkpoint, load_checkpoint_file,
                                                         pretraining_command)
 from nnunet_ddpm.training.seeding import Seeded, seed_everything
@@ -102,24 +103,28 @@ class nnUNetTrainerDDPMBase(Seeded, nnUNetTrainer):
 class UsesPretrainedDenoiser(nnUNetTrainerDDPMBase):
     """Base of the segmentation trainers that start from the DDPM pretraining (fine-tune, pixel classifier).
 
-    The denoiser's EMA weights come from ``pretrained_weights`` if nnU-Net was given a file (``nnUNetv2_train
-    -pretrained_weights`` or ``run_training(pretrained_weights=...)``), else from the ``pretraining_trainer_name`` run
-    of the same dataset, plans and configuration (fold ``all``); either is checked for compatibility before training.
-    A run that nnU-Net resumes or validates (``load_checkpoint``) needs neither. Nothing is read from the process's
-    command line, so the Python API behaves as the shell. Subclasses say what to do with the weights in
+    The denoiser's EMA weights come from the file given to nnU-Net (``nnUNetv2_train -pretrained_weights`` or
+    ``run_training(pretrained_weights=...)``), else from the ``pretraining_trainer_name`` run of the same dataset, plans
+    and configuration (fold ``all``); either is checked for compatibility before training. A run that nnU-Net resumes
+    or validates (``load_checkpoint``) needs neither. Subclasses say what to do with the weights in
     ``apply_pretrained_weights``.
+
+    nnU-Net copies a given file's weights into the network after ``initialize`` and does not tell the trainer which
+    file it was. So the trainer learns it from the network: when training starts, weights that differ from those
+    ``initialize`` built were put there by nnU-Net; their ``pretraining_metadata`` buffer says what pretraining they
+    come from (checked like a file's metadata), and their content hash (``denoiser_sha256``) is the record of which.
+    Nothing is read from the process's command line or from nnU-Net's internals, so the Python API behaves as the shell.
     """
 
     pretraining_source: Optional[dict] = None  # where the starting weights came from (ddpm_pretraining.json)
     starts_from_own_checkpoint = False  # set by load_checkpoint: --c, --val, --val_best
+    built_weights_sha256: Optional[str] = None  # the network's weights as initialize built them
 
     def initialize(self):
         first_time = not self.was_initialized
         super().initialize()
-        given = pretrained_weights_given_by_nnunet() if first_time else None
-        if given is not None:
-            # nnU-Net copies the file into the network as soon as this returns, checking tensor shapes only
-            self.pretraining_source = self.load_pretrained_denoiser(given)
+        if first_time:
+            self.built_weights_sha256 = denoiser_sha256(self.unwrapped_network().state_dict())
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
         """This run's own checkpoint holds the (trained) pretrained weights; the record of their source stays."""
@@ -129,19 +134,56 @@ class UsesPretrainedDenoiser(nnUNetTrainerDDPMBase):
         self.pretraining_source = load_json(record) if isfile(record) else None
 
     def on_train_start(self):
-        """The default pretraining is looked for here, once nnU-Net's run script has had its say: before this,
-        a ``pretrained_weights`` file or the run's own checkpoint may still be loaded. Its refusals come before
-        nnU-Net writes anything; the record is written after nnU-Net's own checks (split, label budget) passed."""
+        """Which pretraining this run starts from is settled here, once nnU-Net's run script has had its say: weights
+        it copied in are checked, else the default pretraining is looked for. Refusals come before nnU-Net writes
+        anything; the record is written after nnU-Net's own checks (split, label budget) passed."""
         if not self.was_initialized:
             self.initialize()
         if self.pretraining_source is None and not self.starts_from_own_checkpoint:
-            self.pretraining_source = self.load_pretrained_denoiser(None)
+            weights = self.unwrapped_network().state_dict()
+            received = denoiser_sha256(weights)
+            self.pretraining_source = self.check_given_weights(weights, received) \
+                if received != self.built_weights_sha256 else self.load_pretrained_denoiser(None)
         super().on_train_start()
         if self.local_rank == 0 and self.pretraining_source is not None:
             save_json(self.pretraining_source, join(self.output_folder, PRETRAINING_RECORD))
 
-    def apply_pretrained_weights(self, weights: dict) -> str:
-        """Put the pretrained denoiser's state dict into ``self.network``; returns how it is used, for the log."""
+    def check_given_weights(self, weights: dict, sha256: str) -> dict:
+        """Refuse weights that nnU-Net copied in from a pretraining that does not fit this run; returns their record.
+
+        A network without the metadata buffer (nnU-Net's own, in ``nnUNetTrainerDDPMInit``, given weights exported for
+        stock trainers) takes the weights as nnU-Net's loader took them, shapes checked."""
+        buffers = [v for k, v in weights.items() if k.endswith(PRETRAINING_METADATA_KEY)]
+        metadata = decode_pretraining_metadata(buffers[0]) if buffers else None
+        described = f"given to nnU-Net (-pretrained_weights; weights sha256 {sha256[:16]})"
+        if buffers and metadata is None:
+            raise PretrainingCheckpointError(
+                f"The weights {described} carry no DDPM pretraining metadata: they are not the network_weights of an "
+                f"nnUNetTrainerDDPMPretrain checkpoint. Give that checkpoint's checkpoint_final.pth.")
+        if metadata is not None:
+            command = pretraining_command(self.plans_manager.dataset_name, self.configuration_name,
+                                          self.plans_manager.plans_name, self.pretraining_trainer_name)
+            expected = denoiser_metadata(self, self.diffusion, self.timestep_embedding_dim, ema_decay=None)
+            check_compatible(metadata, expected, described, command)
+        self.prepare_for_given_weights(sha256)
+        metadata = metadata or {}
+        source = {'checkpoint': None, 'weights_sha256': sha256, 'given_to_nnunet': True,
+                  'dataset_name': metadata.get('dataset_name'), 'epochs': metadata.get('epochs'),
+                  'use': self.pretrained_weights_use()}
+        self.print_to_log_file(f"Initialised from the DDPM pretraining {described}: dataset {source['dataset_name']}, "
+                               f"{source['epochs']} epochs, EMA weights; {source['use']}.")
+        return source
+
+    def prepare_for_given_weights(self, weights_sha256: str) -> None:
+        """Called once nnU-Net's given weights passed the checks, before training: a subclass whose network depends
+        on which pretraining it starts from (the pixel classifier's probed features) settles it here."""
+
+    def apply_pretrained_weights(self, weights: dict) -> None:
+        """Put the pretrained denoiser's state dict into ``self.network``."""
+        raise NotImplementedError
+
+    def pretrained_weights_use(self) -> str:
+        """How this trainer uses the pretrained weights, for the log and the record."""
         raise NotImplementedError
 
     def load_pretrained_denoiser(self, path: Optional[str]) -> dict:
@@ -159,11 +201,14 @@ class UsesPretrainedDenoiser(nnUNetTrainerDDPMBase):
         checkpoint = load_checkpoint_file(path)
         expected = denoiser_metadata(self, self.diffusion, self.timestep_embedding_dim, ema_decay=None)
         check_compatible(checkpoint['ddpm'], expected, path, command)
-        use = self.apply_pretrained_weights(checkpoint['network_weights'])
-        source = {'checkpoint': os.path.abspath(path), 'dataset_name': checkpoint['ddpm']['dataset_name'],
-                  'epochs': checkpoint['current_epoch'], 'use': use}
+        self.apply_pretrained_weights(checkpoint['network_weights'])
+        source = {'checkpoint': os.path.abspath(path),
+                  'weights_sha256': denoiser_sha256(self.unwrapped_network().state_dict()),
+                  'given_to_nnunet': False, 'dataset_name': checkpoint['ddpm']['dataset_name'],
+                  'epochs': checkpoint['current_epoch'], 'use': self.pretrained_weights_use()}
         self.print_to_log_file(f"Initialised from the DDPM pretraining checkpoint {path} "
-                               f"(dataset {source['dataset_name']}, {source['epochs']} epochs, EMA weights); {use}.")
+                               f"(dataset {source['dataset_name']}, {source['epochs']} epochs, EMA weights); "
+                               f"{source['use']}.")
         return source
 
     def extra_checkpoint_entries(self) -> dict:

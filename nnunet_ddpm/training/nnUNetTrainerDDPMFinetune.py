@@ -46,8 +46,10 @@ class nnUNetTrainerDDPMFinetune(UsesPretrainedDenoiser):
             network.time_embedding.requires_grad_(False)
         return network
 
-    def apply_pretrained_weights(self, weights: dict) -> str:
+    def apply_pretrained_weights(self, weights: dict) -> None:
         transfer_denoiser_weights(self.unwrapped_network(), weights)
+
+    def pretrained_weights_use(self) -> str:
         return f"fine-tuning at timestep {self.finetune_timestep}"
 
     def configure_optimizers(self):

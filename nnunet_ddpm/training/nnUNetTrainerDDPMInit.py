@@ -14,11 +14,13 @@ class nnUNetTrainerDDPMInit(UsesPretrainedDenoiser):
 
     finetune_timestep = nnUNetTrainerDDPMFinetune.finetune_timestep
 
-    def apply_pretrained_weights(self, weights: dict) -> str:
+    def apply_pretrained_weights(self, weights: dict) -> None:
         folded = fold_denoiser(weights, self.configuration_manager, self.num_input_channels, self.finetune_timestep,
                                self.diffusion, self.timestep_embedding_dim)
         network = self.unwrapped_network()
         state = network.state_dict()
         state.update(folded)  # every key but the new segmentation layers
         network.load_state_dict(state)
+
+    def pretrained_weights_use(self) -> str:
         return f"folded at timestep {self.finetune_timestep} into nnU-Net's planned network"

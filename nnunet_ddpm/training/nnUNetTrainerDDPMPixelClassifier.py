@@ -15,7 +15,7 @@ from nnunetv2.utilities.file_path_utilities import convert_trainer_plans_config_
 from torch import nn
 from torch._dynamo import OptimizedModule
 
-from nnunet_ddpm.features.probe import choice_file, file_digest
+from nnunet_ddpm.features.probe import choice_file, file_digest, indexed_choice_file
 from nnunet_ddpm.networks import EnsembleLoss, PixelClassifierNetwork, build_unet_from_plans
 from nnunet_ddpm.training.ddpm_trainer_base import UsesPretrainedDenoiser
 from nnunet_ddpm.training.pretrained_checkpoint import transfer_denoiser_weights
@@ -65,28 +65,38 @@ class nnUNetTrainerDDPMPixelClassifier(UsesPretrainedDenoiser):
         self.weight_decay = 0.0
         self.num_epochs = 100
         self.probed_features = self._adopt_probed_features() if self.use_probed_features else None
-        if self.probed_features:  # what the network is built with, so that debug.json and the reports say so
-            self.feature_stages = tuple(self.probed_features["stages"])
-            self.feature_timesteps = tuple(self.probed_features["timesteps"])
 
     def _adopt_probed_features(self) -> Optional[dict]:
         """The choice of ``nnUNetv2_ddpm_probe_features`` beside the dataset's pretraining, if there is one (for a
-        ``_<N>labels`` variant the choice made on its N cases, else the general one), written
-        into the plans: ``build_network_architecture`` reads it from there, and nnU-Net saves these plans with the
-        model, so that ``nnUNetv2_predict`` builds the same network. A model folder whose plans hold another choice
-        (another fold trained before a new probe) is refused: its models would no longer load."""
+        ``_<N>labels`` variant the choice made on its N cases, else the general one). A run that nnU-Net gives other
+        weights replaces it when training starts (``prepare_for_given_weights``)."""
         if not nnUNet_results.is_set():
             return None
         folder = join(str(nnUNet_results), self.plans_manager.dataset_name, convert_trainer_plans_config_to_identifier(
             self.pretraining_trainer_name, self.plans_manager.plans_name, self.configuration_name), "fold_all")
+        return self._adopt_choice(self._choice_in(lambda budget: join(folder, choice_file(budget))))
+
+    def _choice_in(self, path_for_budget) -> Optional[str]:
+        """The choice file for this trainer's label budget (else the general one) among ``path_for_budget(budget)``."""
         budget = getattr(self, "num_labelled_cases", None)  # the _<N>labels variants: the choice made on their cases
-        candidates = [join(folder, choice_file(b)) for b in ((budget, None) if budget else (None,))]
-        found = [f for f in candidates if isfile(f)]
-        if not found:
+        candidates = [path_for_budget(b) for b in ((budget, None) if budget else (None,))]
+        return next((f for f in candidates if isfile(f)), None)
+
+    def _adopt_choice(self, path: Optional[str]) -> Optional[dict]:
+        """Build the network with the choice in ``path`` (None: the class's stages and timesteps), written into the
+        plans: ``build_network_architecture`` reads it from there, and nnU-Net saves these plans with the model, so that
+        ``nnUNetv2_predict`` builds the same network. A model folder whose plans hold another choice (another fold
+        trained before a new probe) is refused: its models would no longer load."""
+        configuration = self.plans_manager.plans["configurations"][self.configuration_name]
+        if path is None:
+            configuration.pop(PROBED_FEATURES_KEY, None)
+            self.configuration_manager.configuration.pop(PROBED_FEATURES_KEY, None)
+            self.feature_stages = type(self).feature_stages
+            self.feature_timesteps = type(self).feature_timesteps
             return None
-        record = load_json(found[0])
-        choice = {"stages": record["stages"], "timesteps": record["timesteps"], "file": found[0],
-                  "checkpoint_sha1": record["checkpoint_sha1"]}
+        record = load_json(path)
+        choice = {"stages": record["stages"], "timesteps": record["timesteps"], "file": path,
+                  "checkpoint_sha1": record["checkpoint_sha1"], "weights_sha256": record.get("weights_sha256")}
         saved_plans = join(self.output_folder_base, "plans.json")
         if isfile(saved_plans):
             saved = load_json(saved_plans)["configurations"][self.configuration_name].get(PROBED_FEATURES_KEY)
@@ -95,9 +105,51 @@ class nnUNetTrainerDDPMPixelClassifier(UsesPretrainedDenoiser):
                     f"{self.output_folder_base} holds models with decoder stages {saved['stages']} and timesteps "
                     f"{saved['timesteps']}, but {choice['file']} now chooses {choice['stages']} and "
                     f"{choice['timesteps']}. Train into another results folder, or delete that model folder.")
-        self.plans_manager.plans["configurations"][self.configuration_name][PROBED_FEATURES_KEY] = choice
+        configuration[PROBED_FEATURES_KEY] = choice
         self.configuration_manager.configuration[PROBED_FEATURES_KEY] = choice
+        # what the network is built with, so that debug.json and the reports say so
+        self.feature_stages, self.feature_timesteps = tuple(choice["stages"]), tuple(choice["timesteps"])
         return choice
+
+    def prepare_for_given_weights(self, weights_sha256: str) -> None:
+        """The probe's choice for the weights nnU-Net gave (filed by their content hash), else the built-in stages and
+        timesteps: a choice made for another pretraining is not used. The network is built again if that changes it;
+        the given denoiser weights go into the new one."""
+        if not self.use_probed_features:
+            return
+        path = self._choice_in(lambda budget: indexed_choice_file(
+            str(nnUNet_results), self.plans_manager.dataset_name, weights_sha256, budget)) \
+            if nnUNet_results.is_set() else None
+        before = self.probed_features
+        if before is not None and path is None:
+            self.print_to_log_file(f"The feature choice {before['file']} was made for other weights than the ones "
+                                   f"given to nnU-Net; using the built-in decoder stages and timesteps instead "
+                                   f"(run nnUNetv2_ddpm_probe_features --pretrained-weights for them).")
+        self.probed_features = self._adopt_choice(path)
+        unchanged = (before is None and path is None) or (before is not None and path is not None and (
+            before["stages"], before["timesteps"]) == (self.probed_features["stages"],
+                                                       self.probed_features["timesteps"]))
+        if not unchanged:
+            denoiser = {k: v.clone() for k, v in self.unwrapped_network().state_dict().items()
+                        if '.seg_layers.' not in k}
+            self.was_initialized = False  # nnU-Net's initialize builds network, optimizer and loss once
+            self.initialize()
+            self.apply_pretrained_weights(denoiser)
+
+    def check_given_weights(self, weights: dict, sha256: str) -> dict:
+        return super().check_given_weights(weights, sha256) | {'pixel_features': self._features_used()}
+
+    def _features_used(self) -> dict:
+        """The decoder stages (counted from the end) and timesteps of the network, and the choice file they come
+        from (None: the class's built-in ones)."""
+        network = self.unwrapped_network()
+        return {'stages': self._stages_from_end(network), 'timesteps': list(network.timesteps),
+                'file': self.probed_features['file'] if self.probed_features else None}
+
+    @staticmethod
+    def _stages_from_end(network) -> list:
+        """One numbering of decoder stages in files, messages and logs: -1 = full resolution (the probe's)."""
+        return [s - len(network.unet.decoder.stages) for s in network.stages]
 
     @classmethod
     def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels: int,
@@ -121,7 +173,7 @@ class nnUNetTrainerDDPMPixelClassifier(UsesPretrainedDenoiser):
 
     def load_pretrained_denoiser(self, *args):
         """The base's loading, then a warning when the probed feature choice was made for another checkpoint."""
-        source = super().load_pretrained_denoiser(*args)
+        source = super().load_pretrained_denoiser(*args) | {'pixel_features': self._features_used()}
         if self.probed_features and source and file_digest(source["checkpoint"]) != \
                 self.probed_features["checkpoint_sha1"]:
             message = (f"The feature choice {self.probed_features['file']} was made for another pretraining "
@@ -130,10 +182,13 @@ class nnUNetTrainerDDPMPixelClassifier(UsesPretrainedDenoiser):
             self.print_to_log_file("WARNING: " + message)
         return source
 
-    def apply_pretrained_weights(self, weights: dict) -> str:
+    def apply_pretrained_weights(self, weights: dict) -> None:
+        transfer_denoiser_weights(self.unwrapped_network(), weights)  # every key but the head's (.seg_layers.)
+
+    def pretrained_weights_use(self) -> str:
         network = self.unwrapped_network()
-        transfer_denoiser_weights(network, weights)  # every key but the head's (.seg_layers.)
-        return (f"frozen; features of decoder stages {network.stages} at timesteps {network.timesteps} "
+        return (f"frozen; features of decoder stages {self._stages_from_end(network)} (counted from the end, -1 = "
+                f"full resolution) at timesteps {network.timesteps} "
                 f"({network.timesteps_per_pass} per denoiser pass), ensemble of {self.ensemble_size} MLPs")
 
     def _build_loss(self):

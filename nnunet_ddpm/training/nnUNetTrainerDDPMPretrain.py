@@ -24,7 +24,8 @@ from torch import distributed as dist, nn
 from nnunet_ddpm.dataset_conversion.unlabeled_images import unlabeled_preprocessed_folder
 from nnunet_ddpm.diffusion import (PREDICTION_TYPES, add_noise, ddim_sample, min_snr_weights, prediction_target,
                                    sample_training_timesteps)
-from nnunet_ddpm.networks import TimeConditionedUNet, build_unet_from_plans, network_downsampling
+from nnunet_ddpm.networks import (TimeConditionedUNet, build_unet_from_plans, encode_pretraining_metadata,
+                                  network_downsampling)
 from nnunet_ddpm.training.ddpm_trainer_base import nnUNetTrainerDDPMBase
 from nnunet_ddpm.training.images_only_dataset import CombinedImagesDataset, images_only
 from nnunet_ddpm.training.pretrained_checkpoint import denoiser_metadata
@@ -277,13 +278,17 @@ class nnUNetTrainerDDPMPretrain(nnUNetTrainerDDPMBase):
 
     def extra_checkpoint_entries(self) -> dict:
         """EMA weights go to 'network_weights' (what fine-tuning and -pretrained_weights read)."""
+        metadata = denoiser_metadata(self, self.diffusion, self.timestep_embedding_dim, self.ema_decay) | {
+            'prediction_type': self.prediction_type, 'batch_size': int(self.configuration_manager.batch_size),
+            'pretraining_patch_size': [int(n) for n in self.configuration_manager.patch_size]}
+        # the same description inside the weights, for a run that nnU-Net gives them with -pretrained_weights
+        self.ema_network.pretraining_metadata.copy_(encode_pretraining_metadata(
+            metadata | {'epochs': self.current_epoch + 1, 'trainer_name': self.__class__.__name__}))
         return {
             'network_weights': self.ema_network.state_dict(),
             'training_network_weights': self.unwrapped_network().state_dict(),
             'ema_updates': self.ema_updates,
-            'ddpm': denoiser_metadata(self, self.diffusion, self.timestep_embedding_dim, self.ema_decay) |
-            {'prediction_type': self.prediction_type, 'batch_size': int(self.configuration_manager.batch_size),
-             'pretraining_patch_size': [int(n) for n in self.configuration_manager.patch_size]},
+            'ddpm': metadata,
         }
 
     def load_checkpoint(self, filename: str) -> None:

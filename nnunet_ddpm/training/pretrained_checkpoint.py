@@ -5,13 +5,21 @@ A pretraining checkpoint is an ordinary nnU-Net checkpoint (``network_weights`` 
 
 * ``training_network_weights``: the raw weights, needed to resume with ``--c``;
 * ``ddpm``: the metadata below, enough to rebuild the denoiser and to refuse an incompatible one.
+
+The same metadata is also inside ``network_weights``, in the denoiser's ``pretraining_metadata`` buffer
+(``networks/time_conditioned_unet.py``): nnU-Net's ``-pretrained_weights`` copies that buffer with the weights into
+the run's network and tells the trainer nothing else, so that is where a run given a pretraining that way reads it.
+Such a run records the pretraining by ``denoiser_sha256`` of the weights it received, not by a file name.
 """
+import hashlib
 import os
 from typing import Optional
 
 import torch
 from batchgenerators.utilities.file_and_folder_operations import isfile, join
 from nnunetv2.utilities.file_path_utilities import convert_trainer_plans_config_to_identifier
+
+from nnunet_ddpm.networks.time_conditioned_unet import PRETRAINING_METADATA_KEY
 
 FORMAT_VERSION = 1
 PRETRAINING_FOLD = "all"
@@ -125,7 +133,9 @@ def transfer_denoiser_weights(network: torch.nn.Module, pretrained: dict) -> Non
     must exist with the same shape; the head keeps its fresh initialisation.
     """
     target = network.state_dict()
-    transferable = [k for k in target if '.seg_layers.' not in k]
+    # a pretraining saved before the metadata buffer existed lacks it: the target keeps its empty one
+    transferable = [k for k in target if '.seg_layers.' not in k and
+                    not (k.endswith(PRETRAINING_METADATA_KEY) and k not in pretrained)]
     missing = [k for k in transferable if k not in pretrained]
     mismatched = [f"{k}: checkpoint {tuple(pretrained[k].shape)}, network {tuple(target[k].shape)}"
                   for k in transferable if k in pretrained and pretrained[k].shape != target[k].shape]
@@ -136,3 +146,15 @@ def transfer_denoiser_weights(network: torch.nn.Module, pretrained: dict) -> Non
             + (f"{len(mismatched)} shapes differ (first: {mismatched[:3]})" if mismatched else ""))
     target.update({k: pretrained[k] for k in transferable})
     network.load_state_dict(target)
+
+
+def denoiser_sha256(weights: dict) -> str:
+    """Content hash of a denoiser's state dict without the output heads (keys with ``.seg_layers.``): the weights that
+    nnU-Net's ``-pretrained_weights`` transfers. Equal for a checkpoint's ``network_weights`` and for a network that
+    received them, whatever the file was called; order, device and file format do not enter."""
+    digest = hashlib.sha256()
+    for key in sorted(k for k in weights if '.seg_layers.' not in k):
+        tensor = weights[key].detach().cpu().contiguous()
+        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

@@ -113,3 +113,39 @@ def test_cluster_picture_grid(tmp_path):
     import matplotlib.image
     picture = matplotlib.image.imread(str(tmp_path / "p.png"))
     assert picture.ndim == 3 and picture.std() > 0
+
+
+def test_a_probe_of_given_weights_is_used_by_a_pixel_classifier_given_them(nnunet, pretrained_2d, tmp_path):
+    """probe --pretrained-weights CK, then nnUNetv2_train -pretrained_weights CK: the run learns only CK's weights from
+    nnU-Net, finds the probe's choice for them by their content hash, builds its network with it and records it; its
+    log counts decoder stages from the end, as the probe's file does."""
+    from nnunet_ddpm.features.probe import indexed_choice_file
+    from nnunet_ddpm.training.pretrained_checkpoint import denoiser_sha256
+    checkpoint = torch.load(pretrained_2d / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    checkpoint["network_weights"]["time_embedding.1.linear_1.bias"] += 0.01  # other weights than the default's
+    given = tmp_path / "elsewhere" / "given.pth"
+    given.parent.mkdir()
+    torch.save(checkpoint, given)
+    results = {"nnUNet_results": str(tmp_path / "results")}  # no default pretraining, no choice beside one
+    nnunet.run("nnUNetv2_ddpm_make_splits", "-d", DATASET_ID, "--overwrite", training=False)
+    probe = [a if a != 250 else 150 for a in PROBE if a not in ("-tr", "nnUNetTrainerDDPMPretrain_demo", 50)]
+    nnunet.run(*probe, "--pretrained-weights", given, training=False, extra_env=results)
+    record = json.loads((given.parent / CHOICE).read_text())
+    assert record["timesteps"] == [150] and record["checkpoint"] == str(given)
+    sha256 = denoiser_sha256(checkpoint["network_weights"])
+    indexed = indexed_choice_file(results["nnUNet_results"], DATASET, sha256, 5)
+    assert json.loads(open(indexed).read()) == record
+
+    trainer = "nnUNetTrainerDDPMPixelClassifier_demo_5labels"
+    result = nnunet.train(DATASET_ID, "2d", 1, trainer, "-pretrained_weights", given, extra_env=results)
+    assert f"features of decoder stages {record['stages']} (counted from the end" in result.output
+    folder = tmp_path / "results" / DATASET / f"{trainer}__nnUNetPlans__2d" / "fold_1"
+    plans = json.loads((folder.parent / "plans.json").read_text())["configurations"]["2d"]
+    assert (plans["ddpm_pixel_features"]["stages"], plans["ddpm_pixel_features"]["timesteps"]) == \
+        (record["stages"], [150])
+    used = json.loads((folder / "ddpm_pretraining.json").read_text())
+    assert used["weights_sha256"] == sha256
+    assert used["pixel_features"] == {"stages": record["stages"], "timesteps": [150], "file": indexed}
+    weights = torch.load(folder / "checkpoint_final.pth", map_location="cpu", weights_only=False)["network_weights"]
+    first_layer = [k for k in weights if ".first_layer." in k and k.endswith("weight")]
+    assert len(first_layer) == len(record["stages"])

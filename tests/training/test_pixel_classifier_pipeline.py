@@ -8,7 +8,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from tests.helpers import PHANTOM_2D, assert_summary_is_the_dice_of_the_files
+from tests.helpers import PHANTOM_2D, assert_summary_is_the_dice_of_the_files, changed_pretraining
 
 pytestmark = pytest.mark.slow  # end-to-end: real nnU-Net console scripts
 
@@ -89,10 +89,8 @@ def test_pixel_classifier_refuses_missing_and_mismatching_pretraining(nnunet, pr
     result = nnunet.train(DATASET_ID, "2d", 0, "nnUNetTrainerDDPMPixelClassifier", ok=False)
     assert "No DDPM pretraining checkpoint found" in result.output
     assert f"nnUNetv2_train {DATASET_NAME} 2d all -tr nnUNetTrainerDDPMPretrain" in result.output
-    checkpoint = _load(pretrained_2d / "checkpoint_final.pth")
-    checkpoint["ddpm"]["num_input_channels"] = 4
-    other = tmp_path / "four_channels.pth"
-    torch.save(checkpoint, other)
+    other = changed_pretraining(pretrained_2d / "checkpoint_final.pth", tmp_path / "four_channels.pth",
+                                lambda metadata: metadata.update(num_input_channels=4))
     result = nnunet.train(DATASET_ID, "2d", 1, TRAINER, "-pretrained_weights", other, ok=False)
     assert "num_input_channels: checkpoint has 4, this run needs 3" in result.output
     for trainer, fold in (("nnUNetTrainerDDPMPixelClassifier", 0), (TRAINER, 1)):

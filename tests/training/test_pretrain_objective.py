@@ -9,6 +9,7 @@ import torch
 
 from nnunet_ddpm.diffusion import DiffusionSettings
 from nnunet_ddpm.training.nnUNetTrainerDDPMPretrain import nnUNetTrainerDDPMPretrain
+from nnunet_ddpm.training.pretrained_checkpoint import denoiser_sha256
 from nnunet_ddpm.training.variants.pretrain_objective import (nnUNetTrainerDDPMPretrain_batch16,
                                                               nnUNetTrainerDDPMPretrain_minSNR5,
                                                               nnUNetTrainerDDPMPretrain_patch64,
@@ -143,8 +144,8 @@ def test_a_v_prediction_pretraining_records_its_target_and_a_fine_tune_starts_fr
                           checkpoint_path)
     finetuned = torch.load(nnunet.trainer_folder(phantom_2d, "nnUNetTrainerDDPMFinetune_demo", "2d", "all") /
                            "checkpoint_final.pth", map_location="cpu", weights_only=False)
-    assert finetuned["ddpm_pretraining"]["checkpoint"] == str(checkpoint_path.resolve())
-    assert "Initialised from the DDPM pretraining checkpoint" in result.stdout + result.stderr
+    assert finetuned["ddpm_pretraining"]["weights_sha256"] == denoiser_sha256(checkpoint["network_weights"])
+    assert "Initialised from the DDPM pretraining given to nnU-Net" in result.stdout + result.stderr
 
 
 @pytest.mark.slow
@@ -162,8 +163,8 @@ def test_a_pretraining_on_its_own_patch_records_both_patches_and_a_fine_tune_at_
 
     result = nnunet.train(PHANTOM_2D[0], "2d", "all", "nnUNetTrainerDDPMFinetune_demo", "-pretrained_weights",
                           folder / "checkpoint_final.pth")
-    assert "Initialised from the DDPM pretraining checkpoint" in result.stdout + result.stderr
+    assert "Initialised from the DDPM pretraining given to nnU-Net" in result.stdout + result.stderr
     finetuned = torch.load(nnunet.trainer_folder(phantom_2d, "nnUNetTrainerDDPMFinetune_demo", "2d", "all") /
                            "checkpoint_final.pth", map_location="cpu", weights_only=False)
-    assert finetuned["ddpm_pretraining"]["checkpoint"] == str((folder / "checkpoint_final.pth").resolve())
+    assert finetuned["ddpm_pretraining"]["weights_sha256"] == denoiser_sha256(checkpoint["network_weights"])
     assert finetuned["init_args"]["plans"]["configurations"]["2d"]["patch_size"] == planned

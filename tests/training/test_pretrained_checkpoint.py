@@ -1,11 +1,12 @@
-"""Unit tests of the checkpoint rules and of how a trainer learns the given pretrained weights (fast; no training)."""
-import inspect
+"""Unit tests of the checkpoint rules and of what a trainer learns from the weights nnU-Net gives it (fast; no
+training)."""
+from pathlib import Path
 
 import pytest
 import torch
 
-from nnunet_ddpm.training.given_weights import pretrained_weights_given_by_nnunet
-from nnunet_ddpm.training.pretrained_checkpoint import (PretrainingCheckpointError, check_compatible,
+import nnunet_ddpm
+from nnunet_ddpm.training.pretrained_checkpoint import (PretrainingCheckpointError, check_compatible, denoiser_sha256,
                                                         find_pretraining_checkpoint, load_checkpoint_file)
 
 META = {"format_version": 1, "dataset_name": "Dataset001_A", "plans_name": "nnUNetPlans", "configuration": "2d",
@@ -61,23 +62,48 @@ def test_finding_the_pretraining_checkpoint(tmp_path):
     assert find_pretraining_checkpoint(*args) == str(fold / "checkpoint_final.pth")
 
 
-def test_the_pretrained_weights_file_is_read_from_nnunets_call_not_from_the_command_line(monkeypatch):
-    """The path nnU-Net's maybe_load_checkpoint was given reaches a trainer's initialize, at any depth of the call."""
-    import sys
-    import nnunetv2.run.run_training as nnunet_run_training
+def test_no_code_of_the_package_reads_a_callers_frame():
+    """What nnU-Net hands a trainer is learnt from public behaviour (the weights it copies), never from the call
+    stack: a frame read breaks silently the day nnU-Net renames an argument or wraps a call."""
+    package = Path(nnunet_ddpm.__file__).parent
+    forbidden = ("inspect.stack", "inspect.currentframe", "inspect.getouterframes", "inspect.trace", "sys._getframe",
+                 "f_back", "f_locals", "f_globals", "currentframe(")
+    sources = sorted(package.rglob("*.py"))
+    assert len(sources) > 50
+    found = [f"{path.relative_to(package)}: {word}" for path in sources for word in forbidden
+             if word in path.read_text()]
+    assert found == []
 
-    class Trainer:  # what maybe_load_checkpoint touches before it loads the file
-        was_initialized = False
-        network = None
 
-        def initialize(self):
-            self.seen = pretrained_weights_given_by_nnunet()
-            raise StopIteration  # nnU-Net would load the file next
+def test_a_pretraining_description_travels_in_the_weights_nnunets_loader_copies(tmp_path):
+    """The metadata buffer goes where nnU-Net's -pretrained_weights puts the weights; a network no pretraining filled
+    reads as None; a model saved before the buffer existed still loads."""
+    from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
+    from nnunet_ddpm.networks import (PRETRAINING_METADATA_KEY, FixedTimestepUNet, TimeConditionedUNet,
+                                      build_unet_from_plans, decode_pretraining_metadata, encode_pretraining_metadata)
+    from tests.helpers import configuration as small_configuration
 
-    monkeypatch.setattr(sys, "argv", ["nnUNetv2_train", "1", "2d", "0", "-pretrained_weights", "/argv.pth"])
-    trainer = Trainer()
-    with pytest.raises(StopIteration):
-        nnunet_run_training.maybe_load_checkpoint(trainer, False, False, "/given.pth")
-    assert trainer.seen == "/given.pth"
-    assert pretrained_weights_given_by_nnunet() is None  # outside nnU-Net's call: nothing, whatever argv says
-    assert "pretrained_weights_file" in inspect.signature(nnunet_run_training.maybe_load_checkpoint).parameters
+    configuration = small_configuration(2)
+    denoiser = TimeConditionedUNet(build_unet_from_plans(configuration, 2, 2, False))
+    assert decode_pretraining_metadata(denoiser.pretraining_metadata) is None
+    denoiser.pretraining_metadata.copy_(encode_pretraining_metadata(META))
+    torch.save({"network_weights": denoiser.state_dict()}, tmp_path / "pretraining.pth")
+    segmenter = FixedTimestepUNet(build_unet_from_plans(configuration, 2, 3, True), 50, 0.99)
+    load_pretrained_weights(segmenter, str(tmp_path / "pretraining.pth"))
+    assert decode_pretraining_metadata(segmenter.pretraining_metadata) == META
+    assert denoiser_sha256(segmenter.state_dict()) == denoiser_sha256(denoiser.state_dict())
+    older = {k: v for k, v in segmenter.state_dict().items() if k != PRETRAINING_METADATA_KEY}
+    segmenter.load_state_dict(older)  # strict, as nnU-Net's predictor loads
+    assert decode_pretraining_metadata(segmenter.pretraining_metadata) is None
+    with pytest.raises(ValueError, match="takes 9.* bytes, the network's buffer holds 8192"):
+        encode_pretraining_metadata({"x": "y" * 9000})
+
+
+def test_the_content_hash_ignores_heads_order_and_device_but_not_a_weight():
+    weights = {"a.weight": torch.arange(6.).reshape(2, 3), "b.flag": torch.tensor(True),
+               "decoder.seg_layers.0.weight": torch.ones(2)}
+    reference = denoiser_sha256(weights)
+    assert denoiser_sha256(dict(reversed(list(weights.items())))) == reference
+    assert denoiser_sha256(weights | {"decoder.seg_layers.0.weight": torch.zeros(2)}) == reference
+    assert denoiser_sha256(weights | {"a.weight": weights["a.weight"] + 1e-6}) != reference
+    assert denoiser_sha256(weights | {"a.weight": weights["a.weight"].double()}) != reference
