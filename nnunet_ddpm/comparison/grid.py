@@ -2,9 +2,10 @@
 before anything trains and turned into resumable steps (``nnunet_ddpm.steps``): the pretraining, then for every
 method, budget, fold and run a training, a prediction of the held-out test set and its evaluation.
 
-A run is one seed and one draw of the labelled cases (``training/seeding.py``). The first seed with draw 0 is the
-plain run: its models sit where ``nnUNetv2_train`` puts them. Every other run trains into its own results folder under
-the output folder (``runs/seed<S>_draw<D>``), from the one pretraining of the grid."""
+A run is one seed and one draw of the labelled cases (``training/seeding.py``). The trainers' default seed with draw 0
+is the plain run: its models sit where ``nnUNetv2_train`` puts them. Every other run trains into its own results
+folder under the output folder (``runs/seed<S>_draw<D>``), from the one pretraining of the grid, so that a model
+trained with one seed is never taken for another's."""
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Union
 
@@ -83,8 +84,8 @@ class Benchmark:
 
     @property
     def plain_run(self) -> Run:
-        """The run whose models are ``nnUNetv2_train``'s own (in nnUNet_results)."""
-        return Run(self.seeds[0], 0)
+        """The run whose models are ``nnUNetv2_train``'s own (in nnUNet_results): the trainers' defaults."""
+        return Run()
 
     def results_folder(self, run: Run) -> str:
         """The nnUNet_results of ``run``'s trainings."""
@@ -203,10 +204,11 @@ class Benchmark:
         return step
 
     def run_environment(self, run: Run, training: bool = True) -> dict:
-        """What a command of ``run`` adds to the environment: a training's seed and draw (none for the trainers'
-        defaults), and the run's results folder unless it is the plain run."""
-        seeded = run.environment if training and run != Run() else {}
-        return {**seeded, **({} if run == self.plain_run else {"nnUNet_results": self.results_folder(run)})}
+        """What a command of ``run`` adds to the environment: a training's seed and draw, and its results folder;
+        nothing for the plain run."""
+        if run == self.plain_run:
+            return {}
+        return {**(run.environment if training else {}), "nnUNet_results": self.results_folder(run)}
 
     def _run_title(self, run: Run) -> str:
         return "" if len(self.runs) == 1 else f" ({run.name})"
@@ -300,7 +302,7 @@ class Benchmark:
             command += ["--pretrained-weights", self.pretrained_weights]
         if self.pretraining_trainer != PRETRAINER:
             command += ["--pretrainer", self.pretraining_trainer]
-        if len(self.runs) > 1 or self.plain_run != Run():
+        if self.runs != [Run()]:
             command += ["--seeds", *map(str, self.seeds), "--label-draws", *map(str, self.label_draws)]
         return command + list(extra)
 
