@@ -293,11 +293,13 @@ def _replicated() -> list:
              "runs). Paired difference to the supervised nnU-Net on the same patients, with a 95 % bootstrap "
              "interval that resamples patients, then runs (10,000 resamples, seeded), so it holds the training "
              "noise; runs are paired where both sides have the same runs.", ""]
+    plotted = []
     for budget in (5, 10, 20, ALL_LABELS):
         found = _replicated_rows("pretrain4000", budget, ("baseline", "finetune", "frozen", "init", "pixel"))
         if not found:
             continue
         rows, regions, patients, slices = found
+        plotted.append((budget, rows, regions))
         lines += [f"#### {budget} labelled slices ({patients} test patients, {slices} slices)", "",
                   "| method | runs | " + " | ".join(f"Dice {r}" for r in regions) + " | " +
                   " | ".join(f"false-positive slices {r}" for r in regions) + " | " +
@@ -311,7 +313,43 @@ def _replicated() -> list:
                                      for d in row["difference"]) if row["difference"] else
                           " | ".join("" for _ in regions)) + " |")
         lines.append("")
+    if plotted:
+        _plot_replicated(plotted, EVIDENCE.parent / "figures" / "evidence_replicated.png")
+        lines += ["![paired differences with every run counted](figures/evidence_replicated.png)", ""]
     return lines
+
+
+def _plot_replicated(plotted: list, path: Path) -> None:
+    """One row per budget, one panel per region: each DDPM method's paired Dice difference to the supervised nnU-Net
+    with its interval over patients and runs, labelled with its number of runs; one colour per method."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from nnunet_ddpm.comparison.methods import title
+    regions = plotted[0][2]
+    colour = {m: f"C{i}" for i, m in enumerate(("baseline", "finetune", "frozen", "init", "pixel"))}
+    figure, axes = plt.subplots(len(plotted), len(regions), figsize=(4.2 * len(regions), 0.5 + 1.1 * 4 * len(plotted)
+                                                                     / 2), sharex=True, squeeze=False)
+    for row, (budget, found, _) in enumerate(plotted):
+        compared = [r for r in found if r["difference"]]
+        for column, region in enumerate(regions):
+            axis = axes[row][column]
+            for y, r in enumerate(compared):
+                d = r["difference"][column]
+                axis.errorbar(d["mean"], y, xerr=[[d["mean"] - d["low"]], [d["high"] - d["mean"]]], marker="o",
+                              capsize=3, color=colour[r["method"]])
+            axis.axvline(0, color="black", linewidth=0.8)
+            axis.set_yticks(range(len(compared)), [f"{title(r['method'])} ({len(r['runs'])} run{'s' * (len(r['runs']) > 1)})"
+                                                   if column == 0
+                                                   else "" for r in compared], fontsize=7)
+            axis.set_ylim(-0.6, len(compared) - 0.4)
+            axis.set_title(f"{region}, {budget} labelled slices", fontsize=9)
+            axis.grid(alpha=0.3)
+    for axis in axes[-1]:
+        axis.set_xlabel("Dice minus supervised nnU-Net\n(95 % interval over patients and runs)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
 
 
 def _load_results(pretrain: str) -> dict:
