@@ -59,29 +59,31 @@ def _central_slice(images: torch.Tensor) -> np.ndarray:
 
 def save_sample_grid(generated: torch.Tensor, path: str, channel_names: Optional[list] = None,
                      real: Optional[torch.Tensor] = None, title: str = '') -> None:
-    """One row per image, one column per channel; real images (if given) above the generated ones.
+    """A grid with one column per image and, per channel, a row of real images (if given) above a row of generated
+    ones, so that many samples fit a screen and each channel's real and generated images sit side by side.
 
     Each channel uses one grey scale (1st-99th percentile of the real images if given, else of the samples) so
     real and generated intensities can be compared.
     """
-    rows = [('generated', x) for x in _central_slice(generated)]
-    if real is not None:
-        rows = [('real', x) for x in _central_slice(real)] + rows
+    blocks = ([('real', _central_slice(real))] if real is not None else []) + [('generated', _central_slice(generated))]
     reference = _central_slice(real if real is not None else generated)
     n_channels = reference.shape[1]
     limits = [np.percentile(reference[:, c], (1, 99)) for c in range(n_channels)]
     names = channel_names or [f'channel {c}' for c in range(n_channels)]
-    fig, axes = plt.subplots(len(rows), n_channels, figsize=(2 * n_channels, 2 * len(rows)), squeeze=False)
-    for r, (kind, image) in enumerate(rows):
-        for c in range(n_channels):
-            ax = axes[r, c]
-            ax.imshow(image[c], cmap='gray', vmin=limits[c][0], vmax=limits[c][1])
+    columns = max(len(images) for _, images in blocks)
+    rows = [(c, kind, images) for c in range(n_channels) for kind, images in blocks]
+    fig, axes = plt.subplots(len(rows), columns, figsize=(2 * columns, 2 * len(rows)), squeeze=False)
+    for r, (c, kind, images) in enumerate(rows):
+        for column in range(columns):
+            ax = axes[r, column]
             ax.set_xticks([])
             ax.set_yticks([])
-            if r == 0:
-                ax.set_title(names[c], fontsize=8)
-            if c == 0:
-                ax.set_ylabel(kind, fontsize=8)
+            if column < len(images):
+                ax.imshow(images[column][c], cmap='gray', vmin=limits[c][0], vmax=limits[c][1])
+            else:
+                ax.axis('off')
+            if column == 0:
+                ax.set_ylabel(f'{names[c]}\n{kind}', fontsize=8)
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 0.97) if title else None)

@@ -33,8 +33,9 @@ def test_pretraining_writes_denoiser_checkpoint_progress_and_samples(nnunet, pre
     assert checkpoint["ema_updates"] == 2 * 3
     # denoising head: as many outputs as input channels
     assert ema["unet.decoder.seg_layers.2.weight"].shape[0] == 3
-    # the plots at their drawn size (10 x 14 inches; 3 channels x 10 rows of 2 x 2 inches; 100 dpi), not blank
-    for png, shape in (("progress.png", (1400, 1000)), ("samples.png", (2000, 600))):
+    # the plots at their drawn size (10 x 14 inches; 8 samples by 3 channels x (real, generated) rows of 2 x 2 inches;
+    # 100 dpi), not blank
+    for png, shape in (("progress.png", (1400, 1000)), ("samples.png", (1200, 1600))):
         image = imread(pretrained_2d / png)
         assert image.shape[:2] == shape and image[..., :3].std() > 0.05, png
     log = "".join(p.read_text() for p in pretrained_2d.glob("training_log_*.txt"))
