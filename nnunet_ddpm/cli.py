@@ -2,6 +2,7 @@
 import argparse
 import os
 import sys
+from typing import Sequence
 
 from nnunet_ddpm.nnunet_trainers import TRAINER_DIR
 
@@ -24,8 +25,41 @@ def require_writable_folder(program: str, folder: str, option: str = "-o") -> No
         with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as e:
-        sys.exit(f"{program}: cannot write to the output folder {os.path.abspath(folder)} ({e.strerror or e}). "
-                 f"Choose a writable folder with {option}.")
+        what = f"{option}={folder}" if option.startswith("nnUNet_") else f"the output folder {os.path.abspath(folder)}"
+        fix = f"make it writable or set {option} to a writable folder" if option.startswith("nnUNet_") else \
+            f"choose a writable folder with {option}"
+        sys.exit(f"{program}: cannot write to {what} ({e.strerror or e}). {fix[0].upper()}{fix[1:]}.")
+
+
+_FOLDER_ROLES = {"nnUNet_raw": "raw datasets", "nnUNet_preprocessed": "preprocessed datasets",
+                 "nnUNet_results": "trained models"}
+
+
+def require_nnunet_folders(program: str, read: Sequence[str] = (), write: Sequence[str] = (),
+                           trainers: bool = False) -> None:
+    """End ``program`` with one line unless nnU-Net's folders it needs are set and exist (``read``), and can be written
+    (``write``), and, with ``trainers``, unless ``nnUNet_extTrainer`` lets ``nnUNetv2_train`` find the plugin's trainers.
+
+    Checked before any work, so that a missing variable is one line, not nnU-Net's traceback from whichever step first
+    touches the folder (or a training relayed from a subprocess, minutes later).
+    """
+    for variable in dict.fromkeys([*read, *write]):
+        value = os.environ.get(variable)
+        if not value:
+            sys.exit(f"{program}: {variable} is not set; nnU-Net keeps its {_FOLDER_ROLES[variable]} there. Set it, "
+                     f"e.g. export {variable}=/data/{variable} (nnU-Net's documentation/setting_up_paths.md).")
+        if not os.path.isdir(value):
+            sys.exit(f"{program}: {variable}={value} is not an existing folder. Create it (mkdir -p {value}) or set "
+                     f"{variable} to the folder that holds your {_FOLDER_ROLES[variable]}.")
+        if variable in write:
+            require_writable_folder(program, value, f"{variable}")
+    if trainers:
+        folders = [f for f in os.environ.get("nnUNet_extTrainer", "").split(os.pathsep) if f]
+        trainer_dir = os.path.realpath(TRAINER_DIR)
+        if not any(os.path.commonpath([os.path.realpath(f), trainer_dir]) == os.path.realpath(f) for f in folders):
+            given = f"is {os.environ['nnUNet_extTrainer']!r}" if folders else "is not set"
+            sys.exit(f"{program}: nnUNet_extTrainer {given}, so nnUNetv2_train cannot find the plugin's trainers. "
+                     f'Run: export nnUNet_extTrainer="$(nnUNetv2_ddpm_trainer_dir)"')
 
 
 def trainer_dir_entry():
@@ -55,6 +89,7 @@ def make_splits_entry():
     args = parser.parse_args()
     if args.folds < 2:
         parser.error(f"--folds must be at least 2, got {args.folds}")
+    require_nnunet_folders("nnUNetv2_ddpm_make_splits", write=("nnUNet_preprocessed",))
     try:
         path = make_splits(args.d, args.groups, args.group_regex, args.folds, args.seed, args.overwrite)
     except (ValueError, FileExistsError, FileNotFoundError) as e:
@@ -76,12 +111,21 @@ def preprocess_unlabeled_entry():
     parser.add_argument("-p", default="nnUNetPlans", help="plans identifier (default: %(default)s)")
     parser.add_argument("--allow-test-images", action="store_true",
                         help="allow imagesTs as input (then the test images are part of pretraining)")
+    parser.add_argument("--replace", action="store_true",
+                        help="replace the unlabeled set preprocessed before by this folder's images (default: add "
+                             "them to it; a case of the same name is preprocessed again)")
     args = parser.parse_args()
+    program = "nnUNetv2_ddpm_preprocess_unlabeled"
+    require_nnunet_folders(program, read=("nnUNet_raw",) if args.i is None else (), write=("nnUNet_preprocessed",))
     try:
-        folder = preprocess_unlabeled(args.d, args.c, args.i, args.p, args.allow_test_images)
+        result = preprocess_unlabeled(args.d, args.c, args.i, args.p, args.allow_test_images, args.replace)
     except (ValueError, FileNotFoundError) as e:
-        sys.exit(f"nnUNetv2_ddpm_preprocess_unlabeled: {e}")
-    print(f"Preprocessed unlabeled images are in {folder}")
+        sys.exit(f"{program}: {e}")
+    changes = [f"{len(result['added'])} added"] + \
+        ([f"{len(result['updated'])} preprocessed again"] if result["updated"] else []) + \
+        ([f"{len(result['removed'])} removed (--replace)"] if result["removed"] else [])
+    print(f"The unlabeled set held {result['before']} cases; it now holds {result['after']} ({', '.join(changes)}). "
+          f"Preprocessed unlabeled images are in {result['folder']}")
 
 
 def uncertainty_entry():

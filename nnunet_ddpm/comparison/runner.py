@@ -11,7 +11,7 @@ import shlex
 import sys
 from typing import List
 
-from nnunet_ddpm.cli import require_writable_folder
+from nnunet_ddpm.cli import require_nnunet_folders, require_writable_folder
 from nnunet_ddpm.comparison.cluster import EXECUTORS, Resources, submit
 from nnunet_ddpm.comparison.grid import Benchmark, BenchmarkError
 from nnunet_ddpm.comparison.methods import METHODS, PRETRAINER
@@ -141,6 +141,11 @@ def benchmark_entry():
     bad = [o for o in args.slurm_option if "=" not in o]
     if bad:
         parser.error(f"--slurm-option takes KEY=VALUE, got {bad[0]!r}")
+    # the trainings write into nnUNet_results whatever -o says; a dry run's script will, too
+    writes = not (args.dry_run or args.collect)
+    require_nnunet_folders("nnUNetv2_ddpm_benchmark",
+                           read=("nnUNet_raw", "nnUNet_preprocessed") + (() if writes else ("nnUNet_results",)),
+                           write=("nnUNet_results",) if writes else (), trainers=not args.collect)
     try:
         benchmark = Benchmark(args.d, args.c, args.methods, args.budgets, args.folds, args.p, args.trainer_suffix,
                               args.device, args.np, args.o, args.test_images, args.test_labels,

@@ -28,7 +28,7 @@ import numpy as np
 import SimpleITK as sitk
 from batchgenerators.utilities.file_and_folder_operations import join, maybe_mkdir_p
 
-from nnunet_ddpm.dataset_conversion.image_integrity import IncompleteImageError, check_image_complete
+from nnunet_ddpm.dataset_conversion.image_integrity import CaseFiles, case_problems
 from nnunet_ddpm.dataset_conversion.raw_dataset import (DatasetConversionError, atomic_dataset_folder,
                                                          check_target_free)
 
@@ -87,7 +87,8 @@ class BratsCase:
 
 def find_cases(input_folders: Sequence[str], channels: Sequence[str], exclude: Sequence[str] = ()) -> List[BratsCase]:
     """Every case folder under the inputs with its layout; refuses unknown folders, missing channels, duplicate
-    case names and image files that do not decode completely, before anything is written."""
+    case names, and files that fail the shared input check (``image_integrity.case_problems``: incomplete, NaN or
+    Inf, channels on different grids, label values not of the layout), before anything is written."""
     cases, problems = {}, []
     for folder in map(Path, input_folders):
         if not folder.is_dir():
@@ -115,19 +116,20 @@ def find_cases(input_folders: Sequence[str], channels: Sequence[str], exclude: S
     if unknown_exclusions:
         problems.append(f"--exclude names no case folder: {sorted(unknown_exclusions)}")
     if problems:
-        raise DatasetConversionError(f"{len(problems)} problem(s) in the BraTS input:\n  " + "\n  ".join(problems[:10]))
+        raise DatasetConversionError(f"{len(problems)} problem(s) in the BraTS input:\n  " + "\n  ".join(problems))
     if not cases:
         raise DatasetConversionError(f"No BraTS case folders in {', '.join(map(str, input_folders))}.")
+    # every file decodes completely and is finite, a case's channels, mask and segmentation share one grid (nnU-Net's
+    # fingerprint would stop at the first mismatch with a bare RuntimeError), its segmentation holds only the layout's
+    # label values: all checked, all bad files named, before anything is written
     for case in cases.values():
-        for name, path in case.files.items():
-            if name in channels or name == "mask" or (name == "seg" and path.is_file()):
-                try:
-                    check_image_complete(str(path))
-                except IncompleteImageError as e:
-                    problems.append(str(e))
+        files = case.files
+        images = [str(files[c]) for c in channels] + ([str(files["mask"])] if "mask" in files else [])
+        problems += case_problems(CaseFiles(images, str(files["seg"]) if case.labelled else None,
+                                            set(case.layout.label_map)))
     if problems:
-        raise DatasetConversionError(f"{len(problems)} image file(s) cannot be read completely; re-download or "
-                                     f"--exclude their cases:\n  " + "\n  ".join(problems[:10]))
+        raise DatasetConversionError(f"{len(problems)} image file(s) cannot be used; nothing was written. Fix or "
+                                     f"re-download them, or --exclude their cases:\n  " + "\n  ".join(problems))
     return list(cases.values())
 
 

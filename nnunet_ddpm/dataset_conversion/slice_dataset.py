@@ -18,14 +18,14 @@ import multiprocessing
 import os
 import sys
 from dataclasses import asdict
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Collection, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
 from batchgenerators.utilities.file_and_folder_operations import isdir, isfile, join, load_json, maybe_mkdir_p, \
     save_json
 
-from nnunet_ddpm.dataset_conversion.image_integrity import IncompleteImageError, check_image_complete
+from nnunet_ddpm.dataset_conversion.image_integrity import CaseFiles, case_problems, declared_label_values
 from nnunet_ddpm.dataset_conversion.raw_dataset import (DatasetConversionError, atomic_dataset_folder,
                                                          check_target_free, write_slice)
 from nnunet_ddpm.dataset_conversion.slice_rules import PAPER_SLICES, SliceRule
@@ -71,11 +71,14 @@ def read_source(source_folder: str) -> Tuple[dict, Dict[str, dict]]:
 
 
 def check_cases(cases: Dict[str, dict], num_channels: int, file_ending: str, axis: int,
-                fixed_indices: Optional[Sequence[int]]) -> Dict[str, Tuple[int, ...]]:
-    """Every case has all channels and a label of one 3D shape, and the fixed slice indices lie inside it.
+                fixed_indices: Optional[Sequence[int]], label_values: Optional[Collection[int]] = None,
+                unlabeled: Optional[Dict[str, List[str]]] = None) -> Dict[str, Tuple[int, ...]]:
+    """Every case has all channels and a label on one 3D grid, the label holds only ``label_values`` (the values
+    dataset.json declares; None: not checked), and the fixed slice indices lie inside it.
 
-    Reads only file headers (SimpleITK) where the format allows; other formats are checked while converting.
-    Returns {case: array shape}.
+    The shared input check (``image_integrity.case_problems``) reads every file: complete, finite, one grid, declared
+    labels. ``unlabeled``: {volume: channel files} of the source's imagesUnlabeled, checked in the same pass so that
+    one message names every bad file. Returns {case: array shape}.
     """
     shapes, problems = {}, []
     for case, files in cases.items():
@@ -85,42 +88,28 @@ def check_cases(cases: Dict[str, dict], num_channels: int, file_ending: str, axi
         if not isfile(files["label"]):
             problems.append(f"{case}: label file {files['label']} missing")
             continue
-        incomplete = _incomplete_images(files["images"] + [files["label"]])
-        if incomplete:
-            problems += [f"{case}: {message}" for message in incomplete]
+        found = case_problems(CaseFiles(files["images"], files["label"], label_values))
+        if found:
+            problems += [f"{case}: {message}" for message in found]
             continue
         if not file_ending.lower().endswith(_HEADER_READABLE):
             continue
-        file_shapes = {f: _header_shape(f) for f in files["images"] + [files["label"]]}
-        dimensions = {len(s) for s in file_shapes.values()}
-        if dimensions != {3}:
-            problems.append(f"{case}: {sorted(dimensions)}-dimensional files; the slicer needs 3D volumes (split 4D "
+        shape = _header_shape(files["label"])
+        if len(shape) != 3:
+            problems.append(f"{case}: {len(shape)}-dimensional files; the slicer needs 3D volumes (split 4D "
                             f"MSD images with nnUNetv2_convert_MSD_dataset first)")
-        elif len(set(file_shapes.values())) > 1:
-            problems.append(f"{case}: image and label shapes differ: " +
-                            ", ".join(f"{os.path.basename(f)} {s}" for f, s in file_shapes.items()))
         else:
-            shape = next(iter(file_shapes.values()))
             shapes[case] = shape
             outside = [i for i in (fixed_indices or ()) if i >= shape[axis]]
             if outside:
                 problems.append(f"{case}: slice indices {outside} outside the volume, which has {shape[axis]} slices "
                                 f"along axis {axis} (valid: 0 to {shape[axis] - 1})")
+    for case, files in (unlabeled or {}).items():
+        problems += [f"{case} ({UNLABELED_IMAGES}): {message}" for message in case_problems(CaseFiles(files))]
     if problems:
-        raise DatasetConversionError(f"{len(problems)} of {len(cases)} source cases cannot be sliced:\n  " +
-                                     "\n  ".join(problems[:10]) + ("\n  ..." if len(problems) > 10 else ""))
+        raise DatasetConversionError(f"{len(problems)} problem(s) in {len(cases)} source cases; nothing was "
+                                     f"written:\n  " + "\n  ".join(problems))
     return shapes
-
-
-def _incomplete_images(paths: Sequence[str]) -> List[str]:
-    """Messages for the files that do not decode completely (a truncated one would be sliced as zeros)."""
-    messages = []
-    for path in paths:
-        try:
-            check_image_complete(path)
-        except IncompleteImageError as e:
-            messages.append(str(e))
-    return messages
 
 
 def _header_shape(path: str) -> Tuple[int, ...]:
@@ -302,14 +291,16 @@ def slice_dataset(source_folder: str, raw_folder: str, dataset_id: int, name: st
     if os.path.abspath(target) == source_folder:
         raise DatasetConversionError("The target is the source dataset; choose another id or name.")
     channels = dataset_json.get("channel_names", dataset_json.get("modality"))
-    check_cases(cases, len(channels), dataset_json["file_ending"], axis, rule.fixed_indices())
-    held_out = set(choose_test_patients(list(cases), test_patients, num_test_patients, seed))
     unlabeled_source = join(source_folder, UNLABELED_IMAGES)
     try:
         unlabeled_volumes = unlabeled_cases(unlabeled_source, dataset_json) if unlabeled_step and \
             isdir(unlabeled_source) else {}
     except ValueError as e:
         raise DatasetConversionError(str(e)) from None
+    # label values dataset.json does not declare would be written and then dropped from every statistic
+    check_cases(cases, len(channels), dataset_json["file_ending"], axis, rule.fixed_indices(),
+                declared_label_values(dataset_json["labels"]), unlabeled_volumes)
+    held_out = set(choose_test_patients(list(cases), test_patients, num_test_patients, seed))
     labels, regions_class_order = target_labels(dataset_json, brats_regions)
     members = _label_members(labels)
     from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json

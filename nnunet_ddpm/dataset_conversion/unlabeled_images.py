@@ -4,21 +4,22 @@ Convention: put them beside ``imagesTr`` as ``$nnUNet_raw/DatasetXXX/imagesUnlab
 channel, named and formatted like ``imagesTr``) and run ``nnUNetv2_ddpm_preprocess_unlabeled -d XXX -c CONFIG``.
 They are preprocessed exactly like the training images (the plans' preprocessor) into
 ``$nnUNet_preprocessed/DatasetXXX/<data_identifier>_unlabeled/``, where ``nnUNetTrainerDDPMPretrain`` adds them to
-its training images. No other trainer looks there, and no split file lists them.
+its training images. Each run adds its folder's images to that set (``--replace`` starts it afresh). No other trainer looks there, and no split file lists them.
 """
 import os
 import re
+import shutil
 from collections import defaultdict
 from typing import Dict, List, Optional
 
-from batchgenerators.utilities.file_and_folder_operations import isdir, join, load_json, subfiles
+from batchgenerators.utilities.file_and_folder_operations import isdir, isfile, join, load_json, subfiles
 from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
 from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from tqdm import tqdm
 
-from nnunet_ddpm.dataset_conversion.image_integrity import check_image_complete
+from nnunet_ddpm.dataset_conversion.image_integrity import CaseFiles, check_cases
 from nnunet_ddpm.dataset_conversion.raw_dataset import atomic_dataset_folder
 
 UNLABELED_IMAGES = "imagesUnlabeled"
@@ -55,25 +56,38 @@ def unlabeled_cases(image_folder: str, dataset_json: dict) -> Dict[str, List[str
 
 
 def preprocess_unlabeled(dataset: str, configuration: str, image_folder: Optional[str] = None,
-                         plans_identifier: str = "nnUNetPlans", allow_test_images: bool = False) -> str:
-    """Preprocess a folder of unlabeled images with the dataset's plans; returns the output folder.
+                         plans_identifier: str = "nnUNetPlans", allow_test_images: bool = False,
+                         replace: bool = False) -> dict:
+    """Preprocess a folder of unlabeled images with the dataset's plans and add them to the dataset's unlabeled set.
 
-    Every image is checked to decode completely first. The output is written to a temporary folder and moved into
-    place at the end (removed on any error), so a failed or interrupted run leaves the previous output as it was and
-    nothing the pretrainer would pick up.
+    The set grows: cases preprocessed before stay (a case of the same identifier is preprocessed again from the new
+    file), so that images from several folders add up and none of the pretraining's images is lost without a word.
+    ``replace`` starts the set afresh from this folder. Every image is checked (``check_cases``) before anything is
+    written. The new set is built in a temporary folder and moved into place at the end (removed on any error), so a
+    failed or interrupted run leaves the previous set as it was and nothing the pretrainer would pick up.
+
+    Returns {'folder', 'before', 'after', 'added', 'updated', 'removed'}: the output folder, the numbers of cases before
+    and after, and the identifiers added, preprocessed again, and dropped (``replace`` only).
     """
     dataset_name = maybe_convert_to_dataset_name(dataset)
-    raw_folder = join(nnUNet_raw, dataset_name)
+    raw_folder = join(str(nnUNet_raw), dataset_name) if nnUNet_raw.is_set() else None  # not needed with -i
+    if image_folder is None and raw_folder is None:
+        raise FileNotFoundError(f"nnUNet_raw is not set, so $nnUNet_raw/{dataset_name}/{UNLABELED_IMAGES} cannot be "
+                                f"found: set nnUNet_raw or pass the image folder with -i.")
     image_folder = os.path.abspath(image_folder or join(raw_folder, UNLABELED_IMAGES))
     if not isdir(image_folder):
         raise FileNotFoundError(f"{image_folder} does not exist. Put the unlabeled images there (named like "
                                 f"imagesTr) or pass the folder with -i.")
-    test_folder = join(raw_folder, "imagesTs")
+    test_folder = join(raw_folder, "imagesTs") if raw_folder else ""
     if isdir(test_folder) and os.path.samefile(image_folder, test_folder) and not allow_test_images:
         raise ValueError(f"{image_folder} holds the held-out test images. Pretraining on them makes the test set "
                          f"part of training; pass --allow-test-images if that is what you want.")
     preprocessed = join(nnUNet_preprocessed, dataset_name)
-    plans_manager = PlansManager(join(preprocessed, plans_identifier + ".json"))
+    plans_file = join(preprocessed, plans_identifier + ".json")
+    if not isfile(plans_file):
+        raise FileNotFoundError(f"{plans_file} does not exist: run nnUNetv2_plan_and_preprocess -d {dataset} "
+                                f"-c {configuration} first.")
+    plans_manager = PlansManager(plans_file)
     configuration_manager = plans_manager.get_configuration(configuration)
     dataset_json = load_json(join(preprocessed, "dataset.json"))
     labelled_folder = join(preprocessed, configuration_manager.data_identifier)
@@ -86,14 +100,29 @@ def preprocess_unlabeled(dataset: str, configuration: str, image_folder: Optiona
     if clashes:
         raise ValueError(f"{len(clashes)} unlabeled cases have the identifier of a training case "
                          f"(first: {clashes[:3]}); rename them.")
-    for files in cases.values():  # a truncated file would be read as mostly zeros, without an error
-        for f in files:
-            check_image_complete(f)
+    # every file decodes completely, is finite and shares its case's grid: nnU-Net's preprocessor would read a
+    # truncated or NaN file as zeros and stop at channels of different shapes with a bare RuntimeError
+    check_cases({case: CaseFiles(files) for case, files in cases.items()}, what=f"unlabeled images in {image_folder}")
     output = unlabeled_preprocessed_folder(preprocessed, configuration_manager.data_identifier)
+    existing = sorted(infer_dataset_class(output).get_identifiers(output)) if isdir(output) and \
+        os.listdir(output) else []
+    kept = [] if replace else [c for c in existing if c not in cases]
     preprocessor = configuration_manager.preprocessor_class(verbose=False)
     with atomic_dataset_folder(output) as partial:
+        for f in os.listdir(output) if kept else []:
+            if _case_of_file(f, kept) is not None:  # the earlier set's files, copied: the old set stays intact
+                shutil.copy2(join(output, f), join(partial, f))
         for case, files in tqdm(cases.items(), desc="Preprocessing unlabeled images"):
             # nnU-Net's own preprocessing and file format; its "segmentation" is only the nonzero mask, no label
             preprocessor.run_case_save(join(partial, case), files, None, plans_manager, configuration_manager,
                                        dataset_json)
-    return output
+    return {"folder": output, "before": len(existing), "after": len(kept) + len(cases),
+            "added": sorted(set(cases) - set(existing)), "updated": sorted(set(cases) & set(existing)),
+            "removed": sorted(set(existing) - set(cases)) if replace else []}
+
+
+def _case_of_file(file_name: str, cases: List[str]) -> Optional[str]:
+    """The case among ``cases`` whose preprocessed file this is (``CASE.b2nd``, ``CASE_seg.b2nd``, ``CASE.pkl``...)."""
+    stem = file_name.split(".", 1)[0]
+    stem = stem[:-len("_seg")] if stem.endswith("_seg") else stem
+    return stem if stem in cases else None

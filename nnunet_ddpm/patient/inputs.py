@@ -14,11 +14,8 @@ import numpy as np
 import SimpleITK as sitk
 from batchgenerators.utilities.file_and_folder_operations import load_json
 
-from nnunet_ddpm.dataset_conversion.image_integrity import IncompleteImageError, check_image_complete
-
-# header values are floats written by many tools; these tolerances accept rounding, not a different grid
-SPACING_ORIGIN_TOLERANCE_MM = 1e-3
-DIRECTION_TOLERANCE = 1e-4
+from nnunet_ddpm.dataset_conversion.image_integrity import (IncompleteImageError, check_image_complete,
+                                                             declared_label_values, geometry_differences)
 _CHANNEL_FILE = re.compile(r"^(.+)_(\d{4})\.(nii\.gz|nii|nrrd|mha)$")
 
 
@@ -73,29 +70,11 @@ def resolve_image_files(inputs: Sequence[str]) -> List[str]:
 
 
 def _read(path: str, pixel_type=None) -> sitk.Image:
-    if not os.path.isfile(path):
-        raise PatientInputError(f"File not found: {path}")
-    try:
-        check_image_complete(path)  # SimpleITK would read a truncated file as mostly zeros
-    except IncompleteImageError as e:
-        raise PatientInputError(str(e)) from None
+    """A file that passed ``check_image_complete`` (read_patient checks every file first)."""
     try:
         return sitk.ReadImage(path, pixel_type) if pixel_type is not None else sitk.ReadImage(path)
     except RuntimeError as e:
         raise PatientInputError(f"Cannot read {path}: {str(e).strip().splitlines()[-1]}") from None
-
-
-def geometry_differences(reference: sitk.Image, other: sitk.Image) -> List[str]:
-    """What differs between two images' grids (size, spacing, origin, direction), in words; empty if nothing."""
-    differences = []
-    if reference.GetSize() != other.GetSize():
-        differences.append(f"size {other.GetSize()} instead of {reference.GetSize()}")
-    for name, tolerance in (("spacing", SPACING_ORIGIN_TOLERANCE_MM), ("origin", SPACING_ORIGIN_TOLERANCE_MM),
-                            ("direction", DIRECTION_TOLERANCE)):
-        mine, theirs = (np.array(getattr(image, f"Get{name.capitalize()}")()) for image in (reference, other))
-        if mine.shape != theirs.shape or not np.allclose(mine, theirs, rtol=0, atol=tolerance):
-            differences.append(f"{name} {tuple(np.round(theirs, 4))} instead of {tuple(np.round(mine, 4))}")
-    return differences
 
 
 def annotated_slices(annotation: np.ndarray, axis: int, slices: Optional[Sequence[int]],
@@ -143,13 +122,6 @@ def infer_labels(values: Sequence[int]) -> dict:
     return {"background": 0, **{f"label_{v}": v for v in range(1, int(max(values, default=0)) + 1)}}
 
 
-def declared_values(labels: dict) -> set:
-    values = set()
-    for value in labels.values():
-        values.update(int(v) for v in (value if isinstance(value, (list, tuple)) else [value]))
-    return values
-
-
 def read_patient(image_inputs: Sequence[str], annotation_file: str, axis: int = 0,
                  slices: Optional[Sequence[int]] = None, ignore_value: Optional[int] = None,
                  slice_range: Optional[Sequence[int]] = None, require_foreground: bool = False,
@@ -158,6 +130,18 @@ def read_patient(image_inputs: Sequence[str], annotation_file: str, axis: int = 
     if axis not in (0, 1, 2):
         raise PatientInputError(f"--axis must be 0, 1 or 2 (an array axis of the 3D volume), got {axis}.")
     image_files = resolve_image_files(image_inputs)
+    bad_files = []
+    for path in image_files + [annotation_file]:  # all named at once, before any is read
+        if not os.path.isfile(path):
+            bad_files.append(f"File not found: {path}")
+            continue
+        try:
+            check_image_complete(path)
+        except IncompleteImageError as e:
+            bad_files.append(str(e))
+    if bad_files:
+        raise PatientInputError(f"{len(bad_files)} of {len(image_files) + 1} input files cannot be used:\n  " +
+                                "\n  ".join(bad_files))
     channels = [_read(f, sitk.sitkFloat32) for f in image_files]
     annotation_image = _read(annotation_file)
     reference = channels[0]
@@ -211,7 +195,7 @@ def read_patient(image_inputs: Sequence[str], annotation_file: str, axis: int = 
         if names is not None and len(names) != len(image_files):
             raise PatientInputError(f"{dataset_json} declares {len(names)} channels, {len(image_files)} images were "
                                     f"given.")
-        unknown = sorted(set(values) - declared_values(labels))
+        unknown = sorted(set(values) - declared_label_values(labels))
         if unknown:
             raise PatientInputError(f"Annotated slices hold label values {unknown} that {dataset_json} does not "
                                     f"declare (its labels: {labels}).")

@@ -82,6 +82,43 @@ def check_fold_against_groups(preprocessed_dataset_folder: str, fold, train_case
                            source=f"The split of fold {fold} (splits_final.json, checked against {groups_file})")
 
 
+class SplitRefused(SystemExit):
+    """A fold that must not be trained on, found by a trainer before training. A SystemExit: raised inside
+    ``nnUNetv2_train`` it ends the program with its message alone, not after a traceback through nnU-Net's run script;
+    Python callers catch it by name."""
+
+
+def check_split_for_training(preprocessed_dataset_folder: str, fold, identifiers: Sequence[str],
+                             train_cases: Sequence[str], val_cases: Sequence[str], trainer: str) -> None:
+    """Refuse (SplitRefused, one message) a fold whose ``splits_final.json`` names cases the dataset does not have
+    (the data loader would crash on them, or the label budget draw them), leaves cases of the dataset out of every
+    fold (they would silently never be trained on or validated), or puts a patient of ``case_groups.json`` in training
+    and validation. ``identifiers``: the preprocessed dataset's cases."""
+    if fold == "all":
+        return
+    splits_file = join(preprocessed_dataset_folder, "splits_final.json")
+    dataset = os.path.basename(os.path.normpath(preprocessed_dataset_folder))
+    rewrite = f"nnUNetv2_ddpm_make_splits -d {dataset} --overwrite (with --groups for patient-grouped folds)"
+    splits = load_json(splits_file) if isfile(splits_file) else [{'train': list(train_cases),
+                                                                  'val': list(val_cases)}]
+    named = {c for f in splits for part in ('train', 'val') for c in f.get(part, [])}
+    unknown = sorted(named - set(identifiers))
+    if unknown:
+        raise SplitRefused(f"{trainer}: {splits_file} names {len(unknown)} cases that the preprocessed dataset does "
+                           f"not have ({', '.join(unknown[:5])}{', ...' if len(unknown) > 5 else ''}). Remove them "
+                           f"from the file, or write the folds again with: {rewrite}")
+    missing = sorted(set(identifiers) - named)
+    if missing:
+        raise SplitRefused(f"{trainer}: {splits_file} places {len(missing)} of the dataset's {len(identifiers)} cases "
+                           f"in no fold ({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}): they would "
+                           f"never be trained on or validated. Add them to the file, or write the folds again with: "
+                           f"{rewrite}")
+    try:
+        check_fold_against_groups(preprocessed_dataset_folder, fold, train_cases, val_cases)
+    except ValueError as e:
+        raise SplitRefused(f"{trainer}: {e}") from None
+
+
 def case_identifiers(preprocessed_dataset_folder: str) -> List[str]:
     """The dataset's training cases as nnU-Net preprocessed them (one ground-truth file each)."""
     gt_folder = join(preprocessed_dataset_folder, "gt_segmentations")
@@ -123,6 +160,11 @@ def make_splits(dataset: str, groups_file: Optional[str] = None, group_regex: Op
         if not isfile(groups_file):
             raise FileNotFoundError(f"Group mapping file {groups_file} does not exist.")
         groups = _read_groups_file(groups_file)
+        unknown = sorted(set(groups) - set(cases))
+        if unknown:  # a mapping of another dataset (or of cases since removed) would group this one by accident
+            raise ValueError(f"The group mapping {groups_file} names {len(unknown)} cases that the dataset does not "
+                             f"have (first: {unknown[:5]}). Give the mapping of this dataset (the slicer's "
+                             f"case_groups.json in its raw folder), or remove those entries.")
         check_groups_cover_cases(groups, cases, groups_file)
         groups = {c: groups[c] for c in cases}
     else:

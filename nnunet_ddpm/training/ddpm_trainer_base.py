@@ -12,7 +12,7 @@ from torch._dynamo import OptimizedModule
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from nnunet_ddpm.diffusion import DiffusionSettings
-from nnunet_ddpm.splits.grouped_folds import check_fold_against_groups
+from nnunet_ddpm.splits.grouped_folds import check_split_for_training
 from nnunet_ddpm.networks.time_conditioned_unet import PRETRAINING_METADATA_KEY, decode_pretraining_metadata
 from nnunet_ddpm.training.pretrained_checkpoint import (PretrainingCheckpointError, check_compatible,
                                                         denoiser_metadata, denoiser_sha256,
@@ -24,7 +24,59 @@ from nnunet_ddpm.training.seeding import Seeded, seed_everything
 PRETRAINING_RECORD = 'ddpm_pretraining.json'
 
 
-class nnUNetTrainerDDPMBase(Seeded, nnUNetTrainer):
+class ResumeRefused(SystemExit):
+    """A run's own checkpoint (``--c``, ``--val``) cannot be read; the message names the intact ones and the command.
+    A SystemExit, so that ``nnUNetv2_train`` ends with the message alone."""
+
+
+def refuse_unreadable_checkpoint(trainer, filename: str) -> None:
+    """Raise ResumeRefused if ``filename`` (a run's own checkpoint) cannot be read by torch.load; return otherwise.
+
+    nnU-Net's ``--c`` takes ``checkpoint_final.pth``, else ``checkpoint_latest.pth``, else ``checkpoint_best.pth``: a
+    damaged file (a disk filled up, a copy cut short) hides intact ones behind it. The message names them (with their
+    epochs) and the command that resumes from the next one.
+    """
+    try:
+        torch.load(filename, map_location='cpu', weights_only=False)
+        return
+    except Exception as e:  # truncated zip, pickle garbage, ...: torch raises many types
+        problem = f"{type(e).__name__}: {str(e).strip().splitlines()[0]}" if str(e).strip() else type(e).__name__
+    folder, name = os.path.split(os.path.abspath(filename))
+    intact = []
+    for other in ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth"):
+        if other != name and isfile(join(folder, other)):
+            try:
+                epoch = torch.load(join(folder, other), map_location='cpu', weights_only=False).get('current_epoch')
+                intact.append(f"{other} (epoch {epoch})")
+            except Exception:  # damaged too: not offered
+                pass
+    plans = trainer.plans_manager.plans_name
+    command = (f"nnUNetv2_train {trainer.plans_manager.dataset_name} {trainer.configuration_name} {trainer.fold} "
+               f"-tr {trainer.__class__.__name__}" + (f" -p {plans}" if plans != "nnUNetPlans" else "") + " --c")
+    if intact:
+        advice = (f"Intact: {', '.join(intact)}. Move the damaged file aside and resume from the next one (nnU-Net "
+                  f"takes final, then latest, then best): mv {filename} {filename}.damaged && {command}")
+    else:
+        advice = (f"No intact checkpoint is left in {folder}: move that folder aside and train again without --c.")
+    raise ResumeRefused(f"Cannot read the checkpoint {filename} ({problem}); it is truncated or not a PyTorch "
+                        f"checkpoint. {advice}")
+
+
+class CheckedResume:
+    """Mixin (before the nnU-Net trainer in the bases): a damaged own checkpoint is refused in one message
+    (``refuse_unreadable_checkpoint``) instead of a torch traceback. nnU-Net's loader takes only a file name, so the
+    file is examined only when loading it failed."""
+
+    def load_checkpoint(self, filename_or_checkpoint) -> None:
+        try:
+            super().load_checkpoint(filename_or_checkpoint)
+        except Exception:
+            if isinstance(filename_or_checkpoint, str):
+                refuse_unreadable_checkpoint(self, filename_or_checkpoint)
+            raise
+
+
+class nnUNetTrainerDDPMBase(Seeded, CheckedResume, nnUNetTrainer):
     """Not meant to be trained itself. Subclasses set the class attributes below to change one thing each."""
 
     diffusion = DiffusionSettings()  # forward process; must equal the pretraining's when fine-tuning
@@ -42,9 +94,12 @@ class nnUNetTrainerDDPMBase(Seeded, nnUNetTrainer):
             seed_everything(self.random_seed + self.local_rank)
 
     def do_split(self):
-        """nnU-Net's split, refused if it puts a patient of ``case_groups.json`` in training and validation."""
+        """nnU-Net's split, refused (one message, no traceback) if splits_final.json names cases the dataset lacks,
+        leaves some out, or puts a patient of ``case_groups.json`` in training and validation."""
         train_cases, val_cases = super().do_split()
-        check_fold_against_groups(self.preprocessed_dataset_folder_base, self.fold, train_cases, val_cases)
+        check_split_for_training(self.preprocessed_dataset_folder_base, self.fold,
+                                 self.dataset_class.get_identifiers(self.preprocessed_dataset_folder), train_cases,
+                                 val_cases, self.__class__.__name__)
         return train_cases, val_cases
 
     def autocast(self):
@@ -159,7 +214,7 @@ class UsesPretrainedDenoiser(nnUNetTrainerDDPMBase):
         if buffers and metadata is None:
             raise PretrainingCheckpointError(
                 f"The weights {described} carry no DDPM pretraining metadata: they are not the network_weights of an "
-                f"nnUNetTrainerDDPMPretrain checkpoint. Give that checkpoint's checkpoint_final.pth.")
+                f"{self.pretraining_trainer_name} checkpoint. Give that checkpoint's checkpoint_final.pth.")
         if metadata is not None:
             command = pretraining_command(self.plans_manager.dataset_name, self.configuration_name,
                                           self.plans_manager.plans_name, self.pretraining_trainer_name)
@@ -198,7 +253,7 @@ class UsesPretrainedDenoiser(nnUNetTrainerDDPMBase):
         path = path or find_pretraining_checkpoint(
             nnUNet_results, dataset_name, self.plans_manager.plans_name, self.configuration_name,
             self.pretraining_trainer_name)
-        checkpoint = load_checkpoint_file(path)
+        checkpoint = load_checkpoint_file(path, self.pretraining_trainer_name)
         expected = denoiser_metadata(self, self.diffusion, self.timestep_embedding_dim, ema_decay=None)
         check_compatible(checkpoint['ddpm'], expected, path, command)
         self.apply_pretrained_weights(checkpoint['network_weights'])

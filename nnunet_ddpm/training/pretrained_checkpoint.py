@@ -84,10 +84,14 @@ def find_pretraining_checkpoint(results_folder: str, dataset_name: str, plans_na
         f"(or pass a pretraining checkpoint with -pretrained_weights).")
 
 
-def load_checkpoint_file(path: str) -> dict:
-    """torch.load on CPU with an error that says what to do when the file is truncated or not a checkpoint."""
+def load_checkpoint_file(path: str, pretrainer: str = "nnUNetTrainerDDPMPretrain") -> dict:
+    """torch.load on CPU with an error that says what to do when the file is missing, truncated or not a checkpoint;
+    ``pretrainer``: the pretraining trainer whose checkpoint is expected, named in the messages."""
     if not os.path.isfile(path):
-        raise PretrainingCheckpointError(f"Pretraining checkpoint {path} does not exist.")
+        raise PretrainingCheckpointError(
+            f"Pretraining checkpoint {path} does not exist. Give the checkpoint_final.pth of a finished {pretrainer} "
+            f"run ($nnUNet_results/DATASET/{pretrainer}__PLANS__CONFIGURATION/fold_all/checkpoint_final.pth), or "
+            f"pretrain first with: nnUNetv2_train DATASET CONFIGURATION all -tr {pretrainer}")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # truncated zip, pickle garbage, ...: torch raises many types
@@ -99,7 +103,7 @@ def load_checkpoint_file(path: str) -> dict:
     if "ddpm" not in checkpoint:
         raise PretrainingCheckpointError(
             f"{path} is an nnU-Net checkpoint but not a DDPM pretraining checkpoint (no 'ddpm' metadata; trainer "
-            f"{checkpoint.get('trainer_name', 'unknown')}). Use the checkpoint_final.pth of nnUNetTrainerDDPMPretrain.")
+            f"{checkpoint.get('trainer_name', 'unknown')}). Use the checkpoint_final.pth of {pretrainer}.")
     return checkpoint
 
 

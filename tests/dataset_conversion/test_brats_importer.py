@@ -136,13 +136,13 @@ def test_refusals_before_writing(downloads, tmp_path):
     with pytest.raises(DatasetConversionError, match=r"--channels must name distinct channels"):
         convert_brats([brats18], str(raw), 702, "X", channels=["flair", "dwi"], progress=False)
     _write(_segmentation((1, 5)), brats18 / "Brats18_TCIA_0" / "Brats18_TCIA_0_seg.nii.gz")
-    with pytest.raises(DatasetConversionError, match=r"Brats18_TCIA_0: label values \[5.0\] are not BraTS "
-                                                     r"2018-2021 labels"):
+    with pytest.raises(DatasetConversionError, match=r"Brats18_TCIA_0_seg.nii.gz holds label values \[5.0\] that are "
+                                                     r"not declared \(allowed: \[0, 1, 2, 4\]\)"):
         convert_brats([brats18], str(raw), 702, "X", exclude=["Brats18_NoSeg"], progress=False)
     assert not raw.exists() or not list(raw.iterdir())  # nothing written, no .partial folder left
     flair = brats18 / "Brats18_TCIA_1" / "Brats18_TCIA_1_flair.nii.gz"
     flair.write_bytes(flair.read_bytes()[:-40])  # a download cut short: SimpleITK would read it without an error
-    with pytest.raises(DatasetConversionError, match=r"(?s)cannot be read completely.*Brats18_TCIA_1_flair.nii.gz is truncated"):
+    with pytest.raises(DatasetConversionError, match=r"(?s)cannot be used; nothing was written.*Brats18_TCIA_1_flair.nii.gz is truncated"):
         convert_brats([brats18], str(raw), 702, "X", exclude=["Brats18_TCIA_0", "Brats18_NoSeg"], progress=False)
     assert not raw.exists() or not list(raw.iterdir())
 

@@ -13,8 +13,9 @@ Add a budget in one line, in a module of a folder on ``nnUNet_extTrainer``::
 from batchgenerators.utilities.file_and_folder_operations import join, save_json
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from nnunet_ddpm.splits.grouped_folds import check_fold_against_groups
+from nnunet_ddpm.splits.grouped_folds import check_split_for_training
 from nnunet_ddpm.splits.label_budget import LABEL_BUDGETS, choose_labelled_cases
+from nnunet_ddpm.training.ddpm_trainer_base import CheckedResume
 from nnunet_ddpm.training.nnUNetTrainerDDPMFinetune import (nnUNetTrainerDDPMFinetune,
                                                             nnUNetTrainerDDPMFinetuneFrozenEncoder)
 from nnunet_ddpm.training.nnUNetTrainerDDPMInit import nnUNetTrainerDDPMInit
@@ -38,14 +39,17 @@ BUDGETED_TRAINERS = (nnUNetTrainer, nnUNetTrainerDDPMFinetune, nnUNetTrainerDDPM
                      demo_budget.nnUNetTrainerDDPMFinetune_unfreeze_demo)
 
 
-class LabelBudget(Seeded):
-    """Mixin (first base): keep ``num_labelled_cases`` of the fold's training cases."""
+class LabelBudget(Seeded, CheckedResume):
+    """Mixin (first base): keep ``num_labelled_cases`` of the fold's training cases. The stock nnUNetTrainer's variants
+    get the plugin's split checks and resume check from here."""
 
     num_labelled_cases: int = None
 
     def do_split(self):
         train_cases, val_cases = super().do_split()
-        check_fold_against_groups(self.preprocessed_dataset_folder_base, self.fold, train_cases, val_cases)  # stock
+        check_split_for_training(self.preprocessed_dataset_folder_base, self.fold,
+                                 self.dataset_class.get_identifiers(self.preprocessed_dataset_folder), train_cases,
+                                 val_cases, self.__class__.__name__)  # again for the stock trainer's variants
         draw = label_draw()
         try:
             labelled = choose_labelled_cases(train_cases, self.num_labelled_cases, self.fold, draw)
