@@ -246,11 +246,11 @@ def _replicated_rows(setting: str, budget, methods) -> list:
     sizes = json.loads(REFERENCE_SIZES.read_text())
     runs = {m: {n: _slice_dice(f, m, budget) for n, f in _runs_of(setting).items()} for m in methods}
     runs = {m: {n: d for n, d in r.items() if d} for m, r in runs.items()}
-    base = runs.get("baseline", {})
-    if not base:
+    if not runs.get("baseline"):
         return []
-    regions = list(next(iter(base.values())))
-    cases = sorted(next(iter(base.values()))[regions[0]])
+    regions = list(next(iter(runs["baseline"].values())))
+    cases = sorted(max((d[regions[0]] for d in runs["baseline"].values()), key=len))  # a run on every outer fold
+    base = {n: d for n, d in runs["baseline"].items() if set(cases) <= set(d[regions[0]])}
     patients = sorted({c.rsplit("_s", 1)[0] for c in cases})
 
     def patient_means(dice: dict, region: str) -> np.ndarray:

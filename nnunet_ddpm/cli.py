@@ -2,64 +2,9 @@
 import argparse
 import os
 import sys
-from typing import Sequence
 
+from nnunet_ddpm.folders import require_nnunet_folders
 from nnunet_ddpm.nnunet_trainers import TRAINER_DIR
-
-
-def require_writable_folder(program: str, folder: str, option: str = "-o") -> None:
-    """End ``program`` with one line naming ``folder`` unless it can be written, without creating anything.
-
-    Checked before any work starts: a read-only file system or a path below a file would otherwise end a long run
-    (training, prediction) with a traceback from whichever step writes first. The probe is a temporary file in the
-    nearest existing folder on the path, so that a refusal later in the checks leaves nothing behind.
-    """
-    import errno
-    import tempfile
-    existing = os.path.abspath(folder)
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    try:
-        if not os.path.isdir(existing):
-            raise NotADirectoryError(errno.ENOTDIR, f"{existing} is a file")
-        with tempfile.TemporaryFile(dir=existing):
-            pass
-    except OSError as e:
-        what = f"{option}={folder}" if option.startswith("nnUNet_") else f"the output folder {os.path.abspath(folder)}"
-        fix = f"make it writable or set {option} to a writable folder" if option.startswith("nnUNet_") else \
-            f"choose a writable folder with {option}"
-        sys.exit(f"{program}: cannot write to {what} ({e.strerror or e}). {fix[0].upper()}{fix[1:]}.")
-
-
-_FOLDER_ROLES = {"nnUNet_raw": "raw datasets", "nnUNet_preprocessed": "preprocessed datasets",
-                 "nnUNet_results": "trained models"}
-
-
-def require_nnunet_folders(program: str, read: Sequence[str] = (), write: Sequence[str] = (),
-                           trainers: bool = False) -> None:
-    """End ``program`` with one line unless nnU-Net's folders it needs are set and exist (``read``), and can be written
-    (``write``), and, with ``trainers``, unless ``nnUNet_extTrainer`` lets ``nnUNetv2_train`` find the plugin's trainers.
-
-    Checked before any work, so that a missing variable is one line, not nnU-Net's traceback from whichever step first
-    touches the folder (or a training relayed from a subprocess, minutes later).
-    """
-    for variable in dict.fromkeys([*read, *write]):
-        value = os.environ.get(variable)
-        if not value:
-            sys.exit(f"{program}: {variable} is not set; nnU-Net keeps its {_FOLDER_ROLES[variable]} there. Set it, "
-                     f"e.g. export {variable}=/data/{variable} (nnU-Net's documentation/setting_up_paths.md).")
-        if not os.path.isdir(value):
-            sys.exit(f"{program}: {variable}={value} is not an existing folder. Create it (mkdir -p {value}) or set "
-                     f"{variable} to the folder that holds your {_FOLDER_ROLES[variable]}.")
-        if variable in write:
-            require_writable_folder(program, value, f"{variable}")
-    if trainers:
-        folders = [f for f in os.environ.get("nnUNet_extTrainer", "").split(os.pathsep) if f]
-        trainer_dir = os.path.realpath(TRAINER_DIR)
-        if not any(os.path.commonpath([os.path.realpath(f), trainer_dir]) == os.path.realpath(f) for f in folders):
-            given = f"is {os.environ['nnUNet_extTrainer']!r}" if folders else "is not set"
-            sys.exit(f"{program}: nnUNet_extTrainer {given}, so nnUNetv2_train cannot find the plugin's trainers. "
-                     f'Run: export nnUNet_extTrainer="$(nnUNetv2_ddpm_trainer_dir)"')
 
 
 def trainer_dir_entry():

@@ -12,7 +12,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 
 from nnunet_ddpm.networks import PixelClassifierNetwork, TimeConditionedUNet, build_unet_from_plans
 from nnunet_ddpm.nnunet_trainers import TRAINER_DIR
-from nnunet_ddpm.training.pretrained_checkpoint import transfer_denoiser_weights
+from nnunet_ddpm.networks.pretrained_checkpoint import transfer_denoiser_weights
 
 REAL_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "brats2015_deepmedic_sample"
 

@@ -335,7 +335,7 @@ def test_unlabeled_images_add_up_and_replace_on_request(nnunet, tmp_path, planne
 
 
 def test_pretraining_checkpoint_messages_name_the_pretrainer_and_the_next_step(tmp_path):
-    from nnunet_ddpm.training.pretrained_checkpoint import PretrainingCheckpointError, load_checkpoint_file
+    from nnunet_ddpm.networks.pretrained_checkpoint import PretrainingCheckpointError, load_checkpoint_file
     with pytest.raises(PretrainingCheckpointError, match="pretrain first with: nnUNetv2_train DATASET CONFIGURATION "
                                                          "all -tr nnUNetTrainerDDPMPretrain_demo"):
         load_checkpoint_file(str(tmp_path / "missing.pth"), "nnUNetTrainerDDPMPretrain_demo")

@@ -80,3 +80,25 @@ def test_no_development_tools_in_the_package():
     assert 'packages=find_packages(include=["nnunet_ddpm", "nnunet_ddpm.*"])' in setup
     installed = find_packages(str(PACKAGE.parent), include=["nnunet_ddpm", "nnunet_ddpm.*"])
     assert installed and all(p.split(".")[0] == "nnunet_ddpm" for p in installed)
+
+
+# The package's layers, lowest first: maths and file formats, networks (with the pretraining checkpoint's format),
+# what reads networks (the feature probe, uncertainty maps), the trainers, what nnU-Net and stock users see of them,
+# the step runner and folder checks, the tools built on steps, the command-line entries. A module may import its own
+# layer and those below it.
+LAYERS = (("diffusion", "splits", "dataset_conversion", "fingerprint"), ("networks",), ("features", "inference"),
+          ("training",), ("nnunet_trainers", "export"), ("steps", "folders"), ("comparison", "patient"), ("cli",))
+
+
+def layer_of(module: str) -> int:
+    part = module.split(".")[1] if "." in module else module
+    return next(i for i, layer in enumerate(LAYERS) if part in layer)
+
+
+def test_every_import_points_down_the_layers():
+    graph = import_graph()
+    modules = [m for m in graph if m != "nnunet_ddpm"]
+    assert {m.split(".")[1] for m in modules} == {p for layer in LAYERS for p in layer}  # every part has a layer
+    upward = [f"{a} -> {b}" for a in modules for b in graph[a] if b != "nnunet_ddpm" and layer_of(b) > layer_of(a)]
+    assert not upward, upward
+    assert layer_of("nnunet_ddpm.networks.pretrained_checkpoint") < layer_of("nnunet_ddpm.training.seeding")

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from nnunet_ddpm.cli import require_writable_folder
+from nnunet_ddpm.folders import require_writable_folder
 from nnunet_ddpm.dataset_conversion.synthetic_phantom import write_phantom_dataset
 from nnunet_ddpm.splits.label_budget import LABEL_BUDGETS
 from nnunet_ddpm.comparison.methods import PRETRAINER

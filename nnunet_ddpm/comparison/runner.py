@@ -11,7 +11,7 @@ import shlex
 import sys
 from typing import List
 
-from nnunet_ddpm.cli import require_nnunet_folders, require_writable_folder
+from nnunet_ddpm.folders import require_nnunet_folders, require_writable_folder
 from nnunet_ddpm.comparison.cluster import EXECUTORS, Resources, submit
 from nnunet_ddpm.comparison.grid import Benchmark, BenchmarkError
 from nnunet_ddpm.comparison.methods import METHODS, PRETRAINER

@@ -19,7 +19,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from nnunet_ddpm.diffusion import DiffusionSettings
 from nnunet_ddpm.networks import FixedTimestepUNet
 from nnunet_ddpm.networks.folding import fold_denoiser, plain_state_dict
-from nnunet_ddpm.training.pretrained_checkpoint import load_checkpoint_file
+from nnunet_ddpm.networks.pretrained_checkpoint import load_checkpoint_file
 
 DEFAULT_TIMESTEP = 50  # nnUNetTrainerDDPMFinetune.finetune_timestep (tests/networks/test_folding.py checks they agree)
 STOCK_TRAINER = "nnUNetTrainer"

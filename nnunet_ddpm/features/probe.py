@@ -220,7 +220,7 @@ def probe_features(dataset: str, configuration: str = "2d", fold: int = 0, budge
     from nnunet_ddpm.diffusion import DiffusionSettings
     from nnunet_ddpm.networks import PixelClassifierNetwork, build_unet_from_plans, network_downsampling
     from nnunet_ddpm.splits.label_budget import choose_labelled_cases
-    from nnunet_ddpm.training.pretrained_checkpoint import (denoiser_sha256, find_pretraining_checkpoint,
+    from nnunet_ddpm.networks.pretrained_checkpoint import (denoiser_sha256, find_pretraining_checkpoint,
                                                             load_checkpoint_file, transfer_denoiser_weights)
     try:
         dataset_name = maybe_convert_to_dataset_name(dataset)
@@ -341,7 +341,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--pixels-per-case", type=int, default=2000)
     parser.add_argument("--picture-cases", type=int, default=2, help="cases to draw k-means pictures for")
     args = parser.parse_args(argv)
-    from nnunet_ddpm.training.pretrained_checkpoint import PretrainingCheckpointError
+    from nnunet_ddpm.networks.pretrained_checkpoint import PretrainingCheckpointError
     try:
         record = probe_features(args.d, args.c, args.f, args.budget, args.p, args.pretrained_weights, args.timesteps,
                                 args.max_stages, args.max_timesteps, args.pixels_per_case, args.picture_cases,

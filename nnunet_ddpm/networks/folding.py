@@ -13,7 +13,7 @@ import torch
 from nnunet_ddpm.diffusion import DiffusionSettings
 from nnunet_ddpm.networks.time_conditioned_unet import (FixedTimestepUNet, TimestepModulatedInstanceNorm, _first_conv,
                                                       build_unet_from_plans)
-from nnunet_ddpm.training.pretrained_checkpoint import transfer_denoiser_weights
+from nnunet_ddpm.networks.pretrained_checkpoint import transfer_denoiser_weights
 
 
 def plain_state_dict(network: FixedTimestepUNet) -> Dict[str, torch.Tensor]:

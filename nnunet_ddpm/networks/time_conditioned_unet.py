@@ -15,7 +15,7 @@ network alike, so pretrained weights move between them (and through nnU-Net's ``
 ``.seg_layers.`` differ.
 
 ``pretraining_metadata`` is a fixed-size byte buffer holding the pretraining's description as JSON (noise schedule,
-plans, configuration, patch: what must agree with a run that uses it; ``training/pretrained_checkpoint.py``), zeros in
+plans, configuration, patch: what must agree with a run that uses it; ``networks/pretrained_checkpoint.py``), zeros in
 a network that no pretraining has filled. It travels with the weights, so a trainer given a pretraining by nnU-Net's
 ``-pretrained_weights`` (which copies weights and tells the trainer nothing else) can still check what it was given.
 """

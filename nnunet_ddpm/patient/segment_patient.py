@@ -22,7 +22,7 @@ from batchgenerators.utilities.file_and_folder_operations import isfile, join, l
     save_json
 
 from nnunet_ddpm.comparison.methods import METHODS, title
-from nnunet_ddpm.cli import require_writable_folder
+from nnunet_ddpm.folders import require_writable_folder
 from nnunet_ddpm.patient.evaluation import dice_per_label
 from nnunet_ddpm.patient.inputs import PatientInput, PatientInputError, read_patient
 from nnunet_ddpm.patient.montage import write_montage
@@ -73,7 +73,7 @@ def trainer_name(method: str) -> str:
 def check_pretrained_weights(path: str, num_channels: int) -> str:
     """The plans file nnU-Net wrote beside the pretraining's fold folder; refuses a checkpoint that is unreadable,
     not a DDPM pretraining or made for another number of channels."""
-    from nnunet_ddpm.training.pretrained_checkpoint import PretrainingCheckpointError, load_checkpoint_file
+    from nnunet_ddpm.networks.pretrained_checkpoint import PretrainingCheckpointError, load_checkpoint_file
     try:
         checkpoint = load_checkpoint_file(path)
     except PretrainingCheckpointError as e:

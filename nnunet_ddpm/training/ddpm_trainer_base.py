@@ -14,7 +14,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from nnunet_ddpm.diffusion import DiffusionSettings
 from nnunet_ddpm.splits.grouped_folds import check_split_for_training
 from nnunet_ddpm.networks.time_conditioned_unet import PRETRAINING_METADATA_KEY, decode_pretraining_metadata
-from nnunet_ddpm.training.pretrained_checkpoint import (PretrainingCheckpointError, check_compatible,
+from nnunet_ddpm.networks.pretrained_checkpoint import (PretrainingCheckpointError, check_compatible,
                                                         denoiser_metadata, denoiser_sha256,
                                                         find_pretraining_checkpoint, load_checkpoint_file,
                                                         pretraining_command)

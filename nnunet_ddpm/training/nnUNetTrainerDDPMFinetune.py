@@ -9,7 +9,7 @@ from torch import nn
 from nnunet_ddpm.networks import FixedTimestepUNet, build_unet_from_plans
 from nnunet_ddpm.training.ddpm_trainer_base import UsesPretrainedDenoiser
 from nnunet_ddpm.training.lr_schedule import WarmupPolyLRScheduler
-from nnunet_ddpm.training.pretrained_checkpoint import transfer_denoiser_weights
+from nnunet_ddpm.networks.pretrained_checkpoint import transfer_denoiser_weights
 
 
 class nnUNetTrainerDDPMFinetune(UsesPretrainedDenoiser):

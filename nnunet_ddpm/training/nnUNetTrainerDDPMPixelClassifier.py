@@ -18,7 +18,7 @@ from torch._dynamo import OptimizedModule
 from nnunet_ddpm.features.probe import choice_file, file_digest, indexed_choice_file
 from nnunet_ddpm.networks import EnsembleLoss, PixelClassifierNetwork, build_unet_from_plans
 from nnunet_ddpm.training.ddpm_trainer_base import UsesPretrainedDenoiser
-from nnunet_ddpm.training.pretrained_checkpoint import transfer_denoiser_weights
+from nnunet_ddpm.networks.pretrained_checkpoint import transfer_denoiser_weights
 
 
 PROBED_FEATURES_KEY = "ddpm_pixel_features"  # in the plans' configuration, saved with the model

@@ -28,7 +28,7 @@ from nnunet_ddpm.networks import (TimeConditionedUNet, build_unet_from_plans, en
                                   network_downsampling)
 from nnunet_ddpm.training.ddpm_trainer_base import nnUNetTrainerDDPMBase
 from nnunet_ddpm.training.images_only_dataset import CombinedImagesDataset, images_only
-from nnunet_ddpm.training.pretrained_checkpoint import denoiser_metadata
+from nnunet_ddpm.networks.pretrained_checkpoint import denoiser_metadata
 from nnunet_ddpm.training.progress import DenoisingProgressLogger, save_sample_grid
 
 

@@ -120,7 +120,7 @@ def test_a_probe_of_given_weights_is_used_by_a_pixel_classifier_given_them(nnune
     nnU-Net, finds the probe's choice for them by their content hash, builds its network with it and records it; its
     log counts decoder stages from the end, as the probe's file does."""
     from nnunet_ddpm.features.probe import indexed_choice_file
-    from nnunet_ddpm.training.pretrained_checkpoint import denoiser_sha256
+    from nnunet_ddpm.networks.pretrained_checkpoint import denoiser_sha256
     checkpoint = torch.load(pretrained_2d / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     checkpoint["network_weights"]["time_embedding.1.linear_1.bias"] += 0.01  # other weights than the default's
     given = tmp_path / "elsewhere" / "given.pth"

@@ -6,7 +6,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 
 from nnunet_ddpm.networks import FixedTimestepUNet, TimeConditionedUNet, build_unet_from_plans
 from nnunet_ddpm.networks.folding import plain_state_dict
-from nnunet_ddpm.training.pretrained_checkpoint import transfer_denoiser_weights
+from nnunet_ddpm.networks.pretrained_checkpoint import transfer_denoiser_weights
 from tests.helpers import configuration
 
 

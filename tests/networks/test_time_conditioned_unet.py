@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from nnunet_ddpm.networks import FixedTimestepUNet, TimeConditionedUNet, build_unet_from_plans
-from nnunet_ddpm.training.pretrained_checkpoint import PretrainingCheckpointError, transfer_denoiser_weights
+from nnunet_ddpm.networks.pretrained_checkpoint import PretrainingCheckpointError, transfer_denoiser_weights
 from tests.helpers import configuration
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from nnunet_ddpm.nnunet_trainers import TRAINER_DIR
-from nnunet_ddpm.training.pretrained_checkpoint import denoiser_sha256
+from nnunet_ddpm.networks.pretrained_checkpoint import denoiser_sha256
 from tests.helpers import PHANTOM_2D, changed_pretraining
 
 pytestmark = pytest.mark.slow  # end-to-end: real nnU-Net console scripts

@@ -9,7 +9,7 @@ import torch
 
 from nnunet_ddpm.diffusion import DiffusionSettings
 from nnunet_ddpm.training.nnUNetTrainerDDPMPretrain import nnUNetTrainerDDPMPretrain
-from nnunet_ddpm.training.pretrained_checkpoint import denoiser_sha256
+from nnunet_ddpm.networks.pretrained_checkpoint import denoiser_sha256
 from nnunet_ddpm.training.variants.pretrain_objective import (nnUNetTrainerDDPMPretrain_batch16,
                                                               nnUNetTrainerDDPMPretrain_minSNR5,
                                                               nnUNetTrainerDDPMPretrain_patch64,

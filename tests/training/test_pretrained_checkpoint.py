@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import nnunet_ddpm
-from nnunet_ddpm.training.pretrained_checkpoint import (PretrainingCheckpointError, check_compatible, denoiser_sha256,
+from nnunet_ddpm.networks.pretrained_checkpoint import (PretrainingCheckpointError, check_compatible, denoiser_sha256,
                                                         find_pretraining_checkpoint, load_checkpoint_file)
 
 META = {"format_version": 1, "dataset_name": "Dataset001_A", "plans_name": "nnUNetPlans", "configuration": "2d",
