@@ -37,8 +37,8 @@ _FOLDER_ROLES = {"nnUNet_raw": "raw datasets", "nnUNet_preprocessed": "preproces
 
 def require_nnunet_folders(program: str, read: Sequence[str] = (), write: Sequence[str] = (),
                            trainers: bool = False) -> None:
-    """End ``program`` with one line unless nnU-Net's folders it needs are set and exist (``read``), and can be written
-    (``write``), and, with ``trainers``, unless ``nnUNet_extTrainer`` lets ``nnUNetv2_train`` find the plugin's trainers.
+    """End ``program`` with one line unless nnU-Net's folders it needs are set and exist (``read``), or can be written,
+    existing or not (``write``), and, with ``trainers``, unless ``nnUNet_extTrainer`` lets ``nnUNetv2_train`` find the plugin's trainers.
 
     Checked before any work, so that a missing variable is one line, not nnU-Net's traceback from whichever step first
     touches the folder (or a training relayed from a subprocess, minutes later).
@@ -48,11 +48,11 @@ def require_nnunet_folders(program: str, read: Sequence[str] = (), write: Sequen
         if not value:
             sys.exit(f"{program}: {variable} is not set; nnU-Net keeps its {_FOLDER_ROLES[variable]} there. Set it, "
                      f"e.g. export {variable}=/data/{variable} (nnU-Net's documentation/setting_up_paths.md).")
-        if not os.path.isdir(value):
+        if variable in write:  # nnU-Net creates a folder it writes to; it must only be possible
+            require_writable_folder(program, value, f"{variable}")
+        elif not os.path.isdir(value):
             sys.exit(f"{program}: {variable}={value} is not an existing folder. Create it (mkdir -p {value}) or set "
                      f"{variable} to the folder that holds your {_FOLDER_ROLES[variable]}.")
-        if variable in write:
-            require_writable_folder(program, value, f"{variable}")
     if trainers:
         folders = [f for f in os.environ.get("nnUNet_extTrainer", "").split(os.pathsep) if f]
         trainer_dir = os.path.realpath(TRAINER_DIR)

@@ -18,7 +18,7 @@ from nnunet_ddpm.dataset_conversion.raw_dataset import write_slice, write_volume
 from tests.dataset_conversion.standins import write_tiny_raw_dataset
 
 PAGE = Path(__file__).resolve().parents[1] / "documentation" / "bad_inputs.md"
-DATASET_ID, DATASET_NAME = 981, "Dataset981_PhantomBad"
+DATASET_ID, DATASET_NAME = 961, "Dataset961_PhantomBad"  # ids of its own: other test files share the raw folder
 TRAINER = "nnUNetTrainer_demo_2labels"
 
 
@@ -104,7 +104,7 @@ def _source_dataset(tmp_path, change_label=None, change_image=None) -> Path:
 
 def _slicer(nnunet, tmp_path, source):
     out = tmp_path / "out"
-    result = nnunet.run("nnUNetv2_ddpm_slice_dataset", "-s", source, "-d", 982, "-n", "Sliced", "--slices", 2,
+    result = nnunet.run("nnUNetv2_ddpm_slice_dataset", "-s", source, "-d", 962, "-n", "Sliced", "--slices", 2,
                         "--raw", out, training=False, ok=False)
     assert not out.exists() or not list(out.iterdir())  # no dataset, no .partial folder
     return result
@@ -143,7 +143,7 @@ def _brats_download(tmp_path, change=None) -> Path:
 
 def _convert_brats(nnunet, tmp_path, change):
     download, out = _brats_download(tmp_path, change), tmp_path / "out"
-    result = nnunet.run("nnUNetv2_ddpm_convert_brats", "-i", download, "-d", 983, "--raw", out, training=False,
+    result = nnunet.run("nnUNetv2_ddpm_convert_brats", "-i", download, "-d", 963, "--raw", out, training=False,
                         ok=False)
     assert "nothing was written" in result.output
     assert not out.exists() or not list(out.iterdir())

@@ -142,10 +142,9 @@ def benchmark_entry():
     if bad:
         parser.error(f"--slurm-option takes KEY=VALUE, got {bad[0]!r}")
     # the trainings write into nnUNet_results whatever -o says; a dry run's script will, too
-    writes = not (args.dry_run or args.collect)
     require_nnunet_folders("nnUNetv2_ddpm_benchmark",
-                           read=("nnUNet_raw", "nnUNet_preprocessed") + (() if writes else ("nnUNet_results",)),
-                           write=("nnUNet_results",) if writes else (), trainers=not args.collect)
+                           read=("nnUNet_raw", "nnUNet_preprocessed") + (("nnUNet_results",) if args.collect else ()),
+                           write=() if args.collect else ("nnUNet_results",), trainers=not args.collect)
     try:
         benchmark = Benchmark(args.d, args.c, args.methods, args.budgets, args.folds, args.p, args.trainer_suffix,
                               args.device, args.np, args.o, args.test_images, args.test_labels,
