@@ -38,11 +38,13 @@ TABLES_START = "<!-- tables: python benchmarks/real_patient_study.py report -->"
 TABLES_END = "<!-- end of tables -->"  # the 2015 sample's pat0006 is BraTS 2018's Brats18_2013_20_1
 
 
-def pretraining_name(iterations: int, pretrainer: str = PRETRAINER, run: int = 1) -> str:
-    """``pretrain4000``, ``pretrain4000minsnr5`` for the variant nnUNetTrainerDDPMPretrain_minSNR5, or
-    ``pretrain4000run2`` for a second run of the methods: the name of a results, benchmark and evidence folder."""
+def pretraining_name(iterations: int, pretrainer: str = PRETRAINER, run: int = 1, snapshot: int = None) -> str:
+    """``pretrain4000``, ``pretrain4000minsnr5`` for the variant nnUNetTrainerDDPMPretrain_minSNR5,
+    ``pretrain4000run2`` for a second run of the methods, or ``pretrain32000at8000`` for the methods started from the
+    snapshot after 8,000 iterations of a 32,000-iteration pretraining: the name of a results, benchmark and evidence
+    folder."""
     return f"pretrain{iterations}" + pretrainer[len(PRETRAINER):].replace("_", "").lower() + \
-        (f"run{run}" if run > 1 else "")
+        (f"at{snapshot}" if snapshot else "") + (f"run{run}" if run > 1 else "")
 
 
 # the pretraining variants' folder tags (pretraining_name) and what the report calls them
@@ -64,11 +66,14 @@ def pretraining_length(name: str) -> int:
     return int(re.match(r"pretrain(\d+)", name).group(1))
 
 
+SNAPSHOT_NAME = re.compile(r"pretrain(\d+)at(\d+)(?:run(\d+))?")  # pretraining_name of a snapshot's run
+
+
 def environment(work: Path, pretrain_iterations: int, iterations: int, iterations_per_epoch: int = 50,
-                pretrainer: str = PRETRAINER, run: int = 1, label_draw: int = 0) -> dict:
+                pretrainer: str = PRETRAINER, run: int = 1, label_draw: int = 0, snapshot: int = None) -> dict:
     """The environment of every command of one run: its own nnUNet_results, the training budget, and from run 2 on
     the run's number as the seed of every training (run 1 keeps the trainers' default seed)."""
-    results = work / f"results_{pretraining_name(pretrain_iterations, pretrainer, run)}"
+    results = work / f"results_{pretraining_name(pretrain_iterations, pretrainer, run, snapshot)}"
     env = dict(os.environ, nnUNet_raw=str(work / "raw"), nnUNet_preprocessed=str(work / "preprocessed"),
                nnUNet_results=str(results), nnUNet_def_n_proc="1", nnUNet_n_proc_DA="2", nnUNet_compile="false",
                nnUNet_ddpm_demo_iterations=str(iterations_per_epoch),
@@ -129,15 +134,22 @@ def run(args) -> None:
     work = Path(args.w)
     folds = json.loads((work / "outer_folds.json").read_text())["folds"]
     env = environment(work, args.pretrain_iterations, args.iterations, pretrainer=args.pretrainer, run=args.run,
-                      label_draw=args.label_draw)
-    name = pretraining_name(args.pretrain_iterations, args.pretrainer, args.run)
+                      label_draw=args.label_draw, snapshot=args.snapshot)
+    name = pretraining_name(args.pretrain_iterations, args.pretrainer, args.run, args.snapshot)
     for k in args.outer:
         assert k < len(folds)
         source = args.pretraining_run or 1
         checkpoint = Path(environment(work, args.pretrain_iterations, args.iterations, pretrainer=args.pretrainer,
                                       run=source)["nnUNet_results"]) / f"Dataset{FIRST_FOLD_ID + k}_BraTSRealOuter{k}" / \
-            f"{args.pretrainer}_demo__nnUNetPlans__2d" / "fold_all" / "checkpoint_final.pth"
-        if args.run == source or (not checkpoint.is_file() and args.pretraining_run is None):
+            f"{args.pretrainer}_demo__nnUNetPlans__2d" / "fold_all" / \
+            ("checkpoint_final.pth" if args.snapshot in (None, args.pretrain_iterations) else
+             f"checkpoint_iteration{args.snapshot}.pth")
+        if args.snapshot and not checkpoint.is_file():
+            raise SystemExit(f"{checkpoint} does not exist: pretrain for {args.pretrain_iterations} iterations with "
+                             f"nnUNet_ddpm_pretrain_snapshots including {args.snapshot} first.")
+        if args.snapshot:
+            handed = ["--pretrained-weights", checkpoint]
+        elif args.run == source or (not checkpoint.is_file() and args.pretraining_run is None):
             handed, source = [], args.run  # this run's own pretraining (trained by the benchmark if missing)
         elif checkpoint.is_file():
             handed = ["--pretrained-weights", checkpoint]
@@ -147,7 +159,9 @@ def run(args) -> None:
         benchmark = work / f"benchmark_{name}_outer{k}"
         benchmark.mkdir(parents=True, exist_ok=True)
         record = {"run": args.run, "seed": int(env["nnUNet_ddpm_seed"]), "label_draw": args.label_draw,
-                  "pretraining_run": source}
+                  "pretraining_run": source} | ({"pretraining_iterations": args.snapshot,
+                                                 "pretraining_schedule_iterations": args.pretrain_iterations}
+                                                if args.snapshot else {})
         previous = json.loads((benchmark / RUN_RECORD).read_text()) if (benchmark / RUN_RECORD).is_file() else record
         if previous != record:
             raise SystemExit(f"{benchmark} holds run {previous}, this command asks for {record}: give the run another "
@@ -236,6 +250,16 @@ def _slice_dice(folder: Path, method: str, budget) -> dict:
     return dice
 
 
+def _patient_dice(dice: dict, region: str, cases: list) -> np.ndarray:
+    """Each patient's mean Dice over its slices among ``cases`` (BraTS convention: NaN, a slice without the region in
+    reference and prediction, scores 1), patients sorted by name."""
+    values = {}
+    for case in cases:
+        value = dice[region][case]
+        values.setdefault(case.rsplit("_s", 1)[0], []).append(1.0 if np.isnan(value) else value)
+    return np.array([np.mean(values[p]) for p in sorted(values)])
+
+
 def _replicated_rows(setting: str, budget, methods) -> list:
     """Per method, its runs (those that cover the baseline's test patients), the mean over runs of the patients' mean
     Dice (BraTS convention: a slice without the region in reference and prediction scores 1), its false-positive
@@ -254,11 +278,7 @@ def _replicated_rows(setting: str, budget, methods) -> list:
     patients = sorted({c.rsplit("_s", 1)[0] for c in cases})
 
     def patient_means(dice: dict, region: str) -> np.ndarray:
-        values = {}
-        for case in cases:
-            value = dice[region][case]
-            values.setdefault(case.rsplit("_s", 1)[0], []).append(1.0 if np.isnan(value) else value)
-        return np.array([np.mean(values[p]) for p in patients])
+        return _patient_dice(dice, region, cases)
 
     rows = []
     for method in methods:
@@ -317,6 +337,111 @@ def _replicated() -> list:
         _plot_replicated(plotted, EVIDENCE.parent / "figures" / "evidence_replicated.png")
         lines += ["![paired differences with every run counted](figures/evidence_replicated.png)", ""]
     return lines
+
+
+def _compute_points(budget) -> dict:
+    """{schedule: [(iterations, method, runs, outer folds, [difference per region])]}: each DDPM method started from a
+    snapshot of one long pretraining (``pretrain<schedule>at<iterations>``), and from the plain 4,000-iteration
+    pretraining as the reference point, minus the supervised nnU-Net runs of the same seeds and labelled slices
+    (``pretrain4000``'s runs of the same numbers), on the outer folds the snapshot runs have; the interval resamples
+    patients, then runs (paired)."""
+    from nnunet_ddpm.comparison.statistics import run_aware_difference
+    schedules = {}
+    for folder in EVIDENCE.glob("pretrain*at*"):
+        match = SNAPSHOT_NAME.fullmatch(folder.name)
+        if match and not match.group(3):
+            schedules.setdefault(int(match.group(1)), set()).add(int(match.group(2)))
+    baseline = {n: _slice_dice(f, "baseline", budget) for n, f in _runs_of("pretrain4000").items()}
+    curves = {}
+    for schedule, snapshots in sorted(schedules.items()):
+        settings = [(n, f"pretrain{schedule}at{n}") for n in sorted(snapshots)]
+        for method in DDPM_METHODS:
+            runs = {n: {r: _slice_dice(f, method, budget) for r, f in _runs_of(name).items()} for n, name in settings}
+            runs = {n: {r: d for r, d in by_run.items() if d and baseline.get(r)} for n, by_run in runs.items()}
+            common_runs = set.intersection(*(set(r) for r in runs.values())) if runs else set()
+            if not common_runs:
+                continue
+            region = next(iter(baseline[min(common_runs)]))
+            cases = sorted(set.intersection(*(set(d[region]) for by_run in runs.values() for r, d in by_run.items()
+                                              if r in common_runs)))
+            reference = {r: _slice_dice(f, method, budget) for r, f in _runs_of("pretrain4000").items()}
+            points = [(n, by_run) for n, by_run in runs.items()]
+            if all(r in reference and set(cases) <= set(reference[r].get(region, {})) for r in common_runs):
+                points.append((4000, reference))
+            outer = sorted({k for k, group in enumerate(json.loads((EVIDENCE / "outer_folds.json").read_text())["folds"])
+                            for c in cases if c.rsplit("_s", 1)[0] in group})
+            for n, by_run in sorted(points, key=lambda p: (p[0], p[1] is not reference)):
+                differences = []
+                for name in baseline[min(common_runs)]:
+                    mine = np.array([_patient_dice(by_run[r], name, cases) for r in sorted(common_runs)])
+                    theirs = np.array([_patient_dice(baseline[r], name, cases) for r in sorted(common_runs)])
+                    differences.append(run_aware_difference(mine, theirs, paired_runs=True))
+                curves.setdefault(schedule, []).append(
+                    (n, method, sorted(common_runs), outer, by_run is reference, differences))
+    return curves
+
+
+def _compute_curve() -> list:
+    """The gain against pretraining compute: a table and a plot per budget that has snapshot runs."""
+    from nnunet_ddpm.comparison.methods import title
+    lines = []
+    for budget in (5, 10, 20):
+        curves = _compute_points(budget)
+        if not curves:
+            continue
+        regions = list(_slice_dice(EVIDENCE / "pretrain4000", "baseline", budget))
+        for schedule, points in curves.items():
+            lines += [f"### Gain against pretraining compute, {budget} labelled slices", "",
+                      f"Each DDPM method started from snapshots of one {schedule:,}-iteration pretraining per outer "
+                      f"fold (learning rate decaying over all {schedule:,} iterations, so a snapshot is not the end of "
+                      "a shorter pretraining), and from the plain 4,000-iteration pretraining (learning rate decayed "
+                      "to zero at its end). Paired Dice difference to the supervised nnU-Net runs of the same seeds "
+                      "and labelled slices, on the outer folds listed, with a 95 % bootstrap interval over patients, "
+                      "then runs:", "",
+                      "| method | pretraining iterations | schedule | runs | outer folds | " +
+                      " | ".join(f"Dice {r}" for r in regions) + " |", "|---" * (5 + len(regions)) + "|"]
+            for n, method, runs, outer, plain, differences in points:
+                lines.append(f"| {title(method)} | {n} | {'4000 (own run)' if plain else schedule} | {len(runs)} | "
+                             f"{', '.join(map(str, outer))} | " + " | ".join(
+                                 f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]" for d in differences) + " |")
+            name = f"evidence_compute_{budget}labels.png"
+            _plot_compute(points, regions, schedule, EVIDENCE.parent / "figures" / name)
+            lines += ["", f"![gain against pretraining compute at {budget} labelled slices](figures/{name})", ""]
+    return lines
+
+
+def _plot_compute(points: list, regions: list, schedule: int, path: Path) -> None:
+    """One panel per region: each method's paired difference against pretraining iterations (log scale), snapshots
+    joined by a line, the plain 4,000-iteration pretraining as an open marker; one colour per method."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from nnunet_ddpm.comparison.methods import title
+    colour = {m: f"C{i}" for i, m in enumerate(("baseline", "finetune", "frozen", "init", "pixel"))}
+    figure, axes = plt.subplots(1, len(regions), figsize=(4.2 * len(regions), 3.6), sharey=True, squeeze=False)
+    for column, region in enumerate(regions):
+        axis = axes[0][column]
+        for method in dict.fromkeys(m for _, m, *_ in points):
+            for plain in (False, True):
+                chosen = [(n, d[column]) for n, m, _, _, p, d in points if m == method and p == plain]
+                if not chosen:
+                    continue
+                axis.errorbar([n for n, _ in chosen], [d["mean"] for _, d in chosen], capsize=3,
+                              yerr=[[d["mean"] - d["low"] for _, d in chosen], [d["high"] - d["mean"] for _, d in chosen]],
+                              marker="o", mfc="white" if plain else colour.get(method, "C5"),
+                              color=colour.get(method, "C5"), linestyle="none" if plain else "-",
+                              label=f"{title(method)}, " + ("own 4,000-iteration pretraining" if plain else
+                                                            f"snapshots of {schedule:,}"))
+        axis.axhline(0, color="grey", linewidth=0.8)
+        axis.set_xscale("log", base=2)
+        axis.set_title(region)
+        axis.set_xlabel("pretraining iterations")
+        axis.grid(alpha=0.3)
+    axes[0][0].set_ylabel("Dice minus supervised nnU-Net")
+    axes[0][-1].legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
 
 
 def _plot_replicated(plotted: list, path: Path) -> None:
@@ -412,6 +537,8 @@ def report(args) -> None:
     from nnunet_ddpm.comparison.methods import title
     lines = []
     for pretrain_folder in sorted(EVIDENCE.glob("pretrain*"), key=lambda p: (pretraining_length(p.name), p.name)):
+        if SNAPSHOT_NAME.fullmatch(pretrain_folder.name):
+            continue  # no baseline of their own: in the compute curve
         results = _load_results(pretrain_folder.name)
         methods = [m for m in ("baseline", "finetune", "finetune_fulllr", "finetune_warmup", "finetune_unfreeze",
                                "finetune_t0", "finetune_t200", "frozen", "init", "pixel", "pixel_probed")
@@ -457,7 +584,7 @@ def report(args) -> None:
                         cells.append(f"{d['mean']:+.{digits}f} [{d['low']:+.{digits}f}, {d['high']:+.{digits}f}]")
                 lines.append(f"| {title(method)} | " + " | ".join(cells) + " |")
             lines.append("")
-    lines = _replicated() + lines + _gains() + _objectives()
+    lines = _replicated() + lines + _gains() + _compute_curve() + _objectives()
     text = "\n".join(lines)
     page = EVIDENCE.parent / "evidence.md"
     before, rest = page.read_text().split(TABLES_START, 1)
@@ -529,7 +656,7 @@ def _objectives() -> list:
     for folder in sorted(EVIDENCE.glob("pretrain*"), key=lambda p: (pretraining_length(p.name), p.name)):
         length = pretraining_length(folder.name)
         objective = folder.name[len(f"pretrain{length}"):]
-        if not objective:
+        if not objective or SNAPSHOT_NAME.fullmatch(folder.name):
             continue
         mine = _load_results(folder.name)
         for reference_length in sorted({length, length * images_per_step_factor(objective)}):
@@ -613,6 +740,10 @@ def main() -> None:
     r.add_argument("--pretraining-run", type=int, default=None,
                    help="start the DDPM methods from that run's pretraining (default: run 1's if it exists, else this "
                         "run's own)")
+    r.add_argument("--snapshot", type=int, default=None,
+                   help="start the DDPM methods from the pretraining's snapshot after N iterations "
+                        "(checkpoint_iteration<N>.pth, kept by nnUNet_ddpm_pretrain_snapshots) instead of its end: one "
+                        "point of the compute curve; compared with the supervised runs of the same seed and slices")
     c = sub.add_parser("collect")
     c.add_argument("-w", required=True)
     sub.add_parser("report", help="rewrite the tables in documentation/evidence.md from the committed result files")
