@@ -40,6 +40,7 @@ setup(
             "nnUNetv2_ddpm_export_weights=nnunet_ddpm.export.stock_weights:export_weights_entry",
             "nnUNetv2_ddpm_export_model=nnunet_ddpm.export.stock_weights:export_model_entry",
             "nnUNetv2_ddpm_probe_features=nnunet_ddpm.features.probe:main",
+            "nnUNetv2_ddpm_pretraining_readiness=nnunet_ddpm.features.readiness:main",
             "nnUNetv2_ddpm_make_phantom=nnunet_ddpm.dataset_conversion.synthetic_phantom:main",
             "nnUNetv2_ddpm_segment_patient=nnunet_ddpm.patient.segment_patient:main",
         ],

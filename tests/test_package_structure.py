@@ -86,7 +86,7 @@ def test_no_development_tools_in_the_package():
 # what reads networks (the feature probe, uncertainty maps), the trainers, what nnU-Net and stock users see of them,
 # the step runner and folder checks, the tools built on steps, the command-line entries. A module may import its own
 # layer and those below it.
-LAYERS = (("diffusion", "splits", "dataset_conversion", "fingerprint"), ("networks",), ("features", "inference"),
+LAYERS = (("diffusion", "splits", "dataset_conversion", "fingerprint", "files"), ("networks",), ("features", "inference"),
           ("training",), ("nnunet_trainers", "export"), ("steps", "folders"), ("comparison", "patient"), ("cli",))
 
 

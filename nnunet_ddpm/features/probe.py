@@ -38,6 +38,8 @@ import torch
 import torch.nn.functional as F
 from batchgenerators.utilities.file_and_folder_operations import isfile, join, load_json, maybe_mkdir_p, save_json
 
+from nnunet_ddpm.files import written_atomically
+
 CHOICE_FILE = "pixel_features.json"
 PROBE_FOLDER = "feature_probe"
 DEFAULT_TIMESTEPS = (10, 50, 100, 150, 250, 400, 600)
@@ -204,24 +206,15 @@ def file_digest(path: str) -> str:
     return digest.hexdigest()
 
 
-def probe_features(dataset: str, configuration: str = "2d", fold: int = 0, budget: Optional[int] = None,
-                   plans: str = "nnUNetPlans", checkpoint: Optional[str] = None,
-                   timesteps: Sequence[int] = DEFAULT_TIMESTEPS, max_stages: int = 3, max_timesteps: int = 3,
-                   pixels_per_case: int = 2000, picture_cases: int = 2, pretraining_trainer: str =
-                   "nnUNetTrainerDDPMPretrain", progress: bool = True) -> dict:
-    """Probe the pretraining of ``dataset``/``configuration`` on fold ``fold``'s labelled training cases; write the
-    scores, pictures and the choice (see the module docstring). Returns the choice record."""
-    from nnunetv2.paths import nnUNet_preprocessed, nnUNet_results
-    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+def labelled_cases(dataset: str, configuration: str = "2d", fold: int = 0, budget: Optional[int] = None,
+                   plans: str = "nnUNetPlans"):
+    """(dataset name, preprocessed folder, plans manager, configuration manager, cases): the labelled training cases of
+    fold ``fold`` that a probe may read (the label budget's with ``budget``), refused with a ProbeError if missing."""
+    from nnunetv2.paths import nnUNet_preprocessed
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-    from tqdm import tqdm
 
-    from nnunet_ddpm.diffusion import DiffusionSettings
-    from nnunet_ddpm.networks import PixelClassifierNetwork, build_unet_from_plans, network_downsampling
     from nnunet_ddpm.splits.label_budget import choose_labelled_cases
-    from nnunet_ddpm.networks.pretrained_checkpoint import (denoiser_sha256, find_pretraining_checkpoint,
-                                                            load_checkpoint_file, transfer_denoiser_weights)
     try:
         dataset_name = maybe_convert_to_dataset_name(dataset)
     except RuntimeError as e:
@@ -244,8 +237,23 @@ def probe_features(dataset: str, configuration: str = "2d", fold: int = 0, budge
     if len(cases) < 2:
         raise ProbeError(f"The probe cross-validates over cases and needs at least 2 labelled cases; fold {fold} "
                          f"gives {len(cases)}.")
-    checkpoint = checkpoint or find_pretraining_checkpoint(str(nnUNet_results), dataset_name, plans, configuration,
-                                                           pretraining_trainer)
+    return dataset_name, preprocessed, plans_manager, configuration_manager, cases
+
+
+def probe_checkpoint(checkpoint: str, preprocessed: str, configuration_manager, cases: Sequence[str],
+                     timesteps: Sequence[int] = DEFAULT_TIMESTEPS, pixels_per_case: int = 2000,
+                     picture_folder: Optional[str] = None, picture_cases: int = 0, picture_title: str = "",
+                     progress: bool = True):
+    """The linear probe's score of every (decoder stage, timestep) of the denoiser in ``checkpoint`` on ``cases``,
+    and k-means pictures of the first ``picture_cases`` cases in ``picture_folder``.
+
+    Returns (scores {(stage, timestep): Dice}, number of decoder stages, the feature network, picture paths)."""
+    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+    from tqdm import tqdm
+
+    from nnunet_ddpm.diffusion import DiffusionSettings
+    from nnunet_ddpm.networks import PixelClassifierNetwork, build_unet_from_plans, network_downsampling
+    from nnunet_ddpm.networks.pretrained_checkpoint import load_checkpoint_file, transfer_denoiser_weights
     pretrained = load_checkpoint_file(checkpoint)
     diffusion = DiffusionSettings.from_dict(pretrained["ddpm"]["diffusion"])
     bad = [t for t in timesteps if not 0 <= t < diffusion.num_train_timesteps]
@@ -260,13 +268,8 @@ def probe_features(dataset: str, configuration: str = "2d", fold: int = 0, budge
     transfer_denoiser_weights(network, pretrained["network_weights"])
     network.eval()
     strides = network_downsampling(configuration_manager)
-
-    output = join(os.path.dirname(os.path.abspath(checkpoint)), PROBE_FOLDER)
-    maybe_mkdir_p(output)
-    for stale in glob.glob(join(output, "clusters_*.png")):  # the folder shows one probe: pictures of earlier runs go
-        os.remove(stale)
     folder = join(preprocessed, configuration_manager.data_identifier)
-    data_source = infer_dataset_class(folder)(folder, cases)
+    data_source = infer_dataset_class(folder)(folder, list(cases))
     rng = np.random.default_rng(0)
     sampled, labels, groups, pictures = {}, [], [], []
     for index, case in enumerate(tqdm(cases, desc="Probing decoder features", unit="case", disable=not progress)):
@@ -275,8 +278,8 @@ def probe_features(dataset: str, configuration: str = "2d", fold: int = 0, budge
                                   strides)
         features = stage_timestep_features(network, torch.from_numpy(data)[None])
         if index < picture_cases:
-            path = join(output, f"clusters_{case}.png")
-            cluster_picture(data, seg, features, path, f"{dataset_name} {case}: k-means of decoder features")
+            path = join(picture_folder, f"clusters_{case}.png")
+            cluster_picture(data, seg, features, path, f"{picture_title} {case}: k-means of decoder features")
             pictures.append(path)
         chosen = sample_pixels(seg[0], pixels_per_case, rng)
         for key, f in features.items():
@@ -285,6 +288,31 @@ def probe_features(dataset: str, configuration: str = "2d", fold: int = 0, budge
         groups.append(np.full(len(chosen), index))
     scores = probe_scores({k: np.concatenate(v) for k, v in sampled.items()}, np.concatenate(labels),
                           np.concatenate(groups))
+    return scores, len(all_stages), network, pictures
+
+
+def probe_features(dataset: str, configuration: str = "2d", fold: int = 0, budget: Optional[int] = None,
+                   plans: str = "nnUNetPlans", checkpoint: Optional[str] = None,
+                   timesteps: Sequence[int] = DEFAULT_TIMESTEPS, max_stages: int = 3, max_timesteps: int = 3,
+                   pixels_per_case: int = 2000, picture_cases: int = 2, pretraining_trainer: str =
+                   "nnUNetTrainerDDPMPretrain", progress: bool = True) -> dict:
+    """Probe the pretraining of ``dataset``/``configuration`` on fold ``fold``'s labelled training cases; write the
+    scores, pictures and the choice (see the module docstring). Returns the choice record."""
+    from nnunetv2.paths import nnUNet_results
+
+    from nnunet_ddpm.networks.pretrained_checkpoint import denoiser_sha256, find_pretraining_checkpoint
+    dataset_name, preprocessed, _, configuration_manager, cases = labelled_cases(dataset, configuration, fold,
+                                                                                  budget, plans)
+    checkpoint = checkpoint or find_pretraining_checkpoint(str(nnUNet_results), dataset_name, plans, configuration,
+                                                           pretraining_trainer)
+    output = join(os.path.dirname(os.path.abspath(checkpoint)), PROBE_FOLDER)
+    maybe_mkdir_p(output)
+    for stale in glob.glob(join(output, "clusters_*.png")):  # the folder shows one probe: pictures of earlier runs go
+        os.remove(stale)
+    scores, num_stages, network, pictures = probe_checkpoint(checkpoint, preprocessed, configuration_manager, cases,
+                                                             timesteps, pixels_per_case, output, picture_cases,
+                                                             dataset_name, progress)
+    all_stages = list(range(num_stages))
     choice = choose_features(scores, max_stages, max_timesteps)
     # stages as the pixel classifier counts them from the end (-1 = full resolution), which do not depend on depth
     choice["stages"] = sorted(s - len(all_stages) for s in choice["stages"])
@@ -313,8 +341,8 @@ def probe_features(dataset: str, configuration: str = "2d", fold: int = 0, budge
         written.append(indexed_choice_file(str(nnUNet_results), dataset_name, record["weights_sha256"], budget))
         maybe_mkdir_p(os.path.dirname(written[-1]))
     for path in written:
-        save_json(record, path + ".partial", sort_keys=False)
-        os.replace(path + ".partial", path)  # a trainer starting now reads the old or the new choice
+        with written_atomically(path) as partial:  # a trainer starting now reads the old or the new choice
+            save_json(record, partial, sort_keys=False)
     return record
 
 

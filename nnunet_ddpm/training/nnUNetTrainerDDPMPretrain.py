@@ -256,6 +256,10 @@ class nnUNetTrainerDDPMPretrain(nnUNetTrainerDDPMBase):
         iterations = (self.current_epoch + 1) * self.num_iterations_per_epoch
         if iterations in self.snapshots():
             self.save_checkpoint(join(self.output_folder, f'checkpoint_iteration{iterations}.pth'))
+            self.print_to_log_file(
+                f"Kept checkpoint_iteration{iterations}.pth. Whether the features still improve with more pretraining: "
+                f"nnUNetv2_ddpm_pretraining_readiness -d {self.plans_manager.dataset_name} "
+                f"-c {self.configuration_name} -tr {type(self).__name__}")
         ema_val_loss = self.logger.get_value('ema_val_losses', step=-1)
         if self._best_ema is None or ema_val_loss < self._best_ema:
             self._best_ema = ema_val_loss
