@@ -210,6 +210,25 @@ def collect(args) -> None:
 
 
 REFERENCE_SIZES = EVIDENCE / "test_reference_voxels.json"
+READINESS = EVIDENCE / "readiness"  # <pretraining results name>_outer<k>.json: nnUNetv2_ddpm_pretraining_readiness
+
+
+def readiness(args) -> None:
+    """Score the snapshots of every pretraining in the work folder with ``nnUNetv2_ddpm_pretraining_readiness`` on the
+    labelled slices of the fine-tunes' budget (inner fold 0, draw 0: run 1's), and copy each readiness.json into
+    documentation/evidence/readiness/."""
+    work = Path(args.w)
+    READINESS.mkdir(parents=True, exist_ok=True)
+    for folder in sorted(work.glob(f"results_pretrain*/Dataset*_BraTSRealOuter*/{PRETRAINER}_demo__nnUNetPlans__2d/"
+                                   "fold_all")):
+        results, dataset = folder.parents[2], folder.parents[1].name
+        if not list(folder.glob("checkpoint_iteration*.pth")) + list(folder.glob("checkpoint_final.pth")):
+            continue
+        env = dict(environment(work, 0, 0), nnUNet_results=str(results), OMP_NUM_THREADS="1")
+        sh(["nnUNetv2_ddpm_pretraining_readiness", "-d", dataset, "-c", "2d", "-f", "0", "--budget", args.budget,
+            "-tr", f"{PRETRAINER}_demo"], env)
+        outer = dataset[dataset.index("Outer"):].lower()
+        shutil.copy(folder / "readiness.json", READINESS / f"{results.name[len('results_'):]}_{outer}.json")
 
 
 def _write_reference_sizes(work: Path) -> None:
@@ -339,45 +358,56 @@ def _replicated() -> list:
     return lines
 
 
-def _compute_points(budget) -> dict:
-    """{schedule: [(iterations, method, runs, outer folds, [difference per region])]}: each DDPM method started from a
-    snapshot of one long pretraining (``pretrain<schedule>at<iterations>``), and from the plain 4,000-iteration
-    pretraining as the reference point, minus the supervised nnU-Net runs of the same seeds and labelled slices
-    (``pretrain4000``'s runs of the same numbers), on the outer folds the snapshot runs have; the interval resamples
+def _compute_points(budget, only_outer: int = None) -> dict:
+    """{schedule: [(iterations, method, runs, outer folds, plain, [difference per region])]}: each DDPM method started
+    from a snapshot of one long pretraining (``pretrain<schedule>at<iterations>``), and from the plain
+    4,000-iteration pretraining as the reference point (``plain``), minus the supervised nnU-Net runs of the same
+    seeds and labelled slices (``pretrain4000``'s runs of the same numbers). Each point on the outer folds it has
+    (only ``only_outer`` if given; the reference on those of the snapshot with the most); the interval resamples
     patients, then runs (paired)."""
     from nnunet_ddpm.comparison.statistics import run_aware_difference
+    folds = json.loads((EVIDENCE / "outer_folds.json").read_text())["folds"]
     schedules = {}
     for folder in EVIDENCE.glob("pretrain*at*"):
         match = SNAPSHOT_NAME.fullmatch(folder.name)
         if match and not match.group(3):
             schedules.setdefault(int(match.group(1)), set()).add(int(match.group(2)))
     baseline = {n: _slice_dice(f, "baseline", budget) for n, f in _runs_of("pretrain4000").items()}
+    regions = list(baseline[1]) if baseline.get(1) else []
+
+    def cases_of(by_run: dict) -> list:
+        found = [set(d[regions[0]]) & set(baseline[r][regions[0]]) for r, d in by_run.items()]
+        cases = set.intersection(*found) if found else set()
+        if only_outer is not None:
+            cases = {c for c in cases if c.rsplit("_s", 1)[0] in folds[only_outer]}
+        return sorted(cases)
+
+    def difference(by_run: dict, runs: list, cases: list) -> list:
+        return [run_aware_difference(np.array([_patient_dice(by_run[r], region, cases) for r in runs]),
+                                     np.array([_patient_dice(baseline[r], region, cases) for r in runs]),
+                                     paired_runs=True) for region in regions]
+
     curves = {}
     for schedule, snapshots in sorted(schedules.items()):
-        settings = [(n, f"pretrain{schedule}at{n}") for n in sorted(snapshots)]
         for method in DDPM_METHODS:
-            runs = {n: {r: _slice_dice(f, method, budget) for r, f in _runs_of(name).items()} for n, name in settings}
-            runs = {n: {r: d for r, d in by_run.items() if d and baseline.get(r)} for n, by_run in runs.items()}
-            common_runs = set.intersection(*(set(r) for r in runs.values())) if runs else set()
-            if not common_runs:
+            points = []
+            for n in sorted(snapshots):
+                by_run = {r: d for r, f in _runs_of(f"pretrain{schedule}at{n}").items()
+                          if (d := _slice_dice(f, method, budget)) and baseline.get(r)}
+                cases = cases_of(by_run)
+                if cases:
+                    points.append((n, by_run, cases, False))
+            if not points:
                 continue
-            region = next(iter(baseline[min(common_runs)]))
-            cases = sorted(set.intersection(*(set(d[region]) for by_run in runs.values() for r, d in by_run.items()
-                                              if r in common_runs)))
-            reference = {r: _slice_dice(f, method, budget) for r, f in _runs_of("pretrain4000").items()}
-            points = [(n, by_run) for n, by_run in runs.items()]
-            if all(r in reference and set(cases) <= set(reference[r].get(region, {})) for r in common_runs):
-                points.append((4000, reference))
-            outer = sorted({k for k, group in enumerate(json.loads((EVIDENCE / "outer_folds.json").read_text())["folds"])
-                            for c in cases if c.rsplit("_s", 1)[0] in group})
-            for n, by_run in sorted(points, key=lambda p: (p[0], p[1] is not reference)):
-                differences = []
-                for name in baseline[min(common_runs)]:
-                    mine = np.array([_patient_dice(by_run[r], name, cases) for r in sorted(common_runs)])
-                    theirs = np.array([_patient_dice(baseline[r], name, cases) for r in sorted(common_runs)])
-                    differences.append(run_aware_difference(mine, theirs, paired_runs=True))
+            widest = max(points, key=lambda p: len(p[2]))
+            reference = {r: d for r, f in _runs_of("pretrain4000").items()
+                         if r in widest[1] and (d := _slice_dice(f, method, budget))}
+            if set(reference) == set(widest[1]) and set(widest[2]) <= set(cases_of(reference)):
+                points.append((4000, reference, widest[2], True))
+            for n, by_run, cases, plain in sorted(points, key=lambda p: (p[0], not p[3])):
+                outer = sorted({k for k, group in enumerate(folds) for c in cases if c.rsplit("_s", 1)[0] in group})
                 curves.setdefault(schedule, []).append(
-                    (n, method, sorted(common_runs), outer, by_run is reference, differences))
+                    (n, method, sorted(by_run), outer, plain, difference(by_run, sorted(by_run), cases)))
     return curves
 
 
@@ -408,6 +438,88 @@ def _compute_curve() -> list:
             _plot_compute(points, regions, schedule, EVIDENCE.parent / "figures" / name)
             lines += ["", f"![gain against pretraining compute at {budget} labelled slices](figures/{name})", ""]
     return lines
+
+
+def _readiness_points(budget: int = 10) -> list:
+    """[(outer fold, pretraining iterations, label, best probe Dice, [fine-tune gain per region])]: every pretraining
+    whose snapshots were scored, each snapshot beside the default fine-tune's paired gain on that fold's patients,
+    started from that snapshot (run 1 for snapshots of a long pretraining; for a plain pretraining of run N, that
+    run's fine-tune against that run's supervised nnU-Net)."""
+    from nnunet_ddpm.comparison.statistics import run_aware_difference
+    folds = json.loads((EVIDENCE / "outer_folds.json").read_text())["folds"]
+    points = []
+    for scored in sorted(READINESS.glob("*.json")):
+        name, outer = scored.stem.rsplit("_outer", 1)
+        match = re.fullmatch(r"pretrain(\d+)(?:run(\d+))?", name)
+        if not match:
+            continue  # the objectives' variants are not on this scale
+        length, run, k = int(match.group(1)), int(match.group(2) or 1), int(outer)
+        base = _slice_dice(_runs_of("pretrain4000").get(run, EVIDENCE / "missing"), "baseline", budget)
+        for snapshot in json.loads(scored.read_text())["snapshots"]:
+            n = snapshot["iterations"]
+            own = n == length and (EVIDENCE / name).is_dir()
+            mine = _slice_dice(EVIDENCE / (name if own else f"pretrain{length}at{n}" + (f"run{run}" if run > 1 else "")),
+                               "finetune", budget)
+            if not mine or not base:
+                continue
+            region0 = next(iter(base))
+            cases = sorted(c for c in set(mine[region0]) & set(base[region0]) if c.rsplit("_s", 1)[0] in folds[k])
+            if not cases:
+                continue
+            gains = [run_aware_difference(_patient_dice(mine, r, cases)[None], _patient_dice(base, r, cases)[None],
+                                          paired_runs=True)["mean"] for r in base]
+            label = f"{n} (own run {run})" if own else f"{n} of {length}"
+            points.append((k, n, label, snapshot["best_probe_dice"], gains))
+    return points
+
+
+def _readiness() -> list:
+    """Does the probe's readiness score track the fine-tune's gain? A table per pretraining snapshot and fold, the
+    rank correlation over all of them, and a scatter plot."""
+    points = _readiness_points()
+    if len(points) < 3:
+        return []
+    from scipy.stats import spearmanr
+    regions = list(_slice_dice(EVIDENCE / "pretrain4000", "baseline", 10))
+    lines = ["### Does the probe's score track the gain? (10 labelled slices)", "",
+             "Every scored pretraining snapshot (`python benchmarks/real_patient_study.py readiness`: the best linear "
+             "probe Dice of `nnUNetv2_ddpm_pretraining_readiness` on the 10 labelled slices) beside the default "
+             "fine-tune's paired Dice difference to the supervised nnU-Net on that outer fold's test patients, one run "
+             "each:", "", "| outer fold | pretraining iterations | best probe Dice | " +
+             " | ".join(f"gain {r}" for r in regions) + " |", "|---" * (3 + len(regions)) + "|"]
+    for k, _, label, probe, gains in sorted(points, key=lambda p: (p[0], p[1], p[2])):
+        lines.append(f"| {k} | {label} | {probe:.3f} | " + " | ".join(f"{g:+.3f}" for g in gains) + " |")
+    correlations = []
+    for column, region in enumerate(regions):
+        rho, p_value = spearmanr([p[3] for p in points], [p[4][column] for p in points])
+        correlations.append(f"{region} {rho:+.2f} (p = {p_value:.2f})")
+    lines += ["", f"Spearman rank correlation of the probe's score with the gain over these {len(points)} points: "
+              + "; ".join(correlations) + ".", ""]
+    _plot_readiness(points, regions, EVIDENCE.parent / "figures" / "evidence_readiness.png")
+    return lines + ["![probe score against fine-tune gain](figures/evidence_readiness.png)", ""]
+
+
+def _plot_readiness(points: list, regions: list, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    figure, axes = plt.subplots(1, len(regions), figsize=(4.2 * len(regions), 3.6), sharey=True)
+    for column, (axis, region) in enumerate(zip(axes, regions)):
+        for k in sorted({p[0] for p in points}):
+            chosen = [p for p in points if p[0] == k]
+            axis.scatter([p[4][column] for p in chosen], [p[3] for p in chosen], color=f"C{k}",
+                         label=f"outer fold {k}")
+            for p in chosen:
+                axis.annotate(str(p[1]), (p[4][column], p[3]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        axis.axvline(0, color="grey", linewidth=0.8)
+        axis.set_title(region)
+        axis.set_xlabel("fine-tune minus supervised (Dice)")
+        axis.grid(alpha=0.3)
+    axes[0].set_ylabel("best linear-probe Dice")
+    axes[-1].legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
 
 
 def _plot_compute(points: list, regions: list, schedule: int, path: Path) -> None:
@@ -584,7 +696,7 @@ def report(args) -> None:
                         cells.append(f"{d['mean']:+.{digits}f} [{d['low']:+.{digits}f}, {d['high']:+.{digits}f}]")
                 lines.append(f"| {title(method)} | " + " | ".join(cells) + " |")
             lines.append("")
-    lines = _replicated() + lines + _gains() + _compute_curve() + _objectives()
+    lines = _replicated() + lines + _gains() + _compute_curve() + _readiness() + _objectives()
     text = "\n".join(lines)
     page = EVIDENCE.parent / "evidence.md"
     before, rest = page.read_text().split(TABLES_START, 1)
@@ -746,9 +858,12 @@ def main() -> None:
                         "point of the compute curve; compared with the supervised runs of the same seed and slices")
     c = sub.add_parser("collect")
     c.add_argument("-w", required=True)
+    e = sub.add_parser("readiness", help="score every pretraining's snapshots (nnUNetv2_ddpm_pretraining_readiness)")
+    e.add_argument("-w", required=True)
+    e.add_argument("--budget", default="10", help="the labelled slices probed (default: %(default)s)")
     sub.add_parser("report", help="rewrite the tables in documentation/evidence.md from the committed result files")
     args = parser.parse_args()
-    {"prepare": prepare, "run": run, "collect": collect, "report": report}[args.command](args)
+    {"prepare": prepare, "run": run, "collect": collect, "readiness": readiness, "report": report}[args.command](args)
 
 
 if __name__ == "__main__":
