@@ -10,8 +10,10 @@ from nnunet_ddpm.networks import FixedTimestepUNet, build_unet_from_plans
 from nnunet_ddpm.training.ddpm_trainer_base import UsesPretrainedDenoiser
 from nnunet_ddpm.training.lr_schedule import WarmupPolyLRScheduler
 from nnunet_ddpm.networks.pretrained_checkpoint import transfer_denoiser_weights
+from nnunet_ddpm.training.variants.declaration import trainer_variant
 
 
+@trainer_variant(method="finetune", title="DDPM fine-tune")
 class nnUNetTrainerDDPMFinetune(UsesPretrainedDenoiser):
     """Fine-tunes the whole pretrained noise predictor (EMA weights) for segmentation, the pretrained encoder and
     time embedding at a tenth of the learning rate of the decoder and the new head.
@@ -67,6 +69,7 @@ class nnUNetTrainerDDPMFinetune(UsesPretrainedDenoiser):
         return optimizer, WarmupPolyLRScheduler(optimizer, self.initial_lr, self.num_epochs, warmup_epochs)
 
 
+@trainer_variant(method="frozen", title="DDPM fine-tune, frozen encoder")
 class nnUNetTrainerDDPMFinetuneFrozenEncoder(nnUNetTrainerDDPMFinetune):
     """The paper's code default: encoder and timestep embedding keep their pretrained weights; decoder and head train."""
 

@@ -7,8 +7,10 @@ first convolution. What trains is the stock network at stock speed, and its mode
 from nnunet_ddpm.networks.folding import fold_denoiser
 from nnunet_ddpm.training.ddpm_trainer_base import UsesPretrainedDenoiser
 from nnunet_ddpm.training.nnUNetTrainerDDPMFinetune import nnUNetTrainerDDPMFinetune
+from nnunet_ddpm.training.variants.declaration import trainer_variant
 
 
+@trainer_variant(method="init", title="nnU-Net from folded DDPM weights")
 class nnUNetTrainerDDPMInit(UsesPretrainedDenoiser):
     """Stock ``nnUNetTrainer`` (network, training) initialised from the pretraining folded at ``finetune_timestep``."""
 

@@ -19,11 +19,14 @@ from nnunet_ddpm.features.probe import choice_file, file_digest, indexed_choice_
 from nnunet_ddpm.networks import EnsembleLoss, PixelClassifierNetwork, build_unet_from_plans
 from nnunet_ddpm.training.ddpm_trainer_base import UsesPretrainedDenoiser
 from nnunet_ddpm.networks.pretrained_checkpoint import transfer_denoiser_weights
+from nnunet_ddpm.training.variants.declaration import trainer_variant
 
 
 PROBED_FEATURES_KEY = "ddpm_pixel_features"  # in the plans' configuration, saved with the model
 
 
+@trainer_variant(method="pixel_probed", title="DDPM pixel classifier, probed features",
+                 probes_features=True)
 class nnUNetTrainerDDPMPixelClassifier(UsesPretrainedDenoiser):
     """Trains only the MLP ensemble head; every denoiser parameter keeps its pretrained value.
 

@@ -30,11 +30,13 @@ from nnunet_ddpm.training.ddpm_trainer_base import nnUNetTrainerDDPMBase
 from nnunet_ddpm.training.images_only_dataset import CombinedImagesDataset, images_only
 from nnunet_ddpm.networks.pretrained_checkpoint import denoiser_metadata
 from nnunet_ddpm.training.progress import DenoisingProgressLogger, save_sample_grid
+from nnunet_ddpm.training.variants.declaration import trainer_variant
 
 
 SNAPSHOTS_VARIABLE = 'nnUNet_ddpm_pretrain_snapshots'
 
 
+@trainer_variant()
 class nnUNetTrainerDDPMPretrain(nnUNetTrainerDDPMBase):
     """Trains the time-conditioned planned U-Net to predict the noise added to an image (MSE on epsilon, or on v with
     ``prediction_type = 'v_prediction'``).
@@ -45,6 +47,7 @@ class nnUNetTrainerDDPMPretrain(nnUNetTrainerDDPMBase):
     ``samples.png`` beside ``progress.png``. Run it on fold ``all``.
     """
 
+    is_pretraining = True  # no label budget, no segmentation (training/variants/declaration.py)
     ema_decay = 0.999
     # highest-resolution encoder stages recomputed in the backward pass: the AdamW moments and the EMA copy cost
     # two more copies of the weights than stock nnU-Net's SGD; this pays for them (documentation/performance.md)

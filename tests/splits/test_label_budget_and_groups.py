@@ -3,7 +3,7 @@ from nnunetv2.utilities.crossval_split import generate_crossval_split
 
 from nnunet_ddpm.splits.grouped_folds import (check_no_group_leakage, grouped_crossval_split, groups_from_regex)
 from nnunet_ddpm.splits.label_budget import choose_labelled_cases
-from nnunet_ddpm.training.variants.label_budget import LABEL_BUDGETS, LABEL_BUDGET_TRAINERS
+from nnunet_ddpm.splits.label_budget import LABEL_BUDGETS
 
 CASES = [f"pat{p:02d}_slice{s:03d}" for p in range(12) for s in range(0, 50, 5)]  # 12 patients x 10 slices
 
@@ -29,9 +29,10 @@ def test_too_large_a_budget_is_refused_with_the_numbers():
 def test_every_trainer_has_every_budget():
     """Every comparison method's trainer, plain and _demo, at every budget: the runner checks budgets by number."""
     from nnunet_ddpm.comparison.methods import METHODS
+    from nnunet_ddpm.training.variants.declaration import TRAINERS
     for base in [m.trainer + suffix for m in METHODS.values() for suffix in ("", "_demo")]:
         for n in (1, 2, 5, 10, 15, 20, 30, 40, 50, 100):
-            cls = LABEL_BUDGET_TRAINERS[f"{base}_{n}labels"]
+            cls = TRAINERS[f"{base}_{n}labels"]
             assert cls.num_labelled_cases == n and cls.__bases__[1].__name__ == base
 
 

@@ -18,25 +18,10 @@ import os
 
 import torch
 from batchgenerators.utilities.file_and_folder_operations import isfile, join, load_json, save_json
-from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from nnunet_ddpm.training.nnUNetTrainerDDPMFinetune import (nnUNetTrainerDDPMFinetune,
-                                                            nnUNetTrainerDDPMFinetuneFrozenEncoder)
-from nnunet_ddpm.training.nnUNetTrainerDDPMInit import nnUNetTrainerDDPMInit
-from nnunet_ddpm.training.nnUNetTrainerDDPMPixelClassifier import nnUNetTrainerDDPMPixelClassifier
-from nnunet_ddpm.training.nnUNetTrainerDDPMPretrain import nnUNetTrainerDDPMPretrain
 from nnunet_ddpm.training.seeding import Seeded
-from nnunet_ddpm.training.variants.finetune_schedule import (nnUNetTrainerDDPMFinetune_encoderLR1,
-                                                             nnUNetTrainerDDPMFinetune_unfreeze,
-                                                             nnUNetTrainerDDPMFinetune_warmup)
-from nnunet_ddpm.training.variants.finetune_timestep import (nnUNetTrainerDDPMFinetune_t0,
-                                                             nnUNetTrainerDDPMFinetune_t200)
-from nnunet_ddpm.training.variants.pixel_features import nnUNetTrainerDDPMPixelClassifier_defaultFeatures
-from nnunet_ddpm.training.variants.pretrain_objective import (nnUNetTrainerDDPMPretrain_batch16,
-                                                              nnUNetTrainerDDPMPretrain_minSNR5,
-                                                              nnUNetTrainerDDPMPretrain_patch32,
-                                                              nnUNetTrainerDDPMPretrain_patch64,
-                                                              nnUNetTrainerDDPMPretrain_vPrediction)
+
+DEMO_SUFFIX = "_demo"
 
 
 BUDGET_RECORD = 'demo_budget.json'
@@ -59,7 +44,7 @@ class DemoBudget(Seeded):
         epochs = _positive_int('nnUNet_ddpm_demo_epochs', 20)
         self.num_iterations_per_epoch = _positive_int('nnUNet_ddpm_demo_iterations', 25)
         self.num_val_iterations_per_epoch = max(2, self.num_iterations_per_epoch // 5)
-        if isinstance(self, nnUNetTrainerDDPMPretrain):
+        if getattr(self, 'is_pretraining', False):
             epochs = _positive_int('nnUNet_ddpm_demo_pretrain_epochs', 2 * epochs)
             # a short schedule needs a larger step: over the demo's 750 iterations 1e-3 reached a denoising loss of
             # 0.18-0.22 where 2e-4 stayed at 0.25-0.30 (documentation/demo.md)
@@ -84,7 +69,7 @@ class DemoBudget(Seeded):
 
     def perform_actual_validation(self, save_probabilities: bool = False):
         if os.environ.get('nnUNet_ddpm_demo_skip_validation') == '1' and \
-                not isinstance(self, nnUNetTrainerDDPMPretrain):
+                not getattr(self, 'is_pretraining', False):
             fold_folder = os.path.basename(self.output_folder)
             self.print_to_log_file(
                 f"Final validation skipped (nnUNet_ddpm_demo_skip_validation=1). nnUNetv2_export_model_to_zip and "
@@ -95,70 +80,13 @@ class DemoBudget(Seeded):
         super().perform_actual_validation(save_probabilities)
 
 
-class nnUNetTrainerDDPMPretrain_demo(DemoBudget, nnUNetTrainerDDPMPretrain):
-    preview_sampling_steps = 25
-
-
-class nnUNetTrainerDDPMPretrain_minSNR5_demo(DemoBudget, nnUNetTrainerDDPMPretrain_minSNR5):
-    preview_sampling_steps = 25
-
-
-class nnUNetTrainerDDPMPretrain_vPrediction_demo(DemoBudget, nnUNetTrainerDDPMPretrain_vPrediction):
-    preview_sampling_steps = 25
-
-
-class nnUNetTrainerDDPMPretrain_batch16_demo(DemoBudget, nnUNetTrainerDDPMPretrain_batch16):
-    preview_sampling_steps = 25
-
-
-class nnUNetTrainerDDPMPretrain_patch32_demo(DemoBudget, nnUNetTrainerDDPMPretrain_patch32):
-    preview_sampling_steps = 25
-
-
-class nnUNetTrainerDDPMPretrain_patch64_demo(DemoBudget, nnUNetTrainerDDPMPretrain_patch64):
-    preview_sampling_steps = 25
-
-
-class nnUNetTrainerDDPMFinetune_demo(DemoBudget, nnUNetTrainerDDPMFinetune):
-    pretraining_trainer_name = "nnUNetTrainerDDPMPretrain_demo"
-
-
-class nnUNetTrainerDDPMFinetuneFrozenEncoder_demo(DemoBudget, nnUNetTrainerDDPMFinetuneFrozenEncoder):
-    pretraining_trainer_name = "nnUNetTrainerDDPMPretrain_demo"
-
-
-class nnUNetTrainerDDPMFinetune_encoderLR1_demo(DemoBudget, nnUNetTrainerDDPMFinetune_encoderLR1):
-    pretraining_trainer_name = "nnUNetTrainerDDPMPretrain_demo"
-
-
-class nnUNetTrainerDDPMFinetune_warmup_demo(DemoBudget, nnUNetTrainerDDPMFinetune_warmup):
-    pretraining_trainer_name = "nnUNetTrainerDDPMPretrain_demo"
-
-
-class nnUNetTrainerDDPMFinetune_unfreeze_demo(DemoBudget, nnUNetTrainerDDPMFinetune_unfreeze):
-    pretraining_trainer_name = "nnUNetTrainerDDPMPretrain_demo"
-
-
-class nnUNetTrainerDDPMFinetune_t0_demo(DemoBudget, nnUNetTrainerDDPMFinetune_t0):
-    pretraining_trainer_name = "nnUNetTrainerDDPMPretrain_demo"
-
-
-class nnUNetTrainerDDPMFinetune_t200_demo(DemoBudget, nnUNetTrainerDDPMFinetune_t200):
-    pretraining_trainer_name = "nnUNetTrainerDDPMPretrain_demo"
-
-
-class nnUNetTrainerDDPMInit_demo(DemoBudget, nnUNetTrainerDDPMInit):
-    pretraining_trainer_name = "nnUNetTrainerDDPMPretrain_demo"
-
-
-class nnUNetTrainerDDPMPixelClassifier_demo(DemoBudget, nnUNetTrainerDDPMPixelClassifier):
-    pretraining_trainer_name = "nnUNetTrainerDDPMPretrain_demo"
-
-
-class nnUNetTrainerDDPMPixelClassifier_defaultFeatures_demo(DemoBudget,
-                                                           nnUNetTrainerDDPMPixelClassifier_defaultFeatures):
-    pretraining_trainer_name = "nnUNetTrainerDDPMPretrain_demo"
-
-
-class nnUNetTrainer_demo(DemoBudget, nnUNetTrainer):
-    """The supervised nnU-Net baseline with the demo's budget; otherwise stock."""
+def environment_budget_variant(trainer: type) -> type:
+    """``<trainer>_demo``: ``trainer`` with the budget from the environment; a DDPM trainer that starts from a
+    pretraining looks for the pretraining's ``_demo`` run, and the pretraining draws its sample grid in fewer steps."""
+    attributes = {"__module__": trainer.__module__,
+                  "__doc__": f"{trainer.__name__} with its length from the environment (nnUNet_ddpm_demo_*)."}
+    if getattr(trainer, "is_pretraining", False):
+        attributes["preview_sampling_steps"] = 25
+    elif hasattr(trainer, "pretraining_trainer_name"):
+        attributes["pretraining_trainer_name"] = trainer.pretraining_trainer_name + DEMO_SUFFIX
+    return type(trainer.__name__ + DEMO_SUFFIX, (DemoBudget, trainer), attributes)

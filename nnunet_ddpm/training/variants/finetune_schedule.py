@@ -3,14 +3,17 @@
 import torch
 
 from nnunet_ddpm.training.nnUNetTrainerDDPMFinetune import nnUNetTrainerDDPMFinetune
+from nnunet_ddpm.training.variants.declaration import trainer_variant
 
 
+@trainer_variant(method="finetune_fulllr", title="DDPM fine-tune, one lr for all (paper)")
 class nnUNetTrainerDDPMFinetune_encoderLR1(nnUNetTrainerDDPMFinetune):
     """The paper's fine-tune: every weight at the same learning rate, nnU-Net's SGD + poly exactly."""
 
     encoder_lr_scale = 1.0
 
 
+@trainer_variant(method="finetune_warmup", title="DDPM fine-tune, lr 1e-3 with warm-up")
 class nnUNetTrainerDDPMFinetune_warmup(nnUNetTrainerDDPMFinetune_encoderLR1):
     """The paper's fine-tune at learning rate 1e-3 instead of 1e-2, reached by a linear warm-up over the first tenth of
     the epochs."""
@@ -23,6 +26,7 @@ class nnUNetTrainerDDPMFinetune_warmup(nnUNetTrainerDDPMFinetune_encoderLR1):
         self.initial_lr = 1e-3
 
 
+@trainer_variant(method="finetune_unfreeze", title="DDPM fine-tune, encoder frozen for the first quarter")
 class nnUNetTrainerDDPMFinetune_unfreeze(nnUNetTrainerDDPMFinetune):
     """The default fine-tune with the pretrained encoder and time embedding frozen for the first quarter of the
     epochs: the new head and the decoder adapt first, so their early large gradients do not reach the pretrained

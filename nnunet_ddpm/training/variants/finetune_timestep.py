@@ -6,8 +6,10 @@ training. Diffusion features are reported best at small to middle timesteps (Bar
 al., ICCV 2023), so one variant goes to the clean end and one to the middle.
 """
 from nnunet_ddpm.training.nnUNetTrainerDDPMFinetune import nnUNetTrainerDDPMFinetune
+from nnunet_ddpm.training.variants.declaration import trainer_variant
 
 
+@trainer_variant(method="finetune_t0", title="DDPM fine-tune at timestep 0")
 class nnUNetTrainerDDPMFinetune_t0(nnUNetTrainerDDPMFinetune):
     """The noise predictor at t = 0: the clean image in training and prediction (alpha_bar_0 ~ 1, no noise to
     speak of), with the t = 0 embedding."""
@@ -15,6 +17,7 @@ class nnUNetTrainerDDPMFinetune_t0(nnUNetTrainerDDPMFinetune):
     finetune_timestep = 0
 
 
+@trainer_variant(method="finetune_t200", title="DDPM fine-tune at timestep 200")
 class nnUNetTrainerDDPMFinetune_t200(nnUNetTrainerDDPMFinetune):
     """The noise predictor at t = 200 (cosine: alpha_bar ~ 0.90): training inputs carry noise of standard deviation
     about 0.3 of the normalised image, a strong augmentation; prediction sees the clean image scaled by

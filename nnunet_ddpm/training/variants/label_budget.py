@@ -6,37 +6,17 @@ draw with ``nnUNet_ddpm_label_draw``) and validates on its validation cases as u
 included, so that repeated runs of a comparison differ only where they are meant to. Nothing else differs from the base trainer, so ``nnUNetTrainer_20labels`` is the supervised baseline of
 ``nnUNetTrainerDDPMFinetune_20labels``. The DDPM pretraining is not budgeted: it sees all images, never labels.
 
-Add a budget in one line, in a module of a folder on ``nnUNet_extTrainer``::
+Every declared trainer gets its variants for ``LABEL_BUDGETS`` (``declaration.py``); another budget is one line in a
+module of a folder on ``nnUNet_extTrainer``::
 
     nnUNetTrainerDDPMFinetune_15labels = label_budget_variant(nnUNetTrainerDDPMFinetune, 15)
 """
 from batchgenerators.utilities.file_and_folder_operations import join, save_json
-from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_ddpm.splits.grouped_folds import check_split_for_training
-from nnunet_ddpm.splits.label_budget import LABEL_BUDGETS, choose_labelled_cases
+from nnunet_ddpm.splits.label_budget import choose_labelled_cases
 from nnunet_ddpm.training.ddpm_trainer_base import CheckedResume
-from nnunet_ddpm.training.nnUNetTrainerDDPMFinetune import (nnUNetTrainerDDPMFinetune,
-                                                            nnUNetTrainerDDPMFinetuneFrozenEncoder)
-from nnunet_ddpm.training.nnUNetTrainerDDPMInit import nnUNetTrainerDDPMInit
-from nnunet_ddpm.training.nnUNetTrainerDDPMPixelClassifier import nnUNetTrainerDDPMPixelClassifier
 from nnunet_ddpm.training.seeding import Seeded, label_draw
-from nnunet_ddpm.training.variants import demo_budget, finetune_schedule, finetune_timestep, pixel_features
-
-BUDGETED_TRAINERS = (nnUNetTrainer, nnUNetTrainerDDPMFinetune, nnUNetTrainerDDPMFinetuneFrozenEncoder,
-                     nnUNetTrainerDDPMPixelClassifier, finetune_schedule.nnUNetTrainerDDPMFinetune_encoderLR1,
-                     finetune_schedule.nnUNetTrainerDDPMFinetune_warmup, nnUNetTrainerDDPMInit,
-                     finetune_schedule.nnUNetTrainerDDPMFinetune_unfreeze,
-                     finetune_timestep.nnUNetTrainerDDPMFinetune_t0, finetune_timestep.nnUNetTrainerDDPMFinetune_t200,
-                     pixel_features.nnUNetTrainerDDPMPixelClassifier_defaultFeatures,
-                     demo_budget.nnUNetTrainerDDPMPixelClassifier_defaultFeatures_demo,
-                     demo_budget.nnUNetTrainer_demo, demo_budget.nnUNetTrainerDDPMInit_demo,
-                     demo_budget.nnUNetTrainerDDPMFinetune_demo, demo_budget.nnUNetTrainerDDPMFinetuneFrozenEncoder_demo,
-                     demo_budget.nnUNetTrainerDDPMPixelClassifier_demo,
-                     demo_budget.nnUNetTrainerDDPMFinetune_encoderLR1_demo,
-                     demo_budget.nnUNetTrainerDDPMFinetune_warmup_demo,
-                     demo_budget.nnUNetTrainerDDPMFinetune_t0_demo, demo_budget.nnUNetTrainerDDPMFinetune_t200_demo,
-                     demo_budget.nnUNetTrainerDDPMFinetune_unfreeze_demo)
 
 
 class LabelBudget(Seeded, CheckedResume):
@@ -69,10 +49,6 @@ def label_budget_variant(trainer_class: type, num_labelled_cases: int) -> type:
     """``<trainer_class>_<N>labels``: ``trainer_class`` trained on N labelled cases of each fold."""
     name = f"{trainer_class.__name__}_{num_labelled_cases}labels"
     return type(name, (LabelBudget, trainer_class), {
-        "num_labelled_cases": num_labelled_cases, "__module__": __name__,
+        "num_labelled_cases": num_labelled_cases, "__module__": trainer_class.__module__,
         "__doc__": f"{trainer_class.__name__} trained on {num_labelled_cases} labelled cases of each fold."})
 
-
-LABEL_BUDGET_TRAINERS = {cls.__name__: cls for cls in (label_budget_variant(base, n)
-                                                       for base in BUDGETED_TRAINERS for n in LABEL_BUDGETS)}
-globals().update(LABEL_BUDGET_TRAINERS)  # importable by name, as nnU-Net's trainer search needs
