@@ -12,7 +12,6 @@ and submitted again. The jobs submitted are recorded in ``OUTPUT/cluster/jobs.js
 queued or running neither submits them twice nor calls them failed.
 """
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from typing import Callable, Dict, List, Optional
 from batchgenerators.utilities.file_and_folder_operations import isfile, join, maybe_mkdir_p
 
 from nnunet_ddpm.comparison.grid import Benchmark, BenchmarkError, Cell
+from nnunet_ddpm.files import written_atomically
 from nnunet_ddpm.steps import StepFailed, run_steps
 
 EXECUTORS = ("local", "slurm")
@@ -97,9 +97,8 @@ class JobRecord:
                            "errors": str(job.paths.stderr), "submitted": time.strftime("%Y-%m-%d %H:%M:%S")}
 
     def save(self) -> None:
-        with open(self.file + ".tmp", "w") as f:
+        with written_atomically(self.file) as temporary, open(temporary, "w") as f:
             json.dump(self.jobs, f, indent=1)
-        os.replace(self.file + ".tmp", self.file)
 
     def still_queued_or_running(self, names: List[str], folder: str) -> List[str]:
         """Only SLURM jobs outlive the command that submitted them; their state is the scheduler's (one sacct call

@@ -16,6 +16,8 @@ from nnunetv2.utilities.crossval_split import generate_crossval_split
 from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 from sklearn.model_selection import GroupKFold
 
+from nnunet_ddpm.files import written_atomically
+
 GROUPS_FILE = "case_groups.json"
 
 
@@ -175,6 +177,6 @@ def make_splits(dataset: str, groups_file: Optional[str] = None, group_regex: Op
         save_json(groups, join(folder, GROUPS_FILE), sort_keys=True)
     elif isfile(join(folder, GROUPS_FILE)):
         os.remove(join(folder, GROUPS_FILE))  # a stale mapping would make trainers check the wrong groups
-    save_json(splits, splits_file + ".tmp", sort_keys=False)
-    os.replace(splits_file + ".tmp", splits_file)
+    with written_atomically(splits_file) as temporary:
+        save_json(splits, temporary, sort_keys=False)
     return splits_file

@@ -11,6 +11,7 @@ from torch import autocast, nn
 from torch._dynamo import OptimizedModule
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from nnunet_ddpm.files import written_atomically
 from nnunet_ddpm.diffusion import DiffusionSettings
 from nnunet_ddpm.splits.grouped_folds import check_split_for_training
 from nnunet_ddpm.networks.time_conditioned_unet import PRETRAINING_METADATA_KEY, decode_pretraining_metadata
@@ -149,10 +150,9 @@ class nnUNetTrainerDDPMBase(Seeded, CheckedResume, nnUNetTrainer):
             'inference_allowed_mirroring_axes': self.inference_allowed_mirroring_axes,
         }
         checkpoint.update(self.extra_checkpoint_entries())
-        # write to a temporary file first so that an interrupted save never leaves a truncated checkpoint behind
-        temporary = filename + '.tmp'
-        torch.save(checkpoint, temporary)
-        os.replace(temporary, filename)
+        # an interrupted save never leaves a truncated checkpoint behind
+        with written_atomically(filename) as temporary:
+            torch.save(checkpoint, temporary)
 
 
 class UsesPretrainedDenoiser(nnUNetTrainerDDPMBase):
