@@ -6,7 +6,7 @@ A run is one seed and one draw of the labelled cases (``training/seeding.py``). 
 is the plain run: its models sit where ``nnUNetv2_train`` puts them. Every other run trains into its own results
 folder under the output folder (``runs/seed<S>_draw<D>``), from the one pretraining of the grid, so that a model
 trained with one seed is never taken for another's."""
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import List, Optional, Sequence, Union
 
 from batchgenerators.utilities.file_and_folder_operations import isdir, isfile, join, load_json, subfiles
@@ -43,6 +43,7 @@ class Benchmark:
     """What to run: one dataset and configuration, several methods, budgets and folds."""
 
     dataset: str
+    _: KW_ONLY  # every other setting by name: fourteen positional settings are too easy to misorder
     configuration: str = "2d"
     methods: Sequence[str] = ("baseline", "finetune", "pixel")
     budgets: Sequence[Union[int, str]] = (10, 20)  # numbers of labelled cases, or ALL_LABELS

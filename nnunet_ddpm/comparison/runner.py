@@ -146,10 +146,11 @@ def benchmark_entry():
                            read=("nnUNet_raw", "nnUNet_preprocessed") + (("nnUNet_results",) if args.collect else ()),
                            write=() if args.collect else ("nnUNet_results",), trainers=not args.collect)
     try:
-        benchmark = Benchmark(args.d, args.c, args.methods, args.budgets, args.folds, args.p, args.trainer_suffix,
-                              args.device, args.np, args.o, args.test_images, args.test_labels,
-                              args.pretrained_weights, args.pretrainer, seeds=args.seeds,
-                              label_draws=args.label_draws)
+        benchmark = Benchmark(args.d, configuration=args.c, methods=args.methods, budgets=args.budgets,
+                              folds=args.folds, plans=args.p, trainer_suffix=args.trainer_suffix, device=args.device,
+                              num_processes=args.np, output_folder=args.o, test_images=args.test_images,
+                              test_labels=args.test_labels, pretrained_weights=args.pretrained_weights,
+                              pretraining_trainer=args.pretrainer, seeds=args.seeds, label_draws=args.label_draws)
         if args.dry_run:
             print("\n".join(dry_run(benchmark)))
             return

@@ -261,7 +261,7 @@ def slice_case(job: dict) -> dict:
 # the whole dataset
 
 
-def slice_dataset(source_folder: str, raw_folder: str, dataset_id: int, name: str, rule: SliceRule = SliceRule(),
+def slice_dataset(source_folder: str, raw_folder: str, dataset_id: int, name: str, *, rule: SliceRule = SliceRule(),
                   axis: int = 0, size: Optional[Sequence[int]] = (128, 128), order: int = 1,
                   test_patients: Optional[Sequence[str]] = None, num_test_patients: int = 0, seed: int = 0,
                   brats_regions: bool = False, overwrite: bool = False, num_processes: int = 1,
@@ -481,10 +481,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             if not nnUNet_raw.is_set():
                 raise DatasetConversionError("nnUNet_raw is not set: export it or pass --raw.")
             raw = str(nnUNet_raw)
-        summary = slice_dataset(resolve_source(args.s), raw, args.d, args.n, rule, args.axis,
-                                None if args.keep_size else args.size, args.order, args.test_patients,
-                                args.num_test_patients, args.seed, args.brats_regions, args.overwrite, args.np,
-                                unlabeled_step=args.unlabeled_step)
+        summary = slice_dataset(resolve_source(args.s), raw, args.d, args.n, rule=rule, axis=args.axis,
+                                size=None if args.keep_size else args.size, order=args.order,
+                                test_patients=args.test_patients, num_test_patients=args.num_test_patients,
+                                seed=args.seed, brats_regions=args.brats_regions, overwrite=args.overwrite,
+                                num_processes=args.np, unlabeled_step=args.unlabeled_step)
     except DatasetConversionError as e:
         sys.exit(f"nnUNetv2_ddpm_slice_dataset: {e}")
     print(format_summary(summary))

@@ -291,7 +291,7 @@ def probe_checkpoint(checkpoint: str, preprocessed: str, configuration_manager, 
     return scores, len(all_stages), network, pictures
 
 
-def probe_features(dataset: str, configuration: str = "2d", fold: int = 0, budget: Optional[int] = None,
+def probe_features(dataset: str, *, configuration: str = "2d", fold: int = 0, budget: Optional[int] = None,
                    plans: str = "nnUNetPlans", checkpoint: Optional[str] = None,
                    timesteps: Sequence[int] = DEFAULT_TIMESTEPS, max_stages: int = 3, max_timesteps: int = 3,
                    pixels_per_case: int = 2000, picture_cases: int = 2, pretraining_trainer: str =
@@ -371,9 +371,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parser.parse_args(argv)
     from nnunet_ddpm.networks.pretrained_checkpoint import PretrainingCheckpointError
     try:
-        record = probe_features(args.d, args.c, args.f, args.budget, args.p, args.pretrained_weights, args.timesteps,
-                                args.max_stages, args.max_timesteps, args.pixels_per_case, args.picture_cases,
-                                args.tr)
+        record = probe_features(args.d, configuration=args.c, fold=args.f, budget=args.budget, plans=args.p,
+                                checkpoint=args.pretrained_weights, timesteps=args.timesteps,
+                                max_stages=args.max_stages, max_timesteps=args.max_timesteps,
+                                pixels_per_case=args.pixels_per_case, picture_cases=args.picture_cases,
+                                pretraining_trainer=args.tr)
     except (ProbeError, PretrainingCheckpointError) as e:
         sys.exit(f"nnUNetv2_ddpm_probe_features: {e}")
     folder = os.path.dirname(record["checkpoint"])

@@ -78,7 +78,7 @@ def plot_readiness(record: dict, path: str) -> None:
     plt.close(figure)
 
 
-def pretraining_readiness(dataset: str, configuration: str = "2d", fold: int = 0, budget: Optional[int] = None,
+def pretraining_readiness(dataset: str, *, configuration: str = "2d", fold: int = 0, budget: Optional[int] = None,
                           plans: str = "nnUNetPlans", pretraining_trainer: str = "nnUNetTrainerDDPMPretrain",
                           timesteps: Sequence[int] = DEFAULT_TIMESTEPS, pixels_per_case: int = 2000,
                           tolerance: float = DEFAULT_TOLERANCE, progress: bool = True) -> dict:
@@ -149,8 +149,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parser.parse_args(argv)
     from nnunet_ddpm.networks.pretrained_checkpoint import PretrainingCheckpointError
     try:
-        record = pretraining_readiness(args.d, args.c, args.f, args.budget, args.p, args.tr, args.timesteps,
-                                       args.pixels_per_case, args.tolerance)
+        record = pretraining_readiness(args.d, configuration=args.c, fold=args.f, budget=args.budget, plans=args.p,
+                                       pretraining_trainer=args.tr, timesteps=args.timesteps,
+                                       pixels_per_case=args.pixels_per_case, tolerance=args.tolerance)
     except (ProbeError, PretrainingCheckpointError) as e:
         sys.exit(f"nnUNetv2_ddpm_pretraining_readiness: {e}")
     print("| iterations | checkpoint | best probe Dice | stage (from the end) | timestep |\n|---|---|---|---|---|")

@@ -97,7 +97,7 @@ def test_brats21_paper_slices_plan_as_2d_with_regions_groups_and_held_out_patien
 
 
 def test_msd_task01_after_nnunet_conversion_stratified_with_brats_regions(nnunet, msd_converted):
-    slice_dataset(str(msd_converted), str(nnunet.raw), MSD2D, "MSDSlices", SliceRule("stratified", per_case=4),
+    slice_dataset(str(msd_converted), str(nnunet.raw), MSD2D, "MSDSlices", rule=SliceRule("stratified", per_case=4),
                   size=None, brats_regions=True, progress=False)
     folder = nnunet.raw / f"Dataset{MSD2D}_MSDSlices"
     training = _cases(folder, "labelsTr")
@@ -121,7 +121,7 @@ def test_msd_task01_after_nnunet_conversion_stratified_with_brats_regions(nnunet
 
 def test_plain_labels_carried_over_and_msd_label_names(msd_converted, tmp_path):
     summary = slice_dataset(str(msd_converted), str(tmp_path), 1, "Plain",
-                            SliceRule("foreground", step=3), size=(16, 16), num_test_patients=1, progress=False)
+                            rule=SliceRule("foreground", step=3), size=(16, 16), num_test_patients=1, progress=False)
     out = json.loads((tmp_path / "Dataset001_Plain" / "dataset.json").read_text())
     assert out["labels"] == {"background": 0, "edema": 1, "non-enhancing tumor": 2, "enhancing tumour": 3}
     assert "regions_class_order" not in out
@@ -153,7 +153,7 @@ def test_resampling_nearest_labels_linear_images_spacing_and_axis(tmp_path):
     labels = np.zeros((z, y, x), np.uint8)
     labels[:, 5:15, 10:20], labels[:, 8:12, 13:17] = 1, 2
     source = write_tiny_raw_dataset(str(tmp_path / "src"), {"p1": ramp[None]}, {"p1": labels}, spacing=(3, 1, 2))
-    slice_dataset(source, str(tmp_path), 1, "Resized", SliceRule(indices=(2, 4)), size=(10, 12), progress=False)
+    slice_dataset(source, str(tmp_path), 1, "Resized", rule=SliceRule(indices=(2, 4)), size=(10, 12), progress=False)
     out = tmp_path / "Dataset001_Resized"
     image = sitk.ReadImage(str(out / "imagesTr" / "p1_s002_0000.nii.gz"))
     assert image.GetSize() == (12, 10, 1)
@@ -165,7 +165,7 @@ def test_resampling_nearest_labels_linear_images_spacing_and_axis(tmp_path):
     assert set(np.unique(resized_labels)) == {0, 1, 2}  # nearest: no in-between values
     assert (resized_labels == 1).sum() + (resized_labels == 2).sum() == pytest.approx(10 * 12 / 6, abs=6)
 
-    summary = slice_dataset(source, str(tmp_path), 2, "Sagittal", SliceRule("every", step=10), axis=2, size=None,
+    summary = slice_dataset(source, str(tmp_path), 2, "Sagittal", rule=SliceRule("every", step=10), axis=2, size=None,
                             progress=False)
     sagittal = sitk.ReadImage(str(tmp_path / "Dataset002_Sagittal" / "imagesTr" / "p1_s010_0000.nii.gz"))
     assert sagittal.GetSize() == (20, 6, 1) and sagittal.GetSpacing() == pytest.approx((1.0, 3.0, 999.0))
@@ -200,10 +200,10 @@ def test_bad_input_is_refused_before_anything_is_written(tmp_path, nnunet):
                                         {"a": np.zeros((8, 10, 10)), "b": np.zeros((8, 10, 12))})
     with pytest.raises(DatasetConversionError, match=r"b: \S*b.nii.gz does not lie on the grid of \S*b_0000.nii.gz: "
                                                      r"size \(12, 10, 8\) instead of \(10, 10, 8\)"):
-        slice_dataset(mismatched, str(raw), 1, "X", SliceRule(indices=(1,)), progress=False)
+        slice_dataset(mismatched, str(raw), 1, "X", rule=SliceRule(indices=(1,)), progress=False)
     assert _no_target(raw, 1)
 
-    slice_dataset(good, str(raw), 1, "X", SliceRule(indices=(1,)), progress=False)
+    slice_dataset(good, str(raw), 1, "X", rule=SliceRule(indices=(1,)), progress=False)
     before = sorted(p.name for p in (raw / "Dataset001_X" / "imagesTr").iterdir())
     with pytest.raises(DatasetConversionError, match="Dataset001_X exists.*--overwrite"):
         slice_dataset(good, str(raw), 1, "X", SliceRule(indices=(2,)), progress=False)

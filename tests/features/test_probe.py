@@ -77,8 +77,9 @@ def test_probe_never_reads_held_out_labels(probed, nnunet, pretrained_2d, tmp_pa
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the console script ran (OMP_NUM_THREADS=1): the same order of floating-point sums
     try:
-        again = probe_features(977, "2d", 0, 5, checkpoint=str(checkpoint), timesteps=(50, 250), max_stages=2,
-                               max_timesteps=1, pixels_per_case=300, picture_cases=0, progress=False)
+        again = probe_features(977, configuration="2d", fold=0, budget=5, checkpoint=str(checkpoint),
+                               timesteps=(50, 250), max_stages=2, max_timesteps=1, pixels_per_case=300,
+                               picture_cases=0, progress=False)
     finally:
         torch.set_num_threads(threads)
     assert again["cases"] == record["cases"]
