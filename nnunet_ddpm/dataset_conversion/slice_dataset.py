@@ -233,9 +233,10 @@ def slice_case(job: dict) -> dict:
     chosen = [i for i in chosen if has_content[i]]
     result = {"case": job["case"], "slices": chosen, "empty_skipped": empty, "pixels": 0, "label_pixels": {},
               "label_slices": {}, "unlabeled_slices": []}
-    if job["unlabeled_step"] and job["part"] == "Tr":
+    if job["unlabeled_step"] and (job["part"] == "Tr" or job["unlabeled_test_patients"]):
+        # a training patient's chosen slices are training images already; a test patient's are not
         result["unlabeled_slices"] = [i for i in range(0, images.shape[1], job["unlabeled_step"])
-                                      if has_content[i] and i not in chosen]
+                                      if has_content[i] and (i not in chosen or job["part"] == "Ts")]
         _write_unlabeled_slices(images, result["unlabeled_slices"], spacing, job)
     if not chosen:
         return result
@@ -261,11 +262,12 @@ def slice_case(job: dict) -> dict:
 # the whole dataset
 
 
-def slice_dataset(source_folder: str, raw_folder: str, dataset_id: int, name: str, *, rule: SliceRule = SliceRule(),
-                  axis: int = 0, size: Optional[Sequence[int]] = (128, 128), order: int = 1,
-                  test_patients: Optional[Sequence[str]] = None, num_test_patients: int = 0, seed: int = 0,
+def slice_dataset(source_folder: str, raw_folder: str, dataset_id: int, name: str, *,
+                  rule: SliceRule = SliceRule(), axis: int = 0, size: Optional[Sequence[int]] = (128, 128),
+                  order: int = 1, test_patients: Optional[Sequence[str]] = None, num_test_patients: int = 0, seed: int = 0,
                   brats_regions: bool = False, overwrite: bool = False, num_processes: int = 1,
-                  progress: bool = True, unlabeled_step: Optional[int] = None) -> dict:
+                  progress: bool = True, unlabeled_step: Optional[int] = None,
+                  unlabeled_test_patients: bool = False) -> dict:
     """Write ``raw_folder/Dataset{dataset_id:03d}_{name}``, the 2D slice dataset of ``source_folder``; returns the
     summary (also stored in the dataset's ``slicing.json``).
 
@@ -274,8 +276,12 @@ def slice_dataset(source_folder: str, raw_folder: str, dataset_id: int, name: st
     ``order``: spline order for images (labels always nearest). Held-out patients: ``test_patients`` by source case
     name, or ``num_test_patients`` drawn with ``seed``. ``unlabeled_step``: every K-th other slice (with image
     content) of the training patients, and of the source's ``imagesUnlabeled`` volumes, goes to ``imagesUnlabeled``
-    as a pretraining image; test patients give none.
+    as a pretraining image; test patients give none unless ``unlabeled_test_patients`` (the transductive setting of
+    a user who pretrains on every scan, those to be segmented included): then every K-th slice of theirs, their
+    test slices among them if the step hits them.
     """
+    if unlabeled_test_patients and not unlabeled_step:
+        raise DatasetConversionError("unlabeled_test_patients needs unlabeled_step: give the step of the slices.")
     if unlabeled_step is not None and unlabeled_step < 1:
         raise DatasetConversionError(f"unlabeled_step must be a positive number of slices, got {unlabeled_step}.")
     if axis not in (0, 1, 2):
@@ -317,6 +323,7 @@ def slice_dataset(source_folder: str, raw_folder: str, dataset_id: int, name: st
             jobs.append({"case": case, "images": files["images"], "label": files["label"],
                          "reader_writer": reader_writer, "axis": axis, "rule": rule, "size": size, "order": order,
                          "label_members": members, "part": part, "unlabeled_step": unlabeled_step,
+                         "unlabeled_test_patients": unlabeled_test_patients,
                          "image_folder": join(partial, f"images{part}"),
                          "label_folder": join(partial, f"labels{part}"),
                          "unlabeled_folder": join(partial, UNLABELED_IMAGES)})
@@ -458,6 +465,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--unlabeled-step", type=int, default=None, metavar="K",
                         help="also write every K-th other slice of the training patients (and of the source's "
                              "imagesUnlabeled volumes) to imagesUnlabeled, for the DDPM pretraining")
+    parser.add_argument("--unlabeled-test-patients", action="store_true",
+                        help="with --unlabeled-step: the test patients' slices go to imagesUnlabeled too (transductive: "
+                             "pretraining on every scan, those to be segmented included)")
     parser.add_argument("--raw", default=None, help="where to write the new dataset (default: $nnUNet_raw)")
     parser.add_argument("-np", type=int, default=1, help="worker processes (default: 1)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing target dataset")
@@ -485,7 +495,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                                 size=None if args.keep_size else args.size, order=args.order,
                                 test_patients=args.test_patients, num_test_patients=args.num_test_patients,
                                 seed=args.seed, brats_regions=args.brats_regions, overwrite=args.overwrite,
-                                num_processes=args.np, unlabeled_step=args.unlabeled_step)
+                                num_processes=args.np, unlabeled_step=args.unlabeled_step,
+                                unlabeled_test_patients=args.unlabeled_test_patients)
     except DatasetConversionError as e:
         sys.exit(f"nnUNetv2_ddpm_slice_dataset: {e}")
     print(format_summary(summary))

@@ -151,7 +151,7 @@ def test_slicer_writes_other_slices_as_unlabeled_images(downloads, tmp_path):
     brats18, _, _ = downloads
     source = convert_brats([brats18], str(tmp_path / "raw"), 703, "Source", channels=["flair", "t1ce"],
                            progress=False)["folder"]
-    summary = slice_dataset(source, str(tmp_path / "raw"), 704, "Slices", SliceRule("indices", indices=(5, 6)),
+    summary = slice_dataset(source, str(tmp_path / "raw"), 704, "Slices", rule=SliceRule("indices", indices=(5, 6)),
                             size=(8, 8), test_patients=["Brats18_TCIA_2"], progress=False, unlabeled_step=2)
     folder = Path(summary["folder"])
     # training patients: slices 0, 2, ..., 10 with content (the head is slices 2..9) except the labelled 5 and 6;
@@ -165,3 +165,15 @@ def test_slicer_writes_other_slices_as_unlabeled_images(downloads, tmp_path):
     assert sorted(p.name for p in (folder / "labelsTr").iterdir()) == \
         ["Brats18_TCIA_0_s005.nii.gz", "Brats18_TCIA_0_s006.nii.gz", "Brats18_TCIA_1_s005.nii.gz",
          "Brats18_TCIA_1_s006.nii.gz"]
+    # transductive: the test patient's slices of the step too, its test slice 6 among them
+    transductive = slice_dataset(source, str(tmp_path / "raw"), 705, "Transductive",
+                                 rule=SliceRule("indices", indices=(5, 6)), size=(8, 8),
+                                 test_patients=["Brats18_TCIA_2"], progress=False, unlabeled_step=2,
+                                 unlabeled_test_patients=True)
+    slices["Brats18_TCIA_2"] = (2, 4, 6, 8)
+    assert sorted(p.name for p in (Path(transductive["folder"]) / "imagesUnlabeled").iterdir()) == sorted(
+        f"{case}_s{i:03d}_{c:04d}.nii.gz" for case, indices in slices.items() for i in indices for c in range(2))
+    assert sorted(p.name for p in (Path(transductive["folder"]) / "imagesTs").iterdir()) == \
+        [f"Brats18_TCIA_2_s00{i}_000{c}.nii.gz" for i in (5, 6) for c in range(2)]
+    with pytest.raises(DatasetConversionError, match="unlabeled_test_patients needs unlabeled_step"):
+        slice_dataset(source, str(tmp_path / "raw"), 706, "X", unlabeled_test_patients=True, progress=False)

@@ -206,15 +206,15 @@ def test_bad_input_is_refused_before_anything_is_written(tmp_path, nnunet):
     slice_dataset(good, str(raw), 1, "X", rule=SliceRule(indices=(1,)), progress=False)
     before = sorted(p.name for p in (raw / "Dataset001_X" / "imagesTr").iterdir())
     with pytest.raises(DatasetConversionError, match="Dataset001_X exists.*--overwrite"):
-        slice_dataset(good, str(raw), 1, "X", SliceRule(indices=(2,)), progress=False)
+        slice_dataset(good, str(raw), 1, "X", rule=SliceRule(indices=(2,)), progress=False)
     assert sorted(p.name for p in (raw / "Dataset001_X" / "imagesTr").iterdir()) == before
-    slice_dataset(good, str(raw), 1, "X", SliceRule(indices=(2,)), overwrite=True, progress=False)
+    slice_dataset(good, str(raw), 1, "X", rule=SliceRule(indices=(2,)), overwrite=True, progress=False)
     assert sorted(p.name for p in (raw / "Dataset001_X" / "imagesTr").iterdir()) == ["a_s002_0000.nii.gz",
                                                                                      "b_s002_0000.nii.gz"]
     with pytest.raises(DatasetConversionError, match="already has a dataset with id 1: Dataset001_X"):
-        slice_dataset(good, str(raw), 1, "Other", SliceRule(indices=(2,)), progress=False)
+        slice_dataset(good, str(raw), 1, "Other", rule=SliceRule(indices=(2,)), progress=False)
     with pytest.raises(DatasetConversionError, match="Cannot hold out 2 of 2 patients"):
-        slice_dataset(good, str(raw), 2, "X", SliceRule(indices=(2,)), num_test_patients=2, progress=False)
+        slice_dataset(good, str(raw), 2, "X", rule=SliceRule(indices=(2,)), num_test_patients=2, progress=False)
     assert _no_target(raw, 2) and not list(raw.glob("*.partial"))
 
     # the command prints the message, no traceback, and exits non-zero
