@@ -38,17 +38,31 @@ TABLES_START = "<!-- tables: python benchmarks/real_patient_study.py report -->"
 TABLES_END = "<!-- end of tables -->"  # the 2015 sample's pat0006 is BraTS 2018's Brats18_2013_20_1
 
 
-def pretraining_name(iterations: int, pretrainer: str = PRETRAINER, run: int = 1, snapshot: int = None) -> str:
+def pretraining_name(iterations: int, pretrainer: str = PRETRAINER, run: int = 1, snapshot: int = None,
+                     images: str = "") -> str:
     """``pretrain4000``, ``pretrain4000minsnr5`` for the variant nnUNetTrainerDDPMPretrain_minSNR5,
-    ``pretrain4000run2`` for a second run of the methods, or ``pretrain32000at8000`` for the methods started from the
-    snapshot after 8,000 iterations of a 32,000-iteration pretraining: the name of a results, benchmark and evidence
-    folder."""
-    return f"pretrain{iterations}" + pretrainer[len(PRETRAINER):].replace("_", "").lower() + \
+    ``pretrain4000transductive`` for a work folder with other unlabeled images (``images_tag``), ``pretrain4000run2``
+    for a second run of the methods, or ``pretrain32000at8000`` for the methods started from the snapshot after 8,000
+    iterations of a 32,000-iteration pretraining: the name of a results, benchmark and evidence folder."""
+    return f"pretrain{iterations}" + pretrainer[len(PRETRAINER):].replace("_", "").lower() + images + \
         (f"at{snapshot}" if snapshot else "") + (f"run{run}" if run > 1 else "")
+
+
+STUDY_RECORD = "study.json"  # the work folder's unlabeled images: {"unlabeled_step": K, "transductive": bool}
+
+
+def images_tag(work: Path) -> str:
+    """'' for the study's unlabeled images (every 5th other brain slice of the training patients),
+    ``unlabeledstep1`` for every slice, ``transductive`` when the test patients' slices are among them."""
+    record = json.loads((work / STUDY_RECORD).read_text()) if (work / STUDY_RECORD).is_file() else {}
+    step = int(record.get("unlabeled_step", 5))
+    return ("" if step == 5 else f"unlabeledstep{step}") + ("transductive" if record.get("transductive") else "")
 
 
 # the pretraining variants' folder tags (pretraining_name) and what the report calls them
 OBJECTIVES = {"": "", "minsnr5": ", min-SNR loss weights (gamma 5)", "vprediction": ", v-prediction",
+              "unlabeledstep1": ", every brain slice unlabeled (5 times the images)",
+              "transductive": ", the test patients' slices among the unlabeled images (transductive)",
               "batch16": ", batch 16", "patch32": ", 32 x 32 patches", "patch64": ", 64 x 64 patches",
               **{f"run{n}": f", run {n}" for n in range(2, 10)}}
 RUN_RECORD = "run.json"  # a run's seed, draw of labelled slices and pretraining, beside its evaluations
@@ -73,7 +87,7 @@ def environment(work: Path, pretrain_iterations: int, iterations: int, iteration
                 pretrainer: str = PRETRAINER, run: int = 1, label_draw: int = 0, snapshot: int = None) -> dict:
     """The environment of every command of one run: its own nnUNet_results, the training budget, and from run 2 on
     the run's number as the seed of every training (run 1 keeps the trainers' default seed)."""
-    results = work / f"results_{pretraining_name(pretrain_iterations, pretrainer, run, snapshot)}"
+    results = work / f"results_{pretraining_name(pretrain_iterations, pretrainer, run, snapshot, images_tag(work))}"
     env = dict(os.environ, nnUNet_raw=str(work / "raw"), nnUNet_preprocessed=str(work / "preprocessed"),
                nnUNet_results=str(results), nnUNet_def_n_proc="1", nnUNet_n_proc_DA="2", nnUNet_compile="false",
                nnUNet_ddpm_demo_iterations=str(iterations_per_epoch),
@@ -104,6 +118,10 @@ def outer_folds(patients, k: int):
 
 def prepare(args) -> None:
     work = Path(args.w)
+    record = {"unlabeled_step": int(args.unlabeled_step), "transductive": args.transductive}
+    if (work / STUDY_RECORD).is_file() and json.loads((work / STUDY_RECORD).read_text()) != record:
+        raise SystemExit(f"{work} was prepared with {(work / STUDY_RECORD).read_text()}; this command asks for "
+                         f"{record}: prepare another work folder.")
     env = environment(work, 0, 0)
     for folder in ("raw", "preprocessed"):
         (work / folder).mkdir(parents=True, exist_ok=True)
@@ -118,13 +136,15 @@ def prepare(args) -> None:
         name = f"Dataset{dataset_id}_BraTSRealOuter{k}"
         if not (work / "raw" / name).is_dir():
             sh(["nnUNetv2_ddpm_slice_dataset", "-s", source, "-d", dataset_id, "-n", f"BraTSRealOuter{k}", "--size",
-                *args.size, "--test-patients", *test_patients, "--unlabeled-step", args.unlabeled_step], env)
+                *args.size, "--test-patients", *test_patients, "--unlabeled-step", args.unlabeled_step,
+                *(["--unlabeled-test-patients"] if args.transductive else [])], env)
         if not (work / "preprocessed" / name / "nnUNetPlans.json").is_file():
             sh(["nnUNetv2_plan_and_preprocess", "-d", dataset_id, "-c", "2d", "-np", "2"], env)
             sh(["nnUNetv2_ddpm_make_splits", "-d", dataset_id, "--groups",
                 work / "raw" / name / "case_groups.json", "--overwrite"], env)
             sh(["nnUNetv2_ddpm_preprocess_unlabeled", "-d", dataset_id, "-c", "2d"], env)
     (work / "outer_folds.json").write_text(json.dumps({"folds": folds}, indent=1))
+    (work / STUDY_RECORD).write_text(json.dumps(record, indent=1))
 
 
 def run(args) -> None:
@@ -135,7 +155,7 @@ def run(args) -> None:
     folds = json.loads((work / "outer_folds.json").read_text())["folds"]
     env = environment(work, args.pretrain_iterations, args.iterations, pretrainer=args.pretrainer, run=args.run,
                       label_draw=args.label_draw, snapshot=args.snapshot)
-    name = pretraining_name(args.pretrain_iterations, args.pretrainer, args.run, args.snapshot)
+    name = pretraining_name(args.pretrain_iterations, args.pretrainer, args.run, args.snapshot, images_tag(work))
     for k in args.outer:
         assert k < len(folds)
         source = args.pretraining_run or 1
@@ -837,7 +857,9 @@ def main() -> None:
     p.add_argument("--brats2015", required=True, help="the BraTS 2015 DeepMedic sample folder")
     p.add_argument("--outer-folds", type=int, default=3)
     p.add_argument("--size", nargs=2, default=["64", "64"])
-    p.add_argument("--unlabeled-step", default="5")
+    p.add_argument("--unlabeled-step", default="5", help="every K-th other brain slice is an unlabeled image")
+    p.add_argument("--transductive", action="store_true",
+                   help="the test patients' slices are unlabeled images too (a user who pretrains on every scan)")
     r = sub.add_parser("run")
     r.add_argument("-w", required=True)
     r.add_argument("--methods", nargs="+", default=["baseline", "finetune", "frozen", "pixel"])
