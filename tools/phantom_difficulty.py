@@ -5,7 +5,7 @@ smoothed copies of every channel takes seconds and shows the same thing: whether
 channel is z-scored inside the head first, as nnU-Net's ZScoreNormalization does, so that what the phantom varies
 per scanner (scale, offset) is not counted as difficulty that nnU-Net would not see.
 
-``python tools/phantom_difficulty.py`` prints the numbers quoted in
+``python tools/phantom_difficulty.py`` prints the numbers summarised in
 documentation/datasets.md.
 """
 import argparse

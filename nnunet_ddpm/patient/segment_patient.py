@@ -40,8 +40,8 @@ SUMMARY = "summary.json"
 
 @dataclass
 class Budget:
-    """Training length of the ``_demo`` trainers. With the defaults, fine-tuning for one real BraTS patient at 128 x 128
-    took 3.5 minutes on an idle 2-core CPU (documentation/patient.md); it is far below the paper's budgets."""
+    """Training length of the ``_demo`` trainers: a few minutes for one patient on a CPU laptop
+    (documentation/patient.md), far below the paper's budgets."""
     epochs: int = 4
     pretrain_epochs: int = 6
     iterations: int = 10

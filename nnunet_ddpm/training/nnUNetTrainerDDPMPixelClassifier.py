@@ -46,7 +46,7 @@ class nnUNetTrainerDDPMPixelClassifier(UsesPretrainedDenoiser):
       the head). ``False``: all members at once.
     * ``feature_timesteps_per_pass = None``: all feature timesteps in one denoiser pass for 2D plans (fewer, larger
       launches), one timestep per pass for 3D plans, where a pass over T x B volumes would hold T times the
-      activations (1.34 x stock nnU-Net's peak memory at 96^3 before; ``documentation/performance.md``).
+      activations.
     * Adam at 1e-3 (the optimiser of both papers' MLPs) with nnU-Net's poly schedule, for 100 epochs: only the small
       head learns, on fixed features, and it needs far fewer steps than a whole U-Net.
     """
