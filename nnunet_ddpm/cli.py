@@ -3,7 +3,7 @@ import argparse
 import os
 import sys
 
-from nnunet_ddpm.folders import require_nnunet_folders
+from nnunet_ddpm.folders import require_nnunet_folders, require_writable_folder
 from nnunet_ddpm.nnunet_trainers import TRAINER_DIR
 
 
@@ -83,6 +83,7 @@ def uncertainty_entry():
     parser.add_argument("-i", required=True, help="output folder of nnUNetv2_predict (with .npz and .pkl files)")
     parser.add_argument("-o", default=None, help=f"where to write the maps (default: -i/{UNCERTAINTY_FOLDER})")
     args = parser.parse_args()
+    require_writable_folder("nnUNetv2_ddpm_uncertainty", args.o or os.path.join(args.i, UNCERTAINTY_FOLDER))
     try:
         written = export_uncertainty(args.i, args.o)
     except FileNotFoundError as e:

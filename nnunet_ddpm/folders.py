@@ -2,9 +2,7 @@
 bad setting is one line instead of a traceback from whichever step first touches the folder."""
 import os
 import sys
-from typing import Sequence
-
-from nnunet_ddpm.nnunet_trainers import TRAINER_DIR
+from typing import Optional, Sequence
 
 
 def require_writable_folder(program: str, folder: str, option: str = "-o") -> None:
@@ -36,9 +34,10 @@ _FOLDER_ROLES = {"nnUNet_raw": "raw datasets", "nnUNet_preprocessed": "preproces
 
 
 def require_nnunet_folders(program: str, read: Sequence[str] = (), write: Sequence[str] = (),
-                           trainers: bool = False) -> None:
+                           trainer_dir: Optional[str] = None) -> None:
     """End ``program`` with one line unless nnU-Net's folders it needs are set and exist (``read``), or can be written,
-    existing or not (``write``), and, with ``trainers``, unless ``nnUNet_extTrainer`` lets ``nnUNetv2_train`` find the plugin's trainers.
+    existing or not (``write``), and, given ``trainer_dir`` (the plugin's ``nnunet_trainers.TRAINER_DIR``, for a
+    command that runs ``nnUNetv2_train``), unless ``nnUNet_extTrainer`` lets ``nnUNetv2_train`` find its trainers.
 
     Checked before any work, so that a missing variable is one line, not nnU-Net's traceback from whichever step first
     touches the folder (or a training relayed from a subprocess, minutes later).
@@ -53,10 +52,20 @@ def require_nnunet_folders(program: str, read: Sequence[str] = (), write: Sequen
         elif not os.path.isdir(value):
             sys.exit(f"{program}: {variable}={value} is not an existing folder. Create it (mkdir -p {value}) or set "
                      f"{variable} to the folder that holds your {_FOLDER_ROLES[variable]}.")
-    if trainers:
+    if trainer_dir:
         folders = [f for f in os.environ.get("nnUNet_extTrainer", "").split(os.pathsep) if f]
-        trainer_dir = os.path.realpath(TRAINER_DIR)
+        trainer_dir = os.path.realpath(trainer_dir)
         if not any(os.path.commonpath([os.path.realpath(f), trainer_dir]) == os.path.realpath(f) for f in folders):
             given = f"is {os.environ['nnUNet_extTrainer']!r}" if folders else "is not set"
             sys.exit(f"{program}: nnUNet_extTrainer {given}, so nnUNetv2_train cannot find the plugin's trainers. "
                      f'Run: export nnUNet_extTrainer="$(nnUNetv2_ddpm_trainer_dir)"')
+
+
+def output_folder_or_nnunet(program: str, given: Optional[str], variable: str, option: str) -> str:
+    """The folder a command writes into: ``given`` (its ``option``), or else nnU-Net's ``variable``; either ends
+    ``program`` with one line unless it is set and can be written."""
+    if given is None:
+        require_nnunet_folders(program, write=(variable,))
+        return os.environ[variable]
+    require_writable_folder(program, given, option)
+    return given

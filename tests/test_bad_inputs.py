@@ -218,14 +218,14 @@ def benchmark_no_exttrainer(nnunet, tmp_path):
                       extra_env={"nnUNet_extTrainer": ""})
 
 
-def _train_with_splits(nnunet, planned, splits, groups=None, *extra):
+def _train_with_splits(nnunet, planned, splits, groups=None, *extra, trainer=TRAINER):
     """``nnUNetv2_train`` fold 0 with a hand-made splits_final.json (and case_groups.json); both removed after."""
     folder = planned["folder"]
     (folder / "splits_final.json").write_text(json.dumps(splits))
     if groups:
         (folder / "case_groups.json").write_text(json.dumps(groups))
     try:
-        result = nnunet.train(DATASET_ID, "2d", 0, TRAINER, *extra, ok=False)
+        result = nnunet.train(DATASET_ID, "2d", 0, trainer, *extra, ok=False)
     finally:
         for name in ("splits_final.json", "case_groups.json"):
             (folder / name).unlink(missing_ok=True)
@@ -278,6 +278,84 @@ def pretraining_missing(nnunet, tmp_path):
                       training=False, ok=False)
 
 
+def _below_a_file(tmp_path) -> Path:
+    """A path under a plain file: no one can write there, root included (unlike a chmod 0o555 folder)."""
+    (tmp_path / "a_file").write_text("")
+    return tmp_path / "a_file" / "out"
+
+
+def finetune_demo_no_pretraining(nnunet, tmp_path, planned):
+    trainer = "nnUNetTrainerDDPMFinetune_demo"
+    try:
+        result = _train_with_splits(nnunet, planned, _folds(planned["cases"]), trainer=trainer)
+    finally:
+        shutil.rmtree(nnunet.trainer_folder(DATASET_NAME, trainer, "2d", 0).parent, ignore_errors=True)
+    assert f"Pretrain first with: nnUNetv2_train {DATASET_NAME} 2d all -tr nnUNetTrainerDDPMPretrain_demo " \
+        in result.output
+    return result
+
+
+def evaluate_no_preprocessed(nnunet, tmp_path):
+    return nnunet.run("nnUNetv2_ddpm_evaluate_predictions", "-i", tmp_path, "-ref", tmp_path, "-d", DATASET_ID,
+                      training=False, ok=False, extra_env={"nnUNet_preprocessed": ""})
+
+
+def probe_no_results(nnunet, tmp_path):
+    return nnunet.run("nnUNetv2_ddpm_probe_features", "-d", DATASET_ID, training=False, ok=False,
+                      extra_env={"nnUNet_results": ""})
+
+
+def readiness_missing_preprocessed(nnunet, tmp_path):
+    missing = tmp_path / "missing"
+    result = nnunet.run("nnUNetv2_ddpm_pretraining_readiness", "-d", DATASET_ID, training=False, ok=False,
+                        extra_env={"nnUNet_preprocessed": str(missing)})
+    assert f"nnUNet_preprocessed={missing} is not an existing folder" in result.output and not missing.exists()
+    return result
+
+
+def export_weights_unwritable(nnunet, tmp_path):
+    out = _below_a_file(tmp_path)
+    result = nnunet.run("nnUNetv2_ddpm_export_weights", "-i", tmp_path / "nothing.pth", "-o", out / "w.pth",
+                        training=False, ok=False)
+    assert f"cannot write to the output folder {out} " in result.output
+    return result
+
+
+def export_model_unwritable(nnunet, tmp_path):
+    out = _below_a_file(tmp_path)
+    result = nnunet.run("nnUNetv2_ddpm_export_model", "-i", tmp_path / "model", "-o", out, training=False, ok=False)
+    assert f"cannot write to the output folder {out} " in result.output
+    return result
+
+
+def uncertainty_unwritable(nnunet, tmp_path):
+    out = _below_a_file(tmp_path)
+    result = nnunet.run("nnUNetv2_ddpm_uncertainty", "-i", tmp_path, "-o", out, training=False, ok=False)
+    assert f"cannot write to the output folder {out} " in result.output
+    return result
+
+
+def phantom_no_raw(nnunet, tmp_path):
+    return nnunet.run("nnUNetv2_ddpm_make_phantom", "-d", DATASET_ID, training=False, ok=False,
+                      extra_env={"nnUNet_raw": ""})
+
+
+def brats_unwritable_raw(nnunet, tmp_path):
+    raw = _below_a_file(tmp_path)
+    result = nnunet.run("nnUNetv2_ddpm_convert_brats", "-i", tmp_path, "-d", 963, training=False, ok=False,
+                        extra_env={"nnUNet_raw": str(raw)})
+    assert f"cannot write to nnUNet_raw={raw} " in result.output
+    return result
+
+
+def slicer_unwritable_raw(nnunet, tmp_path):
+    out = _below_a_file(tmp_path)
+    result = nnunet.run("nnUNetv2_ddpm_slice_dataset", "-s", tmp_path, "-d", 962, "-n", "Sliced", "--raw", out,
+                        training=False, ok=False)
+    assert f"cannot write to the output folder {out} " in result.output
+    return result
+
+
 CASES = {"unlabeled-nan": unlabeled_nan, "unlabeled-grid": unlabeled_grid,
          "unlabeled-no-preprocessed": unlabeled_no_preprocessed, "slicer-undeclared-label": slicer_undeclared_label,
          "slicer-nan": slicer_nan, "brats-grid": brats_grid, "brats-nan": brats_nan, "brats-label": brats_label,
@@ -286,7 +364,12 @@ CASES = {"unlabeled-nan": unlabeled_nan, "unlabeled-grid": unlabeled_grid,
          "benchmark-readonly-results": benchmark_readonly_results, "benchmark-no-exttrainer": benchmark_no_exttrainer,
          "split-patient-leak": split_patient_leak, "split-unknown-case": split_unknown_case,
          "split-missing-case": split_missing_case, "resume-damaged-latest": resume_damaged_latest,
-         "pretraining-missing": pretraining_missing}
+         "pretraining-missing": pretraining_missing, "finetune-demo-no-pretraining": finetune_demo_no_pretraining,
+         "evaluate-no-preprocessed": evaluate_no_preprocessed, "probe-no-results": probe_no_results,
+         "readiness-missing-preprocessed": readiness_missing_preprocessed,
+         "export-weights-unwritable": export_weights_unwritable, "export-model-unwritable": export_model_unwritable,
+         "uncertainty-unwritable": uncertainty_unwritable, "phantom-no-raw": phantom_no_raw,
+         "brats-unwritable-raw": brats_unwritable_raw, "slicer-unwritable-raw": slicer_unwritable_raw}
 
 
 def test_the_page_and_the_cases_list_the_same_refusals():

@@ -82,12 +82,13 @@ def test_no_development_tools_in_the_package():
     assert installed and all(p.split(".")[0] == "nnunet_ddpm" for p in installed)
 
 
-# The package's layers, lowest first: maths and file formats, networks (with the pretraining checkpoint's format),
-# what reads networks (the feature probe, uncertainty maps), the trainers, what nnU-Net and stock users see of them,
-# the step runner and folder checks, the tools built on steps, the command-line entries. A module may import its own
-# layer and those below it.
-LAYERS = (("diffusion", "splits", "dataset_conversion", "fingerprint", "files"), ("networks",), ("features", "inference"),
-          ("training",), ("nnunet_trainers", "export"), ("steps", "folders"), ("comparison", "patient"), ("cli",))
+# The package's layers, lowest first: maths, file formats and the checks of the folders every command makes, networks
+# (with the pretraining checkpoint's format), what reads networks (the feature probe, uncertainty maps), the trainers,
+# what nnU-Net and stock users see of them, the step runner, the tools built on steps, the command-line entries. A
+# module may import its own layer and those below it.
+LAYERS = (("diffusion", "splits", "dataset_conversion", "fingerprint", "files", "folders"), ("networks",),
+          ("features", "inference"), ("training",), ("nnunet_trainers", "export"), ("steps",), ("comparison", "patient"),
+          ("cli",))
 
 
 def layer_of(module: str) -> int:

@@ -122,6 +122,8 @@ def evaluate_predictions_entry():
 
     from nnunetv2.paths import nnUNet_preprocessed
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+
+    from nnunet_ddpm.folders import require_nnunet_folders
     parser = argparse.ArgumentParser(description="Score a folder of predictions against reference segmentations: "
                                                  f"nnU-Net's summary.json and {EVALUATION_FILE} (Dice and HD95 per "
                                                  "case and named label or region).")
@@ -132,6 +134,7 @@ def evaluate_predictions_entry():
     parser.add_argument("-p", default="nnUNetPlans", help="plans identifier (default: %(default)s)")
     parser.add_argument("-np", type=int, default=2, help="processes (default: %(default)s)")
     args = parser.parse_args()
+    require_nnunet_folders("nnUNetv2_ddpm_evaluate_predictions", read=("nnUNet_preprocessed",))
     preprocessed = join(str(nnUNet_preprocessed), maybe_convert_to_dataset_name(args.d))
     missing = [f for f in (join(preprocessed, "dataset.json"), join(preprocessed, f"{args.p}.json"))
                if not os.path.isfile(f)]

@@ -12,6 +12,7 @@ import sys
 from typing import List
 
 from nnunet_ddpm.folders import require_nnunet_folders, require_writable_folder
+from nnunet_ddpm.nnunet_trainers import TRAINER_DIR
 from nnunet_ddpm.comparison.cluster import EXECUTORS, Resources, submit
 from nnunet_ddpm.comparison.grid import Benchmark, BenchmarkError
 from nnunet_ddpm.comparison.methods import METHODS, PRETRAINER
@@ -144,7 +145,8 @@ def benchmark_entry():
     # the trainings write into nnUNet_results whatever -o says; a dry run's script will, too
     require_nnunet_folders("nnUNetv2_ddpm_benchmark",
                            read=("nnUNet_raw", "nnUNet_preprocessed") + (("nnUNet_results",) if args.collect else ()),
-                           write=() if args.collect else ("nnUNet_results",), trainers=not args.collect)
+                           write=() if args.collect else ("nnUNet_results",),
+                           trainer_dir=None if args.collect else TRAINER_DIR)
     try:
         benchmark = Benchmark(args.d, configuration=args.c, methods=args.methods, budgets=args.budgets,
                               folds=args.folds, plans=args.p, trainer_suffix=args.trainer_suffix, device=args.device,

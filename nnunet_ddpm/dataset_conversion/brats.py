@@ -31,6 +31,7 @@ from batchgenerators.utilities.file_and_folder_operations import join, maybe_mkd
 from nnunet_ddpm.dataset_conversion.image_integrity import CaseFiles, case_problems
 from nnunet_ddpm.dataset_conversion.raw_dataset import (DatasetConversionError, atomic_dataset_folder,
                                                          check_target_free)
+from nnunet_ddpm.folders import output_folder_or_nnunet
 
 CHANNELS = ("t1", "t1ce", "t2", "flair")  # nnU-Net's Dataset137_BraTS21 order
 CHANNEL_TITLES = {"t1": "T1", "t1ce": "T1ce", "t2": "T2", "flair": "Flair"}
@@ -216,13 +217,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--raw", default=None, help="where to write the dataset (default: $nnUNet_raw)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset of that id and name")
     args = parser.parse_args(argv)
+    raw = output_folder_or_nnunet("nnUNetv2_ddpm_convert_brats", args.raw, "nnUNet_raw", "--raw")
     try:
-        raw = args.raw
-        if raw is None:
-            from nnunetv2.paths import nnUNet_raw
-            if not nnUNet_raw.is_set():
-                raise DatasetConversionError("nnUNet_raw is not set: export it or pass --raw.")
-            raw = str(nnUNet_raw)
         result = convert_brats(args.i, raw, args.d, args.n, args.channels, args.exclude, args.overwrite)
     except DatasetConversionError as e:
         sys.exit(f"nnUNetv2_ddpm_convert_brats: {e}")

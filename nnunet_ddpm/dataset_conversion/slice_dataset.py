@@ -30,6 +30,7 @@ from nnunet_ddpm.dataset_conversion.raw_dataset import (DatasetConversionError, 
                                                          check_target_free, write_slice)
 from nnunet_ddpm.dataset_conversion.slice_rules import PAPER_SLICES, SliceRule
 from nnunet_ddpm.dataset_conversion.unlabeled_images import UNLABELED_IMAGES, unlabeled_cases
+from nnunet_ddpm.folders import output_folder_or_nnunet, require_nnunet_folders
 from nnunet_ddpm.splits.grouped_folds import GROUPS_FILE
 
 SLICING_RECORD = "slicing.json"
@@ -484,13 +485,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             rule = SliceRule("indices", indices=tuple(args.slices or PAPER_SLICES))
     except ValueError as e:
         parser.error(str(e))
+    program = "nnUNetv2_ddpm_slice_dataset"
+    require_nnunet_folders(program, read=() if os.path.isdir(args.s) else ("nnUNet_raw",))  # -s names a dataset
+    raw = output_folder_or_nnunet(program, args.raw, "nnUNet_raw", "--raw")
     try:
-        raw = args.raw
-        if raw is None:
-            from nnunetv2.paths import nnUNet_raw
-            if not nnUNet_raw.is_set():
-                raise DatasetConversionError("nnUNet_raw is not set: export it or pass --raw.")
-            raw = str(nnUNet_raw)
         summary = slice_dataset(resolve_source(args.s), raw, args.d, args.n, rule=rule, axis=args.axis,
                                 size=None if args.keep_size else args.size, order=args.order,
                                 test_patients=args.test_patients, num_test_patients=args.num_test_patients,
@@ -498,7 +496,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                                 num_processes=args.np, unlabeled_step=args.unlabeled_step,
                                 unlabeled_test_patients=args.unlabeled_test_patients)
     except DatasetConversionError as e:
-        sys.exit(f"nnUNetv2_ddpm_slice_dataset: {e}")
+        sys.exit(f"{program}: {e}")
     print(format_summary(summary))
     print(f"Next: nnUNetv2_plan_and_preprocess -d {args.d} -c 2d, then nnUNetv2_ddpm_make_splits -d {args.d} "
           f"--groups {join(summary['folder'], GROUPS_FILE)}")

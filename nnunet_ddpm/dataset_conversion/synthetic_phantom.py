@@ -27,6 +27,7 @@ from batchgenerators.utilities.file_and_folder_operations import join, maybe_mkd
 
 from nnunet_ddpm.dataset_conversion.raw_dataset import (DatasetConversionError, atomic_dataset_folder,
                                                          check_target_free, write_slice, write_volume)
+from nnunet_ddpm.folders import output_folder_or_nnunet
 
 LABELS = {"background": 0, "edema": 1, "necrosis": 2, "enhancing": 3}
 # the BraTS evaluation regions over these labels, written like nnU-Net's Dataset137_BraTS21 conversion
@@ -257,21 +258,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--raw", default=None, help="raw folder (default: $nnUNet_raw)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset of that id and name")
     args = parser.parse_args(argv)
+    raw = output_folder_or_nnunet("nnUNetv2_ddpm_make_phantom", args.raw, "nnUNet_raw", "--raw")
     try:
-        raw = args.raw or _nnunet_raw()
         folder = write_phantom_dataset(raw, args.d, args.n, args.cases, tuple(args.size), args.channels, args.seed,
                                        args.test, args.unlabeled, args.regions, args.overwrite)
     except DatasetConversionError as e:
         sys.exit(f"nnUNetv2_ddpm_make_phantom: {e}")
     print(f"Wrote {folder}: {args.cases} training, {args.test} test and {args.unlabeled} unlabeled cases of "
           f"{' x '.join(map(str, args.size))} pixels, {args.channels} channels")
-
-
-def _nnunet_raw() -> str:
-    from nnunetv2.paths import nnUNet_raw
-    if not nnUNet_raw.is_set():
-        raise DatasetConversionError("nnUNet_raw is not set: export nnUNet_raw=/path/to/nnUNet_raw or pass --raw.")
-    return str(nnUNet_raw)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from batchgenerators.utilities.file_and_folder_operations import isdir, isfile, 
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from nnunet_ddpm.diffusion import DiffusionSettings
+from nnunet_ddpm.folders import require_writable_folder
 from nnunet_ddpm.networks import FixedTimestepUNet
 from nnunet_ddpm.networks.folding import fold_denoiser, plain_state_dict
 from nnunet_ddpm.networks.pretrained_checkpoint import load_checkpoint_file
@@ -184,6 +185,7 @@ def export_weights_entry(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--timestep", type=int, default=DEFAULT_TIMESTEP,
                         help="diffusion timestep to fold (default: %(default)s, the fine-tune's)")
     args = parser.parse_args(argv)
+    require_writable_folder("nnUNetv2_ddpm_export_weights", os.path.dirname(os.path.abspath(args.o)))
     try:
         record = export_pretraining_weights(args.i, args.o, args.timestep)
     except (ExportError, RuntimeError) as e:
@@ -205,6 +207,7 @@ def export_model_entry(argv: Optional[Sequence[str]] = None) -> None:
                                                            "%(default)s)")
     parser.add_argument("-f", nargs="+", default=None, help="folds (default: all with checkpoint_final.pth)")
     args = parser.parse_args(argv)
+    require_writable_folder("nnUNetv2_ddpm_export_model", args.o)
     source = os.path.normpath(args.i)
     parts = os.path.basename(source).split("__")
     target = join(args.o, os.path.basename(os.path.dirname(source)), "__".join([args.tr] + parts[1:]))

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from batchgenerators.utilities.file_and_folder_operations import isfile, join, load_json, maybe_mkdir_p, save_json
 
 from nnunet_ddpm.files import written_atomically
+from nnunet_ddpm.folders import require_nnunet_folders
 
 CHOICE_FILE = "pixel_features.json"
 PROBE_FOLDER = "feature_probe"
@@ -369,6 +370,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--pixels-per-case", type=int, default=2000)
     parser.add_argument("--picture-cases", type=int, default=2, help="cases to draw k-means pictures for")
     args = parser.parse_args(argv)
+    # nnUNet_results holds the pretraining and, where set, the choice indexed by the weights' hash
+    require_nnunet_folders("nnUNetv2_ddpm_probe_features", read=("nnUNet_preprocessed",),
+                           write=("nnUNet_results",) if args.pretrained_weights is None or
+                           os.environ.get("nnUNet_results") else ())
     from nnunet_ddpm.networks.pretrained_checkpoint import PretrainingCheckpointError
     try:
         record = probe_features(args.d, configuration=args.c, fold=args.f, budget=args.budget, plans=args.p,

@@ -23,6 +23,7 @@ from batchgenerators.utilities.file_and_folder_operations import isdir, isfile, 
 
 from nnunet_ddpm.features.probe import DEFAULT_TIMESTEPS, ProbeError, labelled_cases, probe_checkpoint
 from nnunet_ddpm.files import written_atomically
+from nnunet_ddpm.folders import require_nnunet_folders
 
 READINESS_FILE = "readiness.json"
 READINESS_PLOT = "readiness.png"
@@ -147,6 +148,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                         help="probe Dice gained since half the iterations below which the curve counts as flat "
                              "(default: %(default)s)")
     args = parser.parse_args(argv)
+    require_nnunet_folders("nnUNetv2_ddpm_pretraining_readiness", read=("nnUNet_preprocessed",),
+                           write=("nnUNet_results",))  # the snapshots' folder, where readiness.json goes
     from nnunet_ddpm.networks.pretrained_checkpoint import PretrainingCheckpointError
     try:
         record = pretraining_readiness(args.d, configuration=args.c, fold=args.f, budget=args.budget, plans=args.p,
