@@ -14,7 +14,7 @@ repo="$(cd "$(dirname "$0")/.." && pwd)"
 work="${1:-/tmp/nnunet_dev_branch_check}"
 git_source="${NNUNET_GIT:-https://github.com/MIC-DKFZ/nnUNet}"
 ref="${NNUNET_REF:-master}"
-export OMP_WAIT_POLICY=PASSIVE nnUNet_def_n_proc=1 nnUNet_n_proc_DA=0
+export OMP_WAIT_POLICY=PASSIVE nnUNet_def_n_proc=1   # the tests set nnUNet_n_proc_DA for their trainings
 
 rm -rf "$work" && mkdir -p "$work"
 git clone --quiet --branch "$ref" "$git_source" "$work/nnUNet"
