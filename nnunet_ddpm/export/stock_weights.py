@@ -24,6 +24,10 @@ from nnunet_ddpm.networks.pretrained_checkpoint import load_checkpoint_file
 
 DEFAULT_TIMESTEP = 50  # nnUNetTrainerDDPMFinetune.finetune_timestep (tests/networks/test_folding.py checks they agree)
 STOCK_TRAINER = "nnUNetTrainer"
+# as nnssl checkpoints carry them; nnU-Net's development branch prints them when it trains from the file
+CITATIONS = [{"type": "pretraining", "name": "DDPM denoising pretraining (nnunet_ddpm)", "apa_citations": [
+    "Alshenoudy, A., Sabrowsky-Hirsch, B., Thumfart, S., Giretzlehner, M., Kobler, E. (2023). Semi-supervised Brain "
+    "Tumor Segmentation Using Diffusion Models. AIAI 2023, IFIP AICT 675, 314-325. doi:10.1007/978-3-031-34111-3_27"]}]
 
 
 class ExportError(ValueError):
@@ -54,25 +58,34 @@ def export_pretraining_weights(checkpoint_path: str, output_file: str, timestep:
               "pretraining_epochs": checkpoint["current_epoch"]}
     plan = adaptation_plan(plans_manager, metadata["configuration"], metadata["num_input_channels"], weights)
     maybe_mkdir_p(os.path.dirname(os.path.abspath(output_file)))
-    _save_atomically({"network_weights": weights, "ddpm_export": record, "nnssl_adaptation_plan": plan}, output_file)
+    _save_atomically({"network_weights": weights, "ddpm_export": record, "nnssl_adaptation_plan": plan,
+                      "citations": CITATIONS}, output_file)
     return record
 
 
 def adaptation_plan(plans_manager: PlansManager, configuration: str, num_input_channels: int,
                     weights: Dict[str, torch.Tensor]) -> dict:
     """How nnssl (MIC-DKFZ/nnssl) describes a pretrained checkpoint to the tools that adapt it to a downstream task
-    (its ``AdaptationPlan``, which nnU-Net's development branch copies into the plans as ``pretrain_info``): the
-    architecture as a dynamic-network-architectures class and its keyword arguments, the pretraining plans, the
-    input channels, a recommended patch size, and where encoder and stem weights sit in ``network_weights``.
+    (its ``AdaptationPlan``): the architecture as a dynamic-network-architectures class and its keyword arguments,
+    the pretraining plans, the input channels, a recommended patch size, and where encoder, stem, input projection
+    and learnable positional embedding sit in ``network_weights``. nnU-Net's development branch reads it
+    (``nnUNetv2_preprocess_like_nnssl``, ``PretrainedTrainer.load_pretrained_weights``): the keys are the planned
+    network's own ``key_to_encoder``, ``key_to_stem``, ``keys_to_in_proj`` and ``key_to_lpe``, as nnssl writes them.
 
-    Written as plain JSON-like values, without importing nnssl. The plain planned network has no separate stem: its
-    stem key is the first convolution block, whose input channels a tool may adapt."""
+    Written as plain JSON-like values, without importing nnssl."""
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
     configuration_manager = plans_manager.get_configuration(configuration)
-    class_name = configuration_manager.network_arch_class_name.rsplit(".", 1)[-1]
-    stem = "encoder.stem" if any(k.startswith("encoder.stem.") for k in weights) else "encoder.stages.0.0.convs.0"
+    network = get_network_from_plans(configuration_manager.network_arch_class_name,
+                                     configuration_manager.network_arch_init_kwargs,
+                                     configuration_manager.network_arch_init_kwargs_req_import, num_input_channels, 1,
+                                     allow_init=False, deep_supervision=False)
+    for key in [network.key_to_encoder, network.key_to_stem, *network.keys_to_in_proj]:
+        if not any(k.startswith(key + ".") for k in weights):
+            raise ExportError(f"The planned {type(network).__name__} names {key} as a part to transfer, but the "
+                              f"exported weights have no key under it.")
     plans = plans_manager.plans
     return {
-        "architecture_plans": {"arch_class_name": class_name,
+        "architecture_plans": {"arch_class_name": configuration_manager.network_arch_class_name,
                                "arch_kwargs": dict(configuration_manager.network_arch_init_kwargs),
                                "arch_kwargs_requiring_import": list(
                                    configuration_manager.network_arch_init_kwargs_req_import)},
@@ -82,11 +95,13 @@ def adaptation_plan(plans_manager: PlansManager, configuration: str, num_input_c
                           "transpose_forward": plans["transpose_forward"],
                           "transpose_backward": plans["transpose_backward"],
                           "experiment_planner_used": plans["experiment_planner_used"],
-                          "configurations": {configuration: plans["configurations"][configuration]}},
+                          "configurations": {configuration: dict(configuration_manager.configuration)}},
         "pretrain_num_input_channels": int(num_input_channels),
         "recommended_downstream_patchsize": [int(i) for i in configuration_manager.patch_size],
-        "key_to_encoder": "encoder.stages",
-        "key_to_stem": stem,
+        "key_to_encoder": network.key_to_encoder,
+        "key_to_stem": network.key_to_stem,
+        "keys_to_in_proj": list(network.keys_to_in_proj),
+        "key_to_lpe": network.key_to_lpe,
     }
 
 
@@ -193,6 +208,10 @@ def export_weights_entry(argv: Optional[Sequence[str]] = None) -> None:
     print(f"Wrote {args.o} (timestep {record['timestep']}, {record['pretraining_epochs']} pretraining epochs). Use it "
           f"with: nnUNetv2_train {record['dataset_name']} {record['configuration']} FOLD -tr nnUNetTrainer "
           f"-p {record['plans_name']} -pretrained_weights {args.o}")
+    if record["configuration"] == "3d_fullres":  # nnU-Net's nnssl route plans 3d_fullres only
+        print(f"With nnU-Net's development branch also: nnUNetv2_preprocess_like_nnssl -d DATASET -n NAME -pc {args.o} "
+              f"-am default_nnunet, then nnUNetv2_train_pretrained DATASET 3d_fullres FOLD -p ptPlans__NAME____... "
+              f"-tr PretrainedTrainer (encoder weights only)")
 
 
 def export_model_entry(argv: Optional[Sequence[str]] = None) -> None:

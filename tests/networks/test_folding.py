@@ -84,8 +84,9 @@ def test_exported_weights_carry_an_nnssl_adaptation_plan(tmp_path):
     denoiser = TimeConditionedUNet(build_unet_from_plans(config, 2, 2, deep_supervision=False))
     weights = fold_denoiser(denoiser.state_dict(), plans.get_configuration("2d"), 2, 50, DiffusionSettings())
     plan = adaptation_plan(plans, "2d", 2, weights)
-    assert plan["architecture_plans"]["arch_class_name"] == "ResidualEncoderUNet"
-    assert (plan["key_to_encoder"], plan["key_to_stem"]) == ("encoder.stages", "encoder.stem")
+    assert plan["architecture_plans"]["arch_class_name"] == ResidualEncoderUNet.__module__ + ".ResidualEncoderUNet"
+    assert (plan["key_to_encoder"], plan["key_to_stem"], plan["keys_to_in_proj"], plan["key_to_lpe"]) == (
+        "encoder.stages", "encoder.stem", ["encoder.stem.convs.0.conv", "encoder.stem.convs.0.all_modules.0"], None)
     assert plan["pretrain_num_input_channels"] == 2 and plan["recommended_downstream_patchsize"] == [16, 16]
     assert plan["pretrain_plan"]["configurations"]["2d"]["architecture"]["network_class_name"].endswith(
         "ResidualEncoderUNet")
@@ -93,7 +94,7 @@ def test_exported_weights_carry_an_nnssl_adaptation_plan(tmp_path):
     json.dumps(plan)  # plain JSON values, as nnssl serialises it
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
     arch = plan["architecture_plans"]
-    network = get_network_from_plans(ResidualEncoderUNet.__module__ + "." + arch["arch_class_name"],
+    network = get_network_from_plans(arch["arch_class_name"],
                                      arch["arch_kwargs"], arch["arch_kwargs_requiring_import"], 2, 3,
                                      allow_init=False, deep_supervision=False)
     for prefix in (plan["key_to_encoder"], plan["key_to_stem"]):
