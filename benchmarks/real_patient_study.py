@@ -478,8 +478,8 @@ def _readiness_points(budget: int = 10) -> list:
         for snapshot in json.loads(scored.read_text())["snapshots"]:
             n = snapshot["iterations"]
             own = n == length and (EVIDENCE / name).is_dir()
-            mine = _slice_dice(EVIDENCE / (name if own else f"pretrain{length}at{n}" + (f"run{run}" if run > 1 else "")),
-                               "finetune", budget)
+            setting = name if own else f"pretrain{length}at{n}" + (f"run{run}" if run > 1 else "")
+            mine = _slice_dice(EVIDENCE / setting, "finetune", budget)
             if not mine or not base:
                 continue
             region0 = next(iter(base))
@@ -489,7 +489,7 @@ def _readiness_points(budget: int = 10) -> list:
             gains = [run_aware_difference(_patient_dice(mine, r, cases)[None], _patient_dice(base, r, cases)[None],
                                           paired_runs=True)["mean"] for r in base]
             label = f"{n} (own run {run})" if own else f"{n} of {length}"
-            points.append((k, n, label, snapshot["best_probe_dice"], gains))
+            points.append((k, n, label, snapshot.get("mean_probe_dice", snapshot["best_probe_dice"]), gains))
     return points
 
 
@@ -502,10 +502,11 @@ def _readiness() -> list:
     from scipy.stats import spearmanr
     regions = list(_slice_dice(EVIDENCE / "pretrain4000", "baseline", 10))
     lines = ["### Does the probe's score track the gain? (10 labelled slices)", "",
-             "Every scored pretraining snapshot (`python benchmarks/real_patient_study.py readiness`: the best linear "
-             "probe Dice of `nnUNetv2_ddpm_pretraining_readiness` on the 10 labelled slices) beside the default "
+             "Every scored pretraining snapshot (`python benchmarks/real_patient_study.py readiness`: the linear "
+             "probe Dice (mean over decoder stages and timesteps) of `nnUNetv2_ddpm_pretraining_readiness` on the 10 "
+             "labelled slices) beside the default "
              "fine-tune's paired Dice difference to the supervised nnU-Net on that outer fold's test patients, one run "
-             "each:", "", "| outer fold | pretraining iterations | best probe Dice | " +
+             "each:", "", "| outer fold | pretraining iterations | mean probe Dice | " +
              " | ".join(f"gain {r}" for r in regions) + " |", "|---" * (3 + len(regions)) + "|"]
     for k, _, label, probe, gains in sorted(points, key=lambda p: (p[0], p[1], p[2])):
         lines.append(f"| {k} | {label} | {probe:.3f} | " + " | ".join(f"{g:+.3f}" for g in gains) + " |")
@@ -535,7 +536,7 @@ def _plot_readiness(points: list, regions: list, path: Path) -> None:
         axis.set_title(region)
         axis.set_xlabel("fine-tune minus supervised (Dice)")
         axis.grid(alpha=0.3)
-    axes[0].set_ylabel("best linear-probe Dice")
+    axes[0].set_ylabel("mean linear-probe Dice")
     axes[-1].legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
@@ -559,7 +560,8 @@ def _plot_compute(points: list, regions: list, schedule: int, path: Path) -> Non
                 if not chosen:
                     continue
                 axis.errorbar([n for n, _ in chosen], [d["mean"] for _, d in chosen], capsize=3,
-                              yerr=[[d["mean"] - d["low"] for _, d in chosen], [d["high"] - d["mean"] for _, d in chosen]],
+                              yerr=[[d["mean"] - d["low"] for _, d in chosen],
+                                    [d["high"] - d["mean"] for _, d in chosen]],
                               marker="o", mfc="white" if plain else colour.get(method, "C5"),
                               color=colour.get(method, "C5"), linestyle="none" if plain else "-",
                               label=f"{title(method)}, " + ("own 4,000-iteration pretraining" if plain else

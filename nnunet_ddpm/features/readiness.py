@@ -4,9 +4,10 @@ The denoising loss flattens long before the denoiser's features separate the lab
 scores every snapshot of a pretraining (``checkpoint_iteration<N>.pth``, kept by ``nnUNet_ddpm_pretrain_snapshots``,
 and ``checkpoint_final.pth``) with the feature probe of ``nnUNetv2_ddpm_probe_features``: a linear probe per decoder
 stage and timestep, cross-validated over one fold's labelled training cases (never its validation cases). The best of
-those scores, tracked over the iterations, is the readiness curve. While it still rises from half the iterations to
-the last snapshot, the features are still forming and a longer pretraining is worth trying; once it is flat, more
-pretraining is unlikely to change them. ``documentation/evidence.md`` measures how the curve and the fine-tune's gain
+those scores over every stage and timestep, tracked over the iterations, is the readiness curve (the mean moves less
+from probe to probe than the best single score does). While it still rises from half the iterations to the last
+snapshot, the features are still forming and a longer pretraining is worth trying; once it is flat, more pretraining
+is unlikely to change them. ``documentation/evidence.md`` measures how the curve and the fine-tune's gain
 over the supervised nnU-Net move together on real patients.
 
 Writes ``readiness.json`` and ``readiness.png`` into the pretraining's output folder; writes nothing else (the probe's
@@ -19,6 +20,7 @@ import re
 import sys
 from typing import List, Optional, Sequence, Tuple
 
+import numpy as np
 from batchgenerators.utilities.file_and_folder_operations import isdir, isfile, join, save_json
 
 from nnunet_ddpm.features.probe import DEFAULT_TIMESTEPS, ProbeError, labelled_cases, probe_checkpoint
@@ -27,7 +29,7 @@ from nnunet_ddpm.folders import require_nnunet_folders
 
 READINESS_FILE = "readiness.json"
 READINESS_PLOT = "readiness.png"
-DEFAULT_TOLERANCE = 0.01  # probe Dice gained from half the iterations to the last snapshot that still counts as rising
+DEFAULT_TOLERANCE = 0.01  # mean probe Dice gained from half the iterations to the last snapshot that counts as rising
 
 
 def pretraining_snapshots(folder: str) -> List[Tuple[int, str]]:
@@ -48,7 +50,7 @@ def pretraining_snapshots(folder: str) -> List[Tuple[int, str]]:
 
 
 def verdict(curve: Sequence[Tuple[int, float]], tolerance: float = DEFAULT_TOLERANCE) -> Tuple[str, Optional[float]]:
-    """('rising' | 'flat' | 'unknown', the gain) from the probe's best Dice per snapshot: the gain is the last
+    """('rising' | 'flat' | 'unknown', the gain) from the probe's mean Dice per snapshot: the gain is the last
     snapshot's score minus that of the latest snapshot at no more than half its iterations."""
     if not curve:
         return "unknown", None
@@ -66,10 +68,15 @@ def plot_readiness(record: dict, path: str) -> None:
     import matplotlib.pyplot as plt
     rows = record["snapshots"]
     figure, axis = plt.subplots(figsize=(5.5, 3.6))
-    axis.plot([r["iterations"] for r in rows], [r["best_probe_dice"] for r in rows], marker="o", color="C1")
+    iterations = [r["iterations"] for r in rows]
+    axis.plot(iterations, [r["mean_probe_dice"] for r in rows], marker="o", color="C1",
+              label="mean over decoder stages and timesteps")
+    axis.plot(iterations, [r["best_probe_dice"] for r in rows], marker=".", color="C1", alpha=0.4,
+              linestyle="--", label="best stage and timestep")
     axis.set_xscale("log", base=2)
     axis.set_xlabel("pretraining iterations")
-    axis.set_ylabel("best linear-probe Dice")
+    axis.set_ylabel("linear-probe Dice")
+    axis.legend(fontsize=7)
     axis.grid(alpha=0.3)
     axis.set_title(f"{record['dataset']} {record['configuration']}: {record['verdict']}"
                    + (f" ({record['gain']:+.3f} since half the iterations)" if record["gain"] is not None else ""),
@@ -101,9 +108,10 @@ def pretraining_readiness(dataset: str, *, configuration: str = "2d", fold: int 
         scores, num_stages, _, _ = probe_checkpoint(path, preprocessed, configuration_manager, cases, timesteps,
                                                     pixels_per_case, progress=progress)
         (stage, timestep), best = max(scores.items(), key=lambda item: item[1])
-        rows.append({"iterations": iterations, "checkpoint": os.path.basename(path), "best_probe_dice": best,
+        rows.append({"iterations": iterations, "checkpoint": os.path.basename(path),
+                     "mean_probe_dice": float(np.mean(list(scores.values()))), "best_probe_dice": best,
                      "best_stage": stage - num_stages, "best_timestep": timestep})
-    state, gain = verdict([(r["iterations"], r["best_probe_dice"]) for r in rows], tolerance)
+    state, gain = verdict([(r["iterations"], r["mean_probe_dice"]) for r in rows], tolerance)
     record = {"dataset": dataset_name, "configuration": configuration, "fold": fold, "budget": budget,
               "cases": cases, "timesteps": list(timesteps), "pixels_per_case": pixels_per_case,
               "tolerance": tolerance, "verdict": state, "gain": gain, "snapshots": rows}
@@ -118,12 +126,14 @@ def pretraining_readiness(dataset: str, *, configuration: str = "2d", fold: int 
 def advice(record: dict) -> str:
     """The one line the command ends with."""
     last = record["snapshots"][-1]["iterations"]
+    change = f"the probe's mean Dice changed by {record['gain']:+.3f} from half the iterations to {last}" \
+        if record["gain"] is not None else ""
     if record["verdict"] == "rising":
-        return (f"Still rising: the probe gained {record['gain']:+.3f} Dice from half the iterations to {last}. The "
-                f"features are still forming; pretrain longer (for example {2 * last} iterations) and check again.")
+        return (f"Still rising: {change}. The features are still forming; pretrain longer (for example "
+                f"{2 * last} iterations) and check again.")
     if record["verdict"] == "flat":
-        return (f"Flat: the probe changed by {record['gain']:+.3f} Dice from half the iterations to {last} (tolerance "
-                f"{record['tolerance']}). Longer pretraining is unlikely to improve the features.")
+        return (f"Flat: {change} (tolerance {record['tolerance']}). Longer pretraining is unlikely to improve the "
+                f"features.")
     return (f"Not enough snapshots to tell: keep one at half the iterations or earlier "
             f"(nnUNet_ddpm_pretrain_snapshots={last // 2}) and check again.")
 
@@ -157,10 +167,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                                        pixels_per_case=args.pixels_per_case, tolerance=args.tolerance)
     except (ProbeError, PretrainingCheckpointError) as e:
         sys.exit(f"nnUNetv2_ddpm_pretraining_readiness: {e}")
-    print("| iterations | checkpoint | best probe Dice | stage (from the end) | timestep |\n|---|---|---|---|---|")
+    print("| iterations | checkpoint | mean probe Dice | best probe Dice | its stage (from the end) | its timestep |\n"
+          "|---|---|---|---|---|---|")
     for row in record["snapshots"]:
-        print(f"| {row['iterations']} | {row['checkpoint']} | {row['best_probe_dice']:.3f} | {row['best_stage']} | "
-              f"{row['best_timestep']} |")
+        print(f"| {row['iterations']} | {row['checkpoint']} | {row['mean_probe_dice']:.3f} | "
+              f"{row['best_probe_dice']:.3f} | {row['best_stage']} | {row['best_timestep']} |")
     print(advice(record))
     print(f"Written: {join(record['folder'], READINESS_FILE)}, {join(record['folder'], READINESS_PLOT)}")
 

@@ -41,7 +41,7 @@ def test_readiness_scores_every_snapshot_and_writes_only_its_files(nnunet, pretr
     assert [(r["iterations"], r["checkpoint"]) for r in record["snapshots"]] == \
         [(3, "checkpoint_iteration3.pth"), (final_iterations, "checkpoint_final.pth")]
     assert record["budget"] == 5 and len(record["cases"]) == 5
-    # each row is the best (stage, timestep) of the probe of that checkpoint, recomputed here
+    # each row is the mean and the best (stage, timestep) of the probe of that checkpoint, recomputed here
     import os
     os.environ.update(nnUNet_preprocessed=str(nnunet.preprocessed), nnUNet_raw=str(nnunet.raw),
                       nnUNet_results=str(nnunet.results))
@@ -58,9 +58,10 @@ def test_readiness_scores_every_snapshot_and_writes_only_its_files(nnunet, pretr
     first = record["snapshots"][0]
     assert (first["best_probe_dice"], first["best_stage"], first["best_timestep"]) == \
         (best, stage - num_stages, timestep)
-    expected_state, expected_gain = verdict([(r["iterations"], r["best_probe_dice"]) for r in record["snapshots"]])
+    assert first["mean_probe_dice"] == pytest.approx(sum(scores.values()) / len(scores), abs=1e-12)
+    expected_state, expected_gain = verdict([(r["iterations"], r["mean_probe_dice"]) for r in record["snapshots"]])
     assert (record["verdict"], record["gain"]) == (expected_state, expected_gain)
-    assert f"| 3 | checkpoint_iteration3.pth | {best:.3f} |" in result.output
+    assert f"| 3 | checkpoint_iteration3.pth | {first['mean_probe_dice']:.3f} | {best:.3f} |" in result.output
     assert {"rising": "Still rising", "flat": "Flat", "unknown": "Not enough snapshots"}[record["verdict"]] \
         in result.output
 
