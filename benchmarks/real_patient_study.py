@@ -192,6 +192,23 @@ def run(args) -> None:
             "--pretrainer", args.pretrainer, *handed, "-o", benchmark], env)
 
 
+def pretrain(args) -> None:
+    """One pretraining per outer fold of ``--iterations`` (the learning rate decays over all of them), keeping the
+    snapshots after ``--snapshots`` iterations for the compute curve (``run --snapshot N``); a stopped one resumes
+    from its latest checkpoint."""
+    work = Path(args.w)
+    env = environment(work, args.iterations, 1000, pretrainer=args.pretrainer)  # the methods' budget, unused here
+    env["nnUNet_ddpm_pretrain_snapshots"] = ",".join(map(str, args.snapshots))
+    for k in args.outer:
+        dataset = f"Dataset{FIRST_FOLD_ID + k}_BraTSRealOuter{k}"
+        folder = Path(env["nnUNet_results"]) / dataset / f"{args.pretrainer}_demo__nnUNetPlans__2d" / "fold_all"
+        if (folder / "checkpoint_final.pth").is_file():
+            continue
+        resume = ["--c"] if (folder / "checkpoint_latest.pth").is_file() else []
+        sh(["nnUNetv2_train", dataset, "2d", "all", "-tr", f"{args.pretrainer}_demo", "-device", "cpu", *resume], env,
+           work / f"pretrain{args.iterations}_outer{k}.log")
+
+
 # Work folders run while the default fine-tune trained every weight at one learning rate name the methods as they were
 # then ("finetune_encoderlr" is no method today, so it marks such a folder).
 OLDER_METHOD_NAMES = {"finetune": "finetune_fulllr", "finetune_encoderlr": "finetune"}
@@ -882,12 +899,19 @@ def main() -> None:
                         "point of the compute curve; compared with the supervised runs of the same seed and slices")
     c = sub.add_parser("collect")
     c.add_argument("-w", required=True)
+    t = sub.add_parser("pretrain", help="one long pretraining per outer fold with snapshots (the compute curve)")
+    t.add_argument("-w", required=True)
+    t.add_argument("--iterations", type=int, default=32000)
+    t.add_argument("--snapshots", type=int, nargs="+", default=[4000, 8000, 16000])
+    t.add_argument("--outer", nargs="+", type=int, default=[0, 1, 2])
+    t.add_argument("--pretrainer", default=PRETRAINER)
     e = sub.add_parser("readiness", help="score every pretraining's snapshots (nnUNetv2_ddpm_pretraining_readiness)")
     e.add_argument("-w", required=True)
     e.add_argument("--budget", default="10", help="the labelled slices probed (default: %(default)s)")
     sub.add_parser("report", help="rewrite the tables in documentation/evidence.md from the committed result files")
     args = parser.parse_args()
-    {"prepare": prepare, "run": run, "collect": collect, "readiness": readiness, "report": report}[args.command](args)
+    {"prepare": prepare, "pretrain": pretrain, "run": run, "collect": collect, "readiness": readiness,
+     "report": report}[args.command](args)
 
 
 if __name__ == "__main__":
