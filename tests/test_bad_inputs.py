@@ -300,6 +300,11 @@ def evaluate_no_preprocessed(nnunet, tmp_path):
                       training=False, ok=False, extra_env={"nnUNet_preprocessed": ""})
 
 
+def evaluate_unknown_dataset(nnunet, tmp_path):
+    return nnunet.run("nnUNetv2_ddpm_evaluate_predictions", "-i", tmp_path, "-ref", tmp_path, "-d", 969,
+                      training=False, ok=False)
+
+
 def probe_no_results(nnunet, tmp_path):
     return nnunet.run("nnUNetv2_ddpm_probe_features", "-d", DATASET_ID, training=False, ok=False,
                       extra_env={"nnUNet_results": ""})
@@ -365,7 +370,8 @@ CASES = {"unlabeled-nan": unlabeled_nan, "unlabeled-grid": unlabeled_grid,
          "split-patient-leak": split_patient_leak, "split-unknown-case": split_unknown_case,
          "split-missing-case": split_missing_case, "resume-damaged-latest": resume_damaged_latest,
          "pretraining-missing": pretraining_missing, "finetune-demo-no-pretraining": finetune_demo_no_pretraining,
-         "evaluate-no-preprocessed": evaluate_no_preprocessed, "probe-no-results": probe_no_results,
+         "evaluate-no-preprocessed": evaluate_no_preprocessed, "evaluate-unknown-dataset": evaluate_unknown_dataset,
+         "probe-no-results": probe_no_results,
          "readiness-missing-preprocessed": readiness_missing_preprocessed,
          "export-weights-unwritable": export_weights_unwritable, "export-model-unwritable": export_model_unwritable,
          "uncertainty-unwritable": uncertainty_unwritable, "phantom-no-raw": phantom_no_raw,

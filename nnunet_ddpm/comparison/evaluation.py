@@ -135,7 +135,11 @@ def evaluate_predictions_entry():
     parser.add_argument("-np", type=int, default=2, help="processes (default: %(default)s)")
     args = parser.parse_args()
     require_nnunet_folders("nnUNetv2_ddpm_evaluate_predictions", read=("nnUNet_preprocessed",))
-    preprocessed = join(str(nnUNet_preprocessed), maybe_convert_to_dataset_name(args.d))
+    try:
+        preprocessed = join(str(nnUNet_preprocessed), maybe_convert_to_dataset_name(args.d))
+    except RuntimeError:
+        sys.exit(f"nnUNetv2_ddpm_evaluate_predictions: dataset {args.d} not found (no folder of that name or id in "
+                 f"nnUNet_raw, nnUNet_preprocessed or nnUNet_results): give the dataset the predictions are of.")
     missing = [f for f in (join(preprocessed, "dataset.json"), join(preprocessed, f"{args.p}.json"))
                if not os.path.isfile(f)]
     if missing:
