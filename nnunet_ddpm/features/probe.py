@@ -347,6 +347,16 @@ def probe_features(dataset: str, *, configuration: str = "2d", fold: int = 0, bu
     return record
 
 
+def add_labelled_case_arguments(parser: argparse.ArgumentParser) -> None:
+    """-d, -c, -f, --budget, -p: which labelled cases a probe reads (``labelled_cases``)."""
+    parser.add_argument("-d", required=True, help="dataset name or id")
+    parser.add_argument("-c", default="2d", help="configuration (default: %(default)s)")
+    parser.add_argument("-f", type=int, default=0, help="fold whose labelled training cases are probed (default: 0)")
+    parser.add_argument("--budget", type=int, default=None,
+                        help="probe only the N labelled cases of the label budget (as the _<N>labels trainers)")
+    parser.add_argument("-p", default="nnUNetPlans", help="plans identifier (default: %(default)s)")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(
         description="Measure which decoder stages and timesteps of a DDPM pretraining separate the labels (a linear "
@@ -354,12 +364,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                     "k-means pictures of the features, and write the best choice beside the pretraining "
                     "(pixel_features_<N>labels.json with --budget N, else pixel_features.json), where "
                     "nnUNetTrainerDDPMPixelClassifier and its _<N>labels variants use it.")
-    parser.add_argument("-d", required=True, help="dataset name or id")
-    parser.add_argument("-c", default="2d", help="configuration (default: %(default)s)")
-    parser.add_argument("-f", type=int, default=0, help="fold whose training cases are probed (default: 0)")
-    parser.add_argument("--budget", type=int, default=None,
-                        help="probe only the N labelled cases of the label budget (as the _<N>labels trainers)")
-    parser.add_argument("-p", default="nnUNetPlans", help="plans identifier (default: %(default)s)")
+    add_labelled_case_arguments(parser)
     parser.add_argument("--pretrained-weights", default=None, help="pretraining checkpoint (default: the "
                                                                    "nnUNetTrainerDDPMPretrain run of the dataset)")
     parser.add_argument("-tr", default="nnUNetTrainerDDPMPretrain",

@@ -23,7 +23,8 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 from batchgenerators.utilities.file_and_folder_operations import isdir, isfile, join, save_json
 
-from nnunet_ddpm.features.probe import DEFAULT_TIMESTEPS, ProbeError, labelled_cases, probe_checkpoint
+from nnunet_ddpm.features.probe import (DEFAULT_TIMESTEPS, ProbeError, add_labelled_case_arguments,
+                                        labelled_cases, probe_checkpoint)
 from nnunet_ddpm.files import written_atomically
 from nnunet_ddpm.folders import require_nnunet_folders
 
@@ -144,12 +145,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                     "(checkpoint_iteration<N>.pth from nnUNet_ddpm_pretrain_snapshots, and checkpoint_final.pth) with "
                     "a linear probe of its decoder features on one fold's labelled training cases, and says whether "
                     "the probe's Dice still rises. Writes readiness.json and readiness.png beside the checkpoints.")
-    parser.add_argument("-d", required=True, help="dataset name or id")
-    parser.add_argument("-c", default="2d", help="configuration (default: %(default)s)")
-    parser.add_argument("-f", type=int, default=0, help="fold whose labelled training cases are probed (default: 0)")
-    parser.add_argument("--budget", type=int, default=None,
-                        help="probe only the N labelled cases of the label budget (as the _<N>labels trainers)")
-    parser.add_argument("-p", default="nnUNetPlans", help="plans identifier (default: %(default)s)")
+    add_labelled_case_arguments(parser)
     parser.add_argument("-tr", default="nnUNetTrainerDDPMPretrain",
                         help="the pretraining's trainer, whose fold 'all' holds the snapshots (default: %(default)s)")
     parser.add_argument("--timesteps", type=int, nargs="+", default=list(DEFAULT_TIMESTEPS))
