@@ -3,7 +3,7 @@
 For one patient of DeepMedic's BraTS 2015 sample (four patients): annotate N tumour slices by taking the ground truth on
 them (evenly spread through the tumour's extent), run ``nnUNetv2_ddpm_segment_patient`` with every method, and compare
 the whole segmented volume with the full ground truth (Dice per BraTS region), also on the slices nobody annotated.
-The DDPM pretraining runs once, in the first run; later runs reuse its checkpoint with ``--pretrained-weights`` (it
+The DDPM pretraining runs once, in the first run; later runs reuse its checkpoint with ``-pretrained_weights`` (it
 saw the same slices: every slice of the patient). Writes ``documentation/benchmarks/patient_brats2015.json``.
 
     python benchmarks/patient_brats2015.py -o /tmp/patient_runs [--counts 3 5] [--size 128 128]
@@ -64,10 +64,10 @@ def main() -> None:
                    "-i", str(raw / "imagesTr" / f"{patient}_0000.nii.gz"),
                    str(raw / "imagesTr" / f"{patient}_0001.nii.gz"), "-a", str(label_file),
                    "--slices", *map(str, annotated), "--require-foreground",
-                   "--dataset-json", str(raw / "dataset.json"),
-                   "--methods", *args.methods, "--size", *args.size, *budget, "--device", "cpu", "-o", str(output)]
+                   "-dataset_json", str(raw / "dataset.json"),
+                   "--methods", *args.methods, "--size", *args.size, *budget, "-device", "cpu", "-o", str(output)]
         if pretrained:
-            command += ["--pretrained-weights", pretrained]
+            command += ["-pretrained_weights", pretrained]
         print("$", " ".join(command), flush=True)
         start = time.time()
         subprocess.run(command, check=True, env=os.environ | {"PYTHONPATH": str(REPO)})

@@ -168,11 +168,11 @@ def run(args) -> None:
             raise SystemExit(f"{checkpoint} does not exist: pretrain for {args.pretrain_iterations} iterations with "
                              f"nnUNet_ddpm_pretrain_snapshots including {args.snapshot} first.")
         if args.snapshot:
-            handed = ["--pretrained-weights", checkpoint]
+            handed = ["-pretrained_weights", checkpoint]
         elif args.run == source or (not checkpoint.is_file() and args.pretraining_run is None):
             handed, source = [], args.run  # this run's own pretraining (trained by the benchmark if missing)
         elif checkpoint.is_file():
-            handed = ["--pretrained-weights", checkpoint]
+            handed = ["-pretrained_weights", checkpoint]
         else:
             raise SystemExit(f"Run {source}'s pretraining checkpoint {checkpoint} does not exist: run it first, or leave "
                              f"out --pretraining-run to pretrain in this run's own folder.")
@@ -188,8 +188,8 @@ def run(args) -> None:
                              f"--run number.")
         (benchmark / RUN_RECORD).write_text(json.dumps(record, indent=1))
         sh(["nnUNetv2_ddpm_benchmark", "-d", FIRST_FOLD_ID + k, "-c", "2d", "--methods", *args.methods,
-            "--budgets", *args.budgets, "--folds", "0", "--trainer-suffix", "_demo", "--device", "cpu", "--np", "1",
-            "--pretrainer", args.pretrainer, *handed, "-o", benchmark], env)
+            "--budgets", *args.budgets, "-f", "0", "--trainer-suffix", "_demo", "-device", "cpu", "-np", "1",
+            "-pretrainer", args.pretrainer, *handed, "-o", benchmark], env)
 
 
 def pretrain(args) -> None:

@@ -46,7 +46,7 @@ def run_demo(output: str = "nnunet_ddpm_demo", size: int = SIZE, train_cases: in
              # Augmentation in-process for training and prediction (plan_and_preprocess refuses 0).
              Step(f"the comparison, through the real nnU-Net commands (logs under {benchmark_folder / 'logs'})",
                   ["nnUNetv2_ddpm_benchmark", "-d", str(DATASET_ID), "-c", "2d", "--methods", *methods, "--budgets",
-                   *map(str, budgets), "--folds", "0", "--trainer-suffix", "_demo", "--device", device, "--np", "1",
+                   *map(str, budgets), "-f", "0", "--trainer-suffix", "_demo", "-device", device, "-np", "1",
                    "-o", str(benchmark_folder)], lambda: False, env={"nnUNet_n_proc_DA": "0"}, show_output=True)]
     run_steps(steps, str(root), env)
     pretraining = Path(model_folder(str(root / "nnUNet_results"), DATASET_NAME, PRETRAINER + "_demo", "nnUNetPlans",
@@ -59,7 +59,8 @@ def run_demo(output: str = "nnunet_ddpm_demo", size: int = SIZE, train_cases: in
     return json.loads((benchmark_folder / "results.json").read_text())
 
 
-def demo_entry():
+def _parser():
+    """``nnUNetv2_ddpm_demo``'s options; -device is nnU-Net's spelling, the older --device is still accepted."""
     import argparse
     parser = argparse.ArgumentParser(description="Run nnunet_ddpm end to end on a synthetic tumour phantom "
                                                  "(minutes on a 2-core CPU). Re-running skips finished steps.")
@@ -76,8 +77,13 @@ def demo_entry():
                         help="labelled training cases (default: %(default)s)")
     parser.add_argument("--methods", nargs="+", default=["baseline", "finetune", "pixel"],
                         help="baseline, finetune, frozen, pixel (default: %(default)s)")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "mps"],
+    parser.add_argument("-device", "--device", dest="device", default="cpu", choices=["cpu", "cuda", "mps"],
                         help="where nnUNetv2_train and nnUNetv2_predict run (default: %(default)s)")
+    return parser
+
+
+def demo_entry():
+    parser = _parser()
     args = parser.parse_args()
     for name in ("size", "train_cases", "test_cases", "epochs", "pretrain_epochs", "iterations"):
         if getattr(args, name) < 1:

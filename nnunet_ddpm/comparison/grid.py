@@ -137,9 +137,9 @@ class Benchmark:
         if self.needs_pretraining and self.pretrained_weights is not None and not isfile(self.pretrained_weights):
             raise BenchmarkError(f"Pretraining checkpoint {self.pretrained_weights} does not exist. Give the "
                                  f"checkpoint_final.pth of an nnUNetTrainerDDPMPretrain run, or leave out "
-                                 f"--pretrained-weights to pretrain on this dataset first.")
+                                 f"-pretrained_weights to pretrain on this dataset first.")
         if not self.pretraining_trainer.startswith(PRETRAINER):
-            raise BenchmarkError(f"--pretrainer {self.pretraining_trainer}: give {PRETRAINER} or a variant of it "
+            raise BenchmarkError(f"-pretrainer {self.pretraining_trainer}: give {PRETRAINER} or a variant of it "
                                  f"(e.g. {PRETRAINER}_minSNR5).")
         probed = [m for m in self.methods if METHODS[m].probes_features]
         if probed and list(self.label_draws) != [0]:
@@ -147,7 +147,7 @@ class Benchmark:
                                  f"--label-draws 0, or use 'pixel' (the built-in stages and timesteps).")
         if probed and self.handed_weights is not None:
             raise BenchmarkError(f"{probed} probe the features of this dataset's own {PRETRAINER} run, where the pixel "
-                                 f"classifier finds the choice; leave out --pretrained-weights and --pretrainer, or "
+                                 f"classifier finds the choice; leave out -pretrained_weights and -pretrainer, or "
                                  f"use 'pixel' (the built-in stages and timesteps).")
         # every method's trainer has _<N>labels variants for the budgets in LABEL_BUDGETS (label_budget.py), so the
         # check needs no trainer import (which would bring torch into this process)
@@ -294,15 +294,15 @@ class Benchmark:
     def command_line(self, *extra: str) -> List[str]:
         """``nnUNetv2_ddpm_benchmark`` with this grid's options (the report step of a dry run or a cluster run)."""
         command = ["nnUNetv2_ddpm_benchmark", "-d", self.dataset_name, "-c", self.configuration, "-p", self.plans,
-                   "--methods", *self.methods, "--budgets", *map(str, self.budgets), "--folds",
-                   *map(str, self.folds), "--device", self.device, "--np", str(self.num_processes), "-o",
+                   "--methods", *self.methods, "--budgets", *map(str, self.budgets), "-f",
+                   *map(str, self.folds), "-device", self.device, "-np", str(self.num_processes), "-o",
                    self.output_folder, "--test-images", self.test_images, "--test-labels", self.test_labels]
         if self.trainer_suffix:
             command += ["--trainer-suffix", self.trainer_suffix]
         if self.pretrained_weights is not None:
-            command += ["--pretrained-weights", self.pretrained_weights]
+            command += ["-pretrained_weights", self.pretrained_weights]
         if self.pretraining_trainer != PRETRAINER:
-            command += ["--pretrainer", self.pretraining_trainer]
+            command += ["-pretrainer", self.pretraining_trainer]
         if self.runs != [Run()]:
             command += ["--seeds", *map(str, self.seeds), "--label-draws", *map(str, self.label_draws)]
         return command + list(extra)

@@ -75,7 +75,9 @@ def collect(benchmark: Benchmark) -> dict:
     return write_report(benchmark, cases)
 
 
-def benchmark_entry():
+def _parser():
+    """``nnUNetv2_ddpm_benchmark``'s options in nnU-Net's spellings (-f, -device, -np, -pretrained_weights,
+    -pretrainer); the older --folds, --device, --np, --pretrained-weights and --pretrainer are still accepted."""
     import argparse
     parser = argparse.ArgumentParser(
         description="Compare DDPM fine-tuning, its frozen-encoder variant and the pixel classifier with the "
@@ -91,18 +93,21 @@ def benchmark_entry():
     parser.add_argument("--budgets", nargs="+", type=parse_budget, default=[10, 20, 30, 40, 50],
                         help="labelled training cases per fold, or 'all' for every training case (default: the "
                              "paper's %(default)s)")
-    parser.add_argument("--folds", nargs="+", type=int, default=[0, 1, 2, 3, 4], help="default: %(default)s")
+    parser.add_argument("-f", "--folds", dest="folds", nargs="+", type=int, default=[0, 1, 2, 3, 4],
+                        help="default: %(default)s")
     parser.add_argument("--trainer-suffix", default="", help="e.g. _demo for the short-budget trainers")
-    parser.add_argument("--device", default="cuda", help="cuda, cpu or mps (default: %(default)s)")
-    parser.add_argument("--np", type=int, default=2, help="processes for prediction and evaluation (default: 2)")
+    parser.add_argument("-device", "--device", dest="device", default="cuda",
+                        help="cuda, cpu or mps (default: %(default)s)")
+    parser.add_argument("-np", "--np", dest="np", type=int, default=2,
+                        help="processes for prediction and evaluation (default: 2)")
     parser.add_argument("-o", default=None, help="output folder (default: $nnUNet_results/DATASET/"
                                                  "nnunet_ddpm_benchmark__PLANS__CONFIG)")
     parser.add_argument("--test-images", default=None, help="default: $nnUNet_raw/DATASET/imagesTs")
     parser.add_argument("--test-labels", default=None, help="default: $nnUNet_raw/DATASET/labelsTs")
-    parser.add_argument("--pretrained-weights", default=None,
+    parser.add_argument("-pretrained_weights", "--pretrained-weights", dest="pretrained_weights", default=None,
                         help="DDPM pretraining checkpoint to start the DDPM methods from (e.g. pretrained on a larger "
                              "dataset with the same channels and plans) instead of pretraining on this dataset")
-    parser.add_argument("--pretrainer", default=PRETRAINER,
+    parser.add_argument("-pretrainer", "--pretrainer", dest="pretrainer", default=PRETRAINER,
                         help="the pretraining trainer, e.g. nnUNetTrainerDDPMPretrain_minSNR5 (another objective); its "
                              "checkpoint is handed to the DDPM methods (default: %(default)s)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[DEFAULT_SEED],
@@ -136,6 +141,11 @@ def benchmark_entry():
                          help="a shell line run before each job, e.g. 'module load cuda' (repeatable)")
     cluster.add_argument("--slurm-option", action="append", default=[], metavar="KEY=VALUE",
                          help="any other sbatch option, e.g. account=myproject or qos=high (repeatable)")
+    return parser
+
+
+def benchmark_entry():
+    parser = _parser()
     args = parser.parse_args()
     if sum(map(bool, (args.dry_run, args.collect, args.executor))) > 1:
         parser.error("choose one of --dry-run, --collect and --executor")

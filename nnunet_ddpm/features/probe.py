@@ -357,7 +357,8 @@ def add_labelled_case_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-p", default="nnUNetPlans", help="plans identifier (default: %(default)s)")
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def _parser() -> argparse.ArgumentParser:
+    """The command's options; -pretrained_weights is nnU-Net's spelling, the older --pretrained-weights still works."""
     parser = argparse.ArgumentParser(
         description="Measure which decoder stages and timesteps of a DDPM pretraining separate the labels (a linear "
                     "probe per stage x timestep, cross-validated over one fold's labelled training cases), draw "
@@ -365,8 +366,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                     "(pixel_features_<N>labels.json with --budget N, else pixel_features.json), where "
                     "nnUNetTrainerDDPMPixelClassifier and its _<N>labels variants use it.")
     add_labelled_case_arguments(parser)
-    parser.add_argument("--pretrained-weights", default=None, help="pretraining checkpoint (default: the "
-                                                                   "nnUNetTrainerDDPMPretrain run of the dataset)")
+    parser.add_argument("-pretrained_weights", "--pretrained-weights", dest="pretrained_weights", default=None,
+                        help="pretraining checkpoint (default: the nnUNetTrainerDDPMPretrain run of the dataset)")
     parser.add_argument("-tr", default="nnUNetTrainerDDPMPretrain",
                         help="the pretraining's trainer, whose fold 'all' holds the checkpoint (default: %(default)s)")
     parser.add_argument("--timesteps", type=int, nargs="+", default=list(DEFAULT_TIMESTEPS))
@@ -374,7 +375,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--max-timesteps", type=int, default=3)
     parser.add_argument("--pixels-per-case", type=int, default=2000)
     parser.add_argument("--picture-cases", type=int, default=2, help="cases to draw k-means pictures for")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    args = _parser().parse_args(argv)
     # nnUNet_results holds the pretraining and, where set, the choice indexed by the weights' hash
     require_nnunet_folders("nnUNetv2_ddpm_probe_features", read=("nnUNet_preprocessed",),
                            write=("nnUNet_results",) if args.pretrained_weights is None or

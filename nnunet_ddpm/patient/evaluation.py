@@ -36,12 +36,19 @@ def dice_per_label(prediction: np.ndarray, reference: np.ndarray, labels: dict,
     return result
 
 
-def main(argv=None) -> None:
+def _parser() -> argparse.ArgumentParser:
+    """-ref and -dataset_json are nnU-Net's spellings; the older -r and --dataset-json are still accepted."""
     parser = argparse.ArgumentParser(description="Dice per label or region of a segmented volume against a full "
                                                  "reference segmentation (same grid).")
     parser.add_argument("-p", required=True, help="segmentation, e.g. OUTPUT/segmentation_finetune.nii.gz")
-    parser.add_argument("-r", required=True, help="reference segmentation")
-    parser.add_argument("--dataset-json", default=None, help="labels/regions to evaluate (default: the labels found)")
+    parser.add_argument("-ref", "-r", dest="r", required=True, help="reference segmentation")
+    parser.add_argument("-dataset_json", "--dataset-json", dest="dataset_json", default=None,
+                        help="labels/regions to evaluate (default: the labels found)")
+    return parser
+
+
+def main(argv=None) -> None:
+    parser = _parser()
     args = parser.parse_args(argv)
     prediction, reference = (sitk.GetArrayFromImage(sitk.ReadImage(f)) for f in (args.p, args.r))
     if prediction.shape != reference.shape:

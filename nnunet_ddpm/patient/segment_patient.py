@@ -82,7 +82,7 @@ def check_pretrained_weights(path: str, num_channels: int) -> str:
     if channels != num_channels:
         raise PatientInputError(f"The pretrained checkpoint {path} was trained on {channels} input channels, this "
                                 f"patient has {num_channels} images. Give one image per channel the pretraining used "
-                                f"(in its order), or leave out --pretrained-weights to pretrain on this patient.")
+                                f"(in its order), or leave out -pretrained_weights to pretrain on this patient.")
     plans = join(os.path.dirname(os.path.dirname(os.path.abspath(path))), "plans.json")
     if not isfile(plans):
         raise PatientInputError(f"No plans.json beside the pretraining run of {path} (expected {plans}, which "
@@ -283,11 +283,13 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def _parser() -> argparse.ArgumentParser:
+    """The command's options; -pretrained_weights, -dataset_json and -device are nnU-Net's spellings, the older
+    --pretrained-weights, --dataset-json and --device are still accepted."""
     default = Budget()
     parser = argparse.ArgumentParser(
         description="Segment a whole 3D volume from a few annotated slices (Alshenoudy et al. 2023): builds the "
-                    "patient's 2D slice dataset, pretrains a DDPM on all its slices (or uses --pretrained-weights), "
+                    "patient's 2D slice dataset, pretrains a DDPM on all its slices (or uses -pretrained_weights), "
                     "trains the chosen method on the annotated slices, predicts every slice and writes the "
                     "segmentation on the input's grid. Re-running skips finished steps.")
     parser.add_argument("-i", nargs="+", required=True, help="channel images (one 3D file each, in channel order), or "
@@ -312,16 +314,22 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                         help="DDPM pretraining epochs (default: %(default)s)")
     parser.add_argument("--iterations", type=int, default=default.iterations,
                         help="iterations per epoch (default: %(default)s)")
-    parser.add_argument("--pretrained-weights", default=None,
+    parser.add_argument("-pretrained_weights", "--pretrained-weights", dest="pretrained_weights", default=None,
                         help="checkpoint_final.pth of a 2D nnUNetTrainerDDPMPretrain(_demo) run with the same channels "
                              "(e.g. on a larger dataset); its plans are used and no pretraining runs here")
-    parser.add_argument("--dataset-json", default=None,
+    parser.add_argument("-dataset_json", "--dataset-json", dest="dataset_json", default=None,
                         help="nnU-Net dataset.json to take channel names and labels / regions from (default: plain "
                              "labels 0..max of the annotation)")
-    parser.add_argument("--device", default=None, help="cpu, cuda or mps (default: cuda if available, else cpu)")
+    parser.add_argument("-device", "--device", dest="device", default=None,
+                        help="cpu, cuda or mps (default: cuda if available, else cpu)")
     parser.add_argument("--tta", action="store_true", help="mirroring test-time augmentation (slower)")
     parser.add_argument("--model-on-annotated", action="store_true",
                         help="write the model's prediction on the annotated slices too (default: the annotation)")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    parser = _parser()
     args = parser.parse_args(argv)
     methods = [m for m in args.methods if m != "baseline"] + (["baseline"] if args.baseline or "baseline" in
                                                                             args.methods else [])
@@ -333,7 +341,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     require_writable_folder("nnUNetv2_ddpm_segment_patient", args.o)
     try:
         if args.pretrained_weights and not isfile(args.pretrained_weights):
-            raise PatientInputError(f"--pretrained-weights {args.pretrained_weights} does not exist.")
+            raise PatientInputError(f"-pretrained_weights {args.pretrained_weights} does not exist.")
         patient = read_patient(args.i, args.a, args.axis, args.slices, args.ignore_value, args.slice_range,
                                args.require_foreground, args.dataset_json)
         summary = segment_patient(patient, args.o, methods, args.size,

@@ -127,7 +127,7 @@ class nnUNetTrainerDDPMPixelClassifier(UsesPretrainedDenoiser):
         if before is not None and path is None:
             self.print_to_log_file(f"The feature choice {before['file']} was made for other weights than the ones "
                                    f"given to nnU-Net; using the built-in decoder stages and timesteps instead "
-                                   f"(run nnUNetv2_ddpm_probe_features --pretrained-weights for them).")
+                                   f"(run nnUNetv2_ddpm_probe_features -pretrained_weights for them).")
         self.probed_features = self._adopt_choice(path)
         unchanged = (before is None and path is None) or (before is not None and path is not None and (
             before["stages"], before["timesteps"]) == (self.probed_features["stages"],

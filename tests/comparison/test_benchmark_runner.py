@@ -22,14 +22,14 @@ def test_set(phantom_2d_test_set):
 
 def benchmark_args(nnunet, test_set, out, *extra, method="pixel", budgets=("1", "2")):
     return ("nnUNetv2_ddpm_benchmark", "-d", DATASET_ID, "-c", "2d", "--methods", method, "--budgets",
-            *budgets, "--folds", "0", "--trainer-suffix", "_demo", "--device", "cpu", "--np", "1", "-o", out,
+            *budgets, "-f", "0", "--trainer-suffix", "_demo", "-device", "cpu", "-np", "1", "-o", out,
             "--test-images", test_set[0], "--test-labels", test_set[1], *extra)
 
 
 def test_benchmark_runs_what_the_dry_run_prints_and_reports_the_evaluation(nnunet, pretrained_2d, test_set, tmp_path):
     out = tmp_path / "benchmark"
     # the pretraining given as a checkpoint: the pixel trainings get nnU-Net's -pretrained_weights
-    checkpoint = ("--pretrained-weights", pretrained_2d / "checkpoint_final.pth")
+    checkpoint = ("-pretrained_weights", pretrained_2d / "checkpoint_final.pth")
     script = nnunet.run(*benchmark_args(nnunet, test_set, out, "--dry-run", *checkpoint)).stdout.strip().splitlines()
     # a shell script: per cell a training, its prediction and its evaluation, each after the one before; the report
     # after every evaluation
@@ -153,7 +153,7 @@ def test_every_label_runs_the_trainers_without_a_budget(nnunet, phantom_2d, test
     """``--budgets all``: the methods' own trainers (every training case of the fold), the baseline without the
     pretraining, the results in a folder of their own."""
     out = tmp_path / "out"
-    args = benchmark_args(nnunet, test_set, out, "--pretrained-weights", "/etc/hostname", "--dry-run",
+    args = benchmark_args(nnunet, test_set, out, "-pretrained_weights", "/etc/hostname", "--dry-run",
                           method="baseline", budgets=("2", "all"))
     args = list(args)
     i = args.index("--methods")
@@ -205,7 +205,7 @@ def test_runs_train_with_their_seed_and_draw_into_their_own_folders(nnunet, phan
 
 
 def test_a_pretraining_variant_is_trained_and_handed_to_the_ddpm_methods(nnunet, phantom_2d, test_set, tmp_path):
-    args = list(benchmark_args(nnunet, test_set, tmp_path / "out", "--pretrainer",
+    args = list(benchmark_args(nnunet, test_set, tmp_path / "out", "-pretrainer",
                                "nnUNetTrainerDDPMPretrain_minSNR5", "--dry-run", method="finetune", budgets=("2",)))
     planned = nnunet.run(*args).stdout.strip().splitlines()[1::2]
     checkpoint = nnunet.trainer_folder(DATASET_NAME, "nnUNetTrainerDDPMPretrain_minSNR5_demo", "2d", "all") / \
@@ -213,7 +213,7 @@ def test_a_pretraining_variant_is_trained_and_handed_to_the_ddpm_methods(nnunet,
     assert planned[0].startswith(f"nnUNetv2_train {DATASET_NAME} 2d all -tr nnUNetTrainerDDPMPretrain_minSNR5_demo ")
     assert planned[1].startswith(f"nnUNetv2_train {DATASET_NAME} 2d 0 -tr nnUNetTrainerDDPMFinetune_demo_2labels ")
     assert planned[1].endswith(f" -pretrained_weights {checkpoint}")
-    assert planned[-1].endswith("--pretrainer nnUNetTrainerDDPMPretrain_minSNR5 --collect")
+    assert planned[-1].endswith(" -pretrainer nnUNetTrainerDDPMPretrain_minSNR5 --collect")
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -221,12 +221,12 @@ def test_a_pretraining_variant_is_trained_and_handed_to_the_ddpm_methods(nnunet,
     (("--budgets", "3"), "No trainer for ['nnUNetTrainerDDPMPixelClassifier_defaultFeatures_demo_3labels'"),
     (("--budgets", "10"), "exceed the 6 training cases of fold 0"),
     (("--test-labels", "/nonexistent"), "have no label in /nonexistent"),
-    (("--methods", "pixel", "--pretrained-weights", "/nonexistent.pth"), "/nonexistent.pth does not exist"),
-    (("--methods", "pixel_probed", "--pretrained-weights", "/etc/hostname"),
+    (("--methods", "pixel", "-pretrained_weights", "/nonexistent.pth"), "/nonexistent.pth does not exist"),
+    (("--methods", "pixel_probed", "-pretrained_weights", "/etc/hostname"),
      "this dataset's own nnUNetTrainerDDPMPretrain run"),
-    (("--methods", "pixel_probed", "--pretrainer", "nnUNetTrainerDDPMPretrain_minSNR5"),
-     "leave out --pretrained-weights and --pretrainer"),
-    (("--pretrainer", "nnUNetTrainer"), "--pretrainer nnUNetTrainer: give nnUNetTrainerDDPMPretrain or a variant"),
+    (("--methods", "pixel_probed", "-pretrainer", "nnUNetTrainerDDPMPretrain_minSNR5"),
+     "leave out -pretrained_weights and -pretrainer"),
+    (("-pretrainer", "nnUNetTrainer"), "-pretrainer nnUNetTrainer: give nnUNetTrainerDDPMPretrain or a variant"),
     (("-o", "/dev/null/out"), "cannot write to the output folder /dev/null/out"),  # below a file, refused for root too
 ])
 def test_bad_input_is_refused_before_training(nnunet, phantom_2d, test_set, tmp_path, extra, message):

@@ -30,7 +30,7 @@ cat {folder}/sacct.txt
 
 def grid_args(test_set, out, *extra, budgets=("1", "2"), device="cpu"):
     return ("nnUNetv2_ddpm_benchmark", "-d", DATASET_ID, "-c", "2d", "--methods", "baseline", "finetune",
-            "--budgets", *budgets, "--folds", "0", "--trainer-suffix", "_demo", "--device", device, "--np", "1",
+            "--budgets", *budgets, "-f", "0", "--trainer-suffix", "_demo", "-device", device, "-np", "1",
             "-o", out, "--test-images", test_set[0], "--test-labels", test_set[1], *extra)
 
 

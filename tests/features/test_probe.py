@@ -122,7 +122,7 @@ def test_cluster_picture_grid(tmp_path):
 
 
 def test_a_probe_of_given_weights_is_used_by_a_pixel_classifier_given_them(nnunet, pretrained_2d, tmp_path):
-    """probe --pretrained-weights CK, then nnUNetv2_train -pretrained_weights CK: the run learns only CK's weights from
+    """probe -pretrained_weights CK, then nnUNetv2_train -pretrained_weights CK: the run learns only CK's weights from
     nnU-Net, finds the probe's choice for them by their content hash, builds its network with it and records it; its
     log counts decoder stages from the end, as the probe's file does."""
     from nnunet_ddpm.features.probe import indexed_choice_file
@@ -135,7 +135,7 @@ def test_a_probe_of_given_weights_is_used_by_a_pixel_classifier_given_them(nnune
     results = {"nnUNet_results": str(tmp_path / "results")}  # no default pretraining, no choice beside one
     nnunet.run("nnUNetv2_ddpm_make_splits", "-d", DATASET_ID, "--overwrite", training=False)
     probe = [a if a != 250 else 150 for a in PROBE if a not in ("-tr", "nnUNetTrainerDDPMPretrain_demo", 50)]
-    nnunet.run(*probe, "--pretrained-weights", given, training=False, extra_env=results)
+    nnunet.run(*probe, "-pretrained_weights", given, training=False, extra_env=results)
     record = json.loads((given.parent / CHOICE).read_text())
     assert record["timesteps"] == [150] and record["checkpoint"] == str(given)
     sha256 = denoiser_sha256(checkpoint["network_weights"])

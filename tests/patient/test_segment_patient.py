@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow  # end-to-end: real nnU-Net console scripts
 
 REPO = Path(__file__).resolve().parents[2]
 COMMAND = (sys.executable, "-m", "nnunet_ddpm.patient.segment_patient")
-TINY_BUDGET = ("--epochs", "1", "--pretrain-epochs", "1", "--iterations", "2", "--device", "cpu")
+TINY_BUDGET = ("--epochs", "1", "--pretrain-epochs", "1", "--iterations", "2", "-device", "cpu")
 IGNORE = 255
 ANNOTATED = (4, 6, 8)
 
@@ -130,7 +130,7 @@ def test_real_brats_patient_finetune(nnunet, tmp_path):
     output = tmp_path / "out"
     run_command(nnunet, "-i", str(raw / "imagesTr" / f"{patient}_0000.nii.gz"),
                 str(raw / "imagesTr" / f"{patient}_0001.nii.gz"), "-a", str(label_file), "--slices",
-                *map(str, annotated), "--slice-range", str(start), str(stop), "--dataset-json",
+                *map(str, annotated), "--slice-range", str(start), str(stop), "-dataset_json",
                 str(raw / "dataset.json"), "--size", "48", "48", "--require-foreground", *TINY_BUDGET,
                 "-o", str(output))
     reference = sitk.ReadImage(str(raw / "imagesTr" / f"{patient}_0000.nii.gz"))
@@ -156,7 +156,7 @@ def _refused(phantom_patient, tmp_path, *args, images=None, annotation=None):
     output = tmp_path / "refused"
     with pytest.raises(SystemExit) as exit_info:
         main(["-i", *(images or phantom_patient["images"]), "-a", annotation or phantom_patient["annotation"],
-              "-o", str(output), "--device", "cpu", *args])
+              "-o", str(output), "-device", "cpu", *args])
     assert not output.exists()
     return str(exit_info.value.code)
 
@@ -197,7 +197,7 @@ def test_sparse_annotation_refusals(phantom_patient, tmp_path):
 def test_pretrained_checkpoint_with_other_channels_refused(phantom_patient, tmp_path):
     checkpoint = tmp_path / "checkpoint_final.pth"
     torch.save({"network_weights": {}, "ddpm": {"num_input_channels": 4}}, checkpoint)
-    message = _refused(phantom_patient, tmp_path, "--ignore-value", str(IGNORE), "--pretrained-weights",
+    message = _refused(phantom_patient, tmp_path, "--ignore-value", str(IGNORE), "-pretrained_weights",
                        str(checkpoint))
     assert "4 input channels" in message and "2 images" in message
 
