@@ -1,0 +1,149 @@
+"""DDPM weights through nnU-Net's development branch, measured: ``nnUNetv2_train_pretrained``'s trainer from the file
+that ``nnUNetv2_ddpm_export_weights`` writes, against the same trainer ``--from_scratch``, against this plugin's
+fine-tune from the same pretraining and against the supervised nnU-Net, on a 3D phantom, same labelled cases, same
+iterations. Paired per-case Dice differences with a 95 % bootstrap interval over the evaluated cases.
+
+Runs in the environment that ``benchmarks/dev_branch_check.sh`` builds (the branch's nnunetv2 and this repository):
+
+    /tmp/nnunet_dev_branch_check/venv/bin/python benchmarks/dev_branch_comparison.py -o /tmp/dev_branch_comparison
+
+The branch's trainers run 1,000 (or 150, 300) epochs of 250 iterations and are found in nnunetv2's own folder only;
+this script trains ``PretrainedTrainer`` with the comparison's budget (``BudgetedPretrainedTrainer``: the epochs and
+iterations of the other methods, the branch's warm-up kept at the same share of the epochs, 50 of 1,000) through the
+branch's own ``train_pretrained``, which it lets find that class. Writes ``comparison.json`` into the output folder.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+DATASET_ID, NAME = 977, "PhantomDevBranch"
+DATASET = f"Dataset{DATASET_ID}_{NAME}"
+CHANNELS = 2
+
+
+def sh(command: list, env: dict, log: Path) -> None:
+    print("$", " ".join(map(str, command)), flush=True)
+    with open(log, "a") as out:
+        if subprocess.run(list(map(str, command)), env=env, stdout=out, stderr=subprocess.STDOUT).returncode:
+            raise SystemExit(f"{command[0]} failed: see {log}")
+
+
+def budgeted_pretrained_trainer(epochs: int, iterations: int):
+    from nnunetv2.training.nnUNetTrainer.pretraining.pretrainedTrainer import PretrainedTrainer
+
+    class BudgetedPretrainedTrainer(PretrainedTrainer):
+        """The branch's fine-tuning at the comparison's budget: only the epochs, iterations and warm-up length change."""
+
+        def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict, device=None):
+            super().__init__(plans, configuration, fold, dataset_json, device)
+            self.num_epochs, self.num_iterations_per_epoch = epochs, iterations
+            self.warmup_duration_whole_net = max(1, round(epochs * 50 / 1000))
+
+    return BudgetedPretrainedTrainer
+
+
+def train_with_the_branch(from_scratch: bool, plans: str, epochs: int, iterations: int) -> None:
+    """The branch's ``train_pretrained`` (what ``nnUNetv2_train_pretrained`` calls), finding the budgeted trainer."""
+    import torch
+    from nnunetv2.run import run_training_from_pretrained as branch
+    trainer = budgeted_pretrained_trainer(epochs, iterations)
+    find = branch.recursive_find_python_class
+    branch.recursive_find_python_class = lambda folder, name, module: (
+        trainer if name == trainer.__name__ else find(folder, name, module))
+    branch.train_pretrained(str(DATASET_ID), "3d_fullres", 0, trainer.__name__, plans, from_scratch,
+                            device=torch.device("cpu"))
+
+
+def case_dice(validation: Path) -> dict:
+    """{case: mean foreground Dice} of a model's fold-0 validation (nnU-Net's summary.json)."""
+    summary = json.loads((validation / "summary.json").read_text())
+    return {Path(case["prediction_file"]).name: float(np.mean([m["Dice"] for m in case["metrics"].values()]))
+            for case in summary["metric_per_case"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("-o", required=True, help="working folder (replaced)")
+    parser.add_argument("--cases", type=int, default=20, help="phantom cases (default: %(default)s)")
+    parser.add_argument("--labelled", type=int, default=6, help="labelled training cases; the others are evaluated")
+    parser.add_argument("--size", type=int, nargs=3, default=[24, 32, 32])
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--iterations", type=int, default=25, help="per epoch")
+    parser.add_argument("--pretrain-epochs", type=int, default=40)
+    parser.add_argument("--in-process-branch", choices=["pretrained", "scratch"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    work = Path(args.o).resolve()
+    ptplans_file = work / "ptplans.txt"
+    if args.in_process_branch:  # a child: one branch training, so each gets a fresh process and log
+        train_with_the_branch(args.in_process_branch == "scratch", ptplans_file.read_text().strip(), args.epochs,
+                              args.iterations)
+        return
+
+    import shutil
+    from nnunet_ddpm.comparison.statistics import paired_difference
+    from nnunet_ddpm.dataset_conversion.synthetic_phantom import write_phantom_dataset
+    shutil.rmtree(work, ignore_errors=True)
+    for name in ("raw", "preprocessed", "results"):
+        (work / name).mkdir(parents=True)
+    env = dict(os.environ, PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]),  # this venv's
+               nnUNet_raw=str(work / "raw"), nnUNet_preprocessed=str(work / "preprocessed"),
+               nnUNet_results=str(work / "results"), nnUNet_def_n_proc="1", nnUNet_n_proc_DA="1",
+               OMP_WAIT_POLICY="PASSIVE", nnUNet_ddpm_demo_epochs=str(args.epochs),
+               nnUNet_ddpm_demo_iterations=str(args.iterations),
+               nnUNet_ddpm_demo_pretrain_epochs=str(args.pretrain_epochs))
+    env.pop("nnUNet_ddpm_demo_skip_validation", None)
+    from nnunet_ddpm.nnunet_trainers import TRAINER_DIR
+    env["nnUNet_extTrainer"] = TRAINER_DIR  # the plugin's trainers for nnUNetv2_train
+    log = work / "commands.log"
+
+    write_phantom_dataset(str(work / "raw"), DATASET_ID, NAME, num_cases=args.cases, size=tuple(args.size),
+                          num_channels=CHANNELS)
+    sh(["nnUNetv2_plan_and_preprocess", "-d", DATASET_ID, "-c", "3d_fullres", "-np", "1", "-npfp", "1"], env, log)
+    cases = sorted(p.name[:-len("_0000.nii.gz")] for p in (work / "raw" / DATASET / "imagesTr").glob("*_0000.nii.gz"))
+    split = [{"train": cases[:args.labelled], "val": cases[args.labelled:]}]
+    (work / "preprocessed" / DATASET / "splits_final.json").write_text(json.dumps(split, indent=1))
+
+    sh(["nnUNetv2_train", DATASET_ID, "3d_fullres", "all", "-tr", "nnUNetTrainerDDPMPretrain_demo", "-device", "cpu"],
+       env, log)
+    pretraining = work / "results" / DATASET / "nnUNetTrainerDDPMPretrain_demo__nnUNetPlans__3d_fullres" / "fold_all"
+    exported = work / "ddpm_t50.pth"
+    sh(["nnUNetv2_ddpm_export_weights", "-i", pretraining / "checkpoint_final.pth", "-o", exported], env, log)
+    sh(["nnUNetv2_preprocess_like_nnssl", "-d", DATASET_ID, "-n", "DDPM", "-pc", exported, "-am", "default_nnunet"],
+       env, log)
+    ptplans = [p.stem for p in (work / "preprocessed" / DATASET).glob("ptPlans__DDPM*.json")]
+    if len(ptplans) != 1:
+        raise SystemExit(f"Expected one ptPlans__DDPM*.json, found {ptplans}")
+    ptplans_file.write_text(ptplans[0])
+
+    for trainer in ("nnUNetTrainer_demo", "nnUNetTrainerDDPMFinetune_demo"):
+        sh(["nnUNetv2_train", DATASET_ID, "3d_fullres", 0, "-tr", trainer, "-device", "cpu"], env, log)
+    for mode in ("pretrained", "scratch"):
+        sh([sys.executable, __file__, "-o", work, "--epochs", args.epochs, "--iterations", args.iterations,
+            "--in-process-branch", mode], env, log)
+
+    results = work / "results" / DATASET
+    folders = {"supervised nnU-Net": results / "nnUNetTrainer_demo__nnUNetPlans__3d_fullres",
+               "plugin fine-tune": results / "nnUNetTrainerDDPMFinetune_demo__nnUNetPlans__3d_fullres",
+               "train_pretrained": results / f"BudgetedPretrainedTrainer__{ptplans[0]}__3d_fullres",
+               "train_pretrained --from_scratch":
+                   results / f"BudgetedPretrainedTrainer__{ptplans[0]}__from_scratch__3d_fullres"}
+    dice = {method: case_dice(folder / "fold_0" / "validation") for method, folder in folders.items()}
+    evaluated = sorted(dice["supervised nnU-Net"])
+    values = {method: np.array([per_case[c] for c in evaluated]) for method, per_case in dice.items()}
+    pairs = [("train_pretrained", "train_pretrained --from_scratch"), ("train_pretrained", "plugin fine-tune"),
+             ("plugin fine-tune", "supervised nnU-Net"), ("train_pretrained", "supervised nnU-Net")]
+    report = {"settings": vars(args) | {"branch_plans": ptplans[0], "evaluated_cases": len(evaluated)},
+              "mean_dice": {m: float(v.mean()) for m, v in values.items()},
+              "paired": [{"method": a, "against": b, **paired_difference(values[a], values[b])} for a, b in pairs]}
+    (work / "comparison.json").write_text(json.dumps(report, indent=1))
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
