@@ -17,8 +17,8 @@ import numpy as np
 import SimpleITK as sitk
 from batchgenerators.utilities.file_and_folder_operations import join, maybe_mkdir_p
 
-from nnunet_ddpm.dataset_conversion.raw_dataset import (DatasetConversionError, atomic_dataset_folder,
-                                                         check_target_free)
+from nnunet_ddpm.dataset_conversion.raw_dataset import DatasetConversionError, check_target_free
+from nnunet_ddpm.files import folder_written_atomically
 
 CHANNELS = {"0": "FLAIR", "1": "T1c"}
 CHANNEL_FILES = ("Flair_subtrMeanDivStd", "T1c_subtrMeanDivStd")
@@ -45,7 +45,7 @@ def arrange_brats2015_sample(sample_folder: str, raw_folder: str, dataset_id: in
         raise DatasetConversionError(f"file_ending must be .nii.gz or .nii, got {file_ending}")
     maybe_mkdir_p(raw_folder)
     target = check_target_free(raw_folder, dataset_id, name, overwrite)
-    with atomic_dataset_folder(target) as partial:
+    with folder_written_atomically(target) as partial:
         for sub in ("imagesTr", "labelsTr"):
             maybe_mkdir_p(join(partial, sub))
         for patient in patients:

@@ -26,10 +26,10 @@ from batchgenerators.utilities.file_and_folder_operations import isdir, isfile, 
     save_json
 
 from nnunet_ddpm.dataset_conversion.image_integrity import CaseFiles, case_problems, declared_label_values
-from nnunet_ddpm.dataset_conversion.raw_dataset import (DatasetConversionError, atomic_dataset_folder,
-                                                         check_target_free, write_slice)
+from nnunet_ddpm.dataset_conversion.raw_dataset import DatasetConversionError, check_target_free, write_slice
 from nnunet_ddpm.dataset_conversion.slice_rules import PAPER_SLICES, SliceRule
 from nnunet_ddpm.dataset_conversion.unlabeled_images import UNLABELED_IMAGES, unlabeled_cases
+from nnunet_ddpm.files import folder_written_atomically
 from nnunet_ddpm.folders import output_folder_or_nnunet, require_nnunet_folders
 from nnunet_ddpm.splits.grouped_folds import GROUPS_FILE
 
@@ -317,7 +317,7 @@ def slice_dataset(source_folder: str, raw_folder: str, dataset_id: int, name: st
     except RuntimeError as e:
         raise DatasetConversionError(f"nnU-Net has no reader for {first_case['images'][0]}: {e}") from None
 
-    with atomic_dataset_folder(target) as partial:
+    with folder_written_atomically(target) as partial:
         jobs = []
         for case, files in cases.items():
             part = "Ts" if case in held_out else "Tr"
