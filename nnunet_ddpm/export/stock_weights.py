@@ -15,14 +15,13 @@ import torch
 from batchgenerators.utilities.file_and_folder_operations import isfile, join, load_json, maybe_mkdir_p, subdirs
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-from nnunet_ddpm.diffusion import DiffusionSettings
+from nnunet_ddpm.diffusion import FINETUNE_TIMESTEP, DiffusionSettings
 from nnunet_ddpm.files import folder_written_atomically, written_atomically
 from nnunet_ddpm.folders import require_writable_folder
 from nnunet_ddpm.networks import FixedTimestepUNet
 from nnunet_ddpm.networks.folding import fold_denoiser, plain_state_dict
 from nnunet_ddpm.networks.pretrained_checkpoint import load_checkpoint_file
 
-DEFAULT_TIMESTEP = 50  # nnUNetTrainerDDPMFinetune.finetune_timestep (tests/networks/test_folding.py checks they agree)
 STOCK_TRAINER = "nnUNetTrainer"
 # as nnssl checkpoints carry them; nnU-Net's development branch prints them when it trains from the file
 CITATIONS = [{"type": "pretraining", "name": "DDPM denoising pretraining (nnunet_ddpm)", "apa_citations": [
@@ -39,7 +38,7 @@ def _save_atomically(checkpoint: dict, path: str) -> None:
         torch.save(checkpoint, temporary)
 
 
-def export_pretraining_weights(checkpoint_path: str, output_file: str, timestep: int = DEFAULT_TIMESTEP) -> dict:
+def export_pretraining_weights(checkpoint_path: str, output_file: str, timestep: int = FINETUNE_TIMESTEP) -> dict:
     """Write ``output_file``, a checkpoint that ``nnUNetv2_train ... -pretrained_weights`` of any stock trainer with
     the pretraining's plans and configuration accepts; returns its ``ddpm_export`` record."""
     checkpoint = load_checkpoint_file(checkpoint_path)
@@ -188,7 +187,7 @@ def export_weights_entry(argv: Optional[Sequence[str]] = None) -> None:
                     "denoiser is folded at one timestep into nnU-Net's own network (its segmentation layers are new).")
     parser.add_argument("-i", required=True, help="checkpoint_final.pth of an nnUNetTrainerDDPMPretrain run")
     parser.add_argument("-o", required=True, help="output file, e.g. ddpm_weights.pth")
-    parser.add_argument("--timestep", type=int, default=DEFAULT_TIMESTEP,
+    parser.add_argument("--timestep", type=int, default=FINETUNE_TIMESTEP,
                         help="diffusion timestep to fold (default: %(default)s, the fine-tune's)")
     args = parser.parse_args(argv)
     require_writable_folder("nnUNetv2_ddpm_export_weights", os.path.dirname(os.path.abspath(args.o)))
