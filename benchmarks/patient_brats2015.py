@@ -21,7 +21,7 @@ import SimpleITK as sitk
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from tools.brats2015_sample import arrange_brats2015_sample  # noqa: E402
+from nnunet_ddpm.dataset_conversion.brats import convert_brats  # noqa: E402
 from nnunet_ddpm.patient.evaluation import dice_per_label  # noqa: E402
 
 SAMPLE = REPO.parent / "shared" / "data" / "brats2015_deepmedic_sample"
@@ -48,7 +48,7 @@ def main() -> None:
     work = Path(args.o).resolve()
     raw = work / "raw" / "Dataset985_BraTS2015Sample"
     if not (raw / "dataset.json").is_file():
-        arrange_brats2015_sample(args.sample, str(work / "raw"), 985)
+        convert_brats([args.sample], str(work / "raw"), 985, "BraTS2015Sample", channels=["flair", "t1ce"])
     patient = args.patient or sorted(p.name for p in (raw / "labelsTr").iterdir())[0][:-len(".nii.gz")]
     label_file = raw / "labelsTr" / f"{patient}.nii.gz"
     truth = sitk.GetArrayFromImage(sitk.ReadImage(str(label_file)))

@@ -87,19 +87,17 @@ def environment(work: Path, pretrain_iterations: int, iterations: int, iteration
                 pretrainer: str = PRETRAINER, run: int = 1, label_draw: int = 0, snapshot: int = None) -> dict:
     """The environment of every command of one run: its own nnUNet_results, the training budget, and from run 2 on
     the run's number as the seed of every training (run 1 keeps the trainers' default seed)."""
-    results = work / f"results_{pretraining_name(pretrain_iterations, pretrainer, run, snapshot, images_tag(work))}"
-    env = dict(os.environ, nnUNet_raw=str(work / "raw"), nnUNet_preprocessed=str(work / "preprocessed"),
-               nnUNet_results=str(results), nnUNet_def_n_proc="1", nnUNet_n_proc_DA="2", nnUNet_compile="false",
-               nnUNet_ddpm_demo_iterations=str(iterations_per_epoch),
-               nnUNet_ddpm_demo_epochs=str(iterations // iterations_per_epoch),
-               nnUNet_ddpm_demo_pretrain_epochs=str(pretrain_iterations // iterations_per_epoch),
-               nnUNet_ddpm_demo_skip_validation="1", OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
+    results = f"results_{pretraining_name(pretrain_iterations, pretrainer, run, snapshot, images_tag(work))}"
     from nnunet_ddpm.nnunet_trainers import TRAINER_DIR
+    from nnunet_ddpm.steps import demo_budget, working_folder_environment
     from nnunet_ddpm.training.seeding import DEFAULT_SEED, LABEL_DRAW_VARIABLE, SEED_VARIABLE
-    env["nnUNet_extTrainer"] = TRAINER_DIR
-    env[SEED_VARIABLE] = str(run if run > 1 else DEFAULT_SEED)
-    env[LABEL_DRAW_VARIABLE] = str(label_draw)
-    return env
+    budget = demo_budget(iterations // iterations_per_epoch, pretrain_iterations // iterations_per_epoch,
+                         iterations_per_epoch)
+    return working_folder_environment(
+        work, folder_names=("raw", "preprocessed", results), this_copy_first=False, nnUNet_extTrainer=TRAINER_DIR,
+        nnUNet_def_n_proc="1", nnUNet_n_proc_DA="2", nnUNet_compile="false",
+        OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"), **budget,
+        **{SEED_VARIABLE: str(run if run > 1 else DEFAULT_SEED), LABEL_DRAW_VARIABLE: str(label_draw)})
 
 
 def sh(command, env, log=None):

@@ -1,5 +1,6 @@
-"""Writing a result file so that nothing half-written is ever left where a reader looks."""
+"""Writing a result file or folder so that nothing half-written is ever left where a reader looks."""
 import os
+import shutil
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -15,3 +16,21 @@ def written_atomically(path: str) -> Iterator[str]:
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
+
+
+@contextmanager
+def folder_written_atomically(target: str) -> Iterator[str]:
+    """The folder counterpart of ``written_atomically``: an empty folder ``<target>.partial`` (a leftover of an
+    interrupted run is cleared first) to write into. When the block ends without an error it replaces ``target`` and
+    whatever was there; on any error it is removed and ``target`` stays as it was."""
+    partial = target.rstrip(os.sep) + ".partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    os.makedirs(partial)
+    try:
+        yield partial
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    if os.path.exists(target):
+        shutil.rmtree(target)
+    os.replace(partial, target)

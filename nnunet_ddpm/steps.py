@@ -12,7 +12,8 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 from batchgenerators.utilities.file_and_folder_operations import isfile, join, maybe_mkdir_p, save_json
 from nnunetv2.utilities.file_path_utilities import convert_trainer_plans_config_to_identifier
@@ -67,16 +68,22 @@ def training_step(title: str, command: List[str], folder: str, pretrained_weight
     return Step(title, command, lambda: isfile(final))
 
 
-def working_folder_environment(root: str, **settings: str) -> Dict[str, str]:
+NNUNET_FOLDERS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
+
+
+def working_folder_environment(root: Union[str, Path], *, folder_names: Sequence[str] = NNUNET_FOLDERS,
+                               this_copy_first: bool = True, **settings: str) -> Dict[str, str]:
     """The environment for nnU-Net commands that keep their data in ``root``: nnUNet_raw/_preprocessed/_results
-    inside it, this plugin's trainers on nnUNet_extTrainer, this copy of nnunet_ddpm first on PYTHONPATH (installed
-    or not), one export worker unless the user set more, and ``settings`` (e.g. the ``_demo`` budget)."""
-    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(nnunet_ddpm.__file__)))
+    inside it (folders named ``folder_names``, by default as the variables), this plugin's trainers on
+    nnUNet_extTrainer, this copy of nnunet_ddpm first on PYTHONPATH (installed or not) unless ``this_copy_first`` is
+    False, one export worker unless the user set more, and ``settings`` (e.g. the ``_demo`` budget), which override
+    all of these."""
     env = dict(os.environ)
-    env.update(nnUNet_raw=join(root, "nnUNet_raw"), nnUNet_preprocessed=join(root, "nnUNet_preprocessed"),
-               nnUNet_results=join(root, "nnUNet_results"),
-               nnUNet_extTrainer=os.pathsep.join(p for p in (TRAINER_DIR, os.environ.get("nnUNet_extTrainer")) if p),
-               PYTHONPATH=os.pathsep.join(p for p in (package_parent, os.environ.get("PYTHONPATH")) if p))
+    env.update({variable: str(Path(root) / name) for variable, name in zip(NNUNET_FOLDERS, folder_names)})
+    env["nnUNet_extTrainer"] = os.pathsep.join(p for p in (TRAINER_DIR, os.environ.get("nnUNet_extTrainer")) if p)
+    if this_copy_first:
+        package_parent = os.path.dirname(os.path.dirname(os.path.abspath(nnunet_ddpm.__file__)))
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, os.environ.get("PYTHONPATH")) if p)
     env.setdefault("nnUNet_def_n_proc", "1")
     env.update(settings)
     return env

@@ -2,7 +2,6 @@
 identifiers, small plans configurations and networks."""
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from nnunet_ddpm.networks import PixelClassifierNetwork, TimeConditionedUNet, build_unet_from_plans
 from nnunet_ddpm.nnunet_trainers import TRAINER_DIR
 from nnunet_ddpm.networks.pretrained_checkpoint import transfer_denoiser_weights
+from nnunet_ddpm.steps import demo_budget, working_folder_environment
 
 REAL_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "brats2015_deepmedic_sample"
 
@@ -20,24 +20,26 @@ REAL_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "brats20
 class NNUNetFolders:
     """nnUNet_raw / _preprocessed / _results under one root, and a runner for console scripts."""
 
+    FOLDER_NAMES = ("raw", "preprocessed", "results")
+
     def __init__(self, root: Path):
         self.root = root
-        self.raw, self.preprocessed, self.results = (root / n for n in ("raw", "preprocessed", "results"))
+        self.raw, self.preprocessed, self.results = (root / n for n in self.FOLDER_NAMES)
         for folder in (self.raw, self.preprocessed, self.results):
             folder.mkdir(parents=True, exist_ok=True)
 
     def env(self, training: bool = True) -> dict:
-        env = dict(os.environ)
-        env.update(nnUNet_raw=str(self.raw), nnUNet_preprocessed=str(self.preprocessed),
-                   nnUNet_results=str(self.results), nnUNet_extTrainer=TRAINER_DIR,
-                   nnUNet_compile="false", nnUNet_def_n_proc="1",
-                   # pytest runs two workers (pytest.ini): one thread per process keeps the 2 cores busy, not contended
-                   OMP_NUM_THREADS="1",
-                   # the *_demo trainers with a test budget: 2 epochs of 3 iterations (see demo_budget.py)
-                   nnUNet_ddpm_demo_epochs="2", nnUNet_ddpm_demo_pretrain_epochs="2", nnUNet_ddpm_demo_iterations="3",
-                   # nnU-Net's final validation of segmentation trainers (about 25 s each on 2 cores) only where a
-                   # test asks for it: train(..., validate=True)
-                   nnUNet_ddpm_demo_skip_validation="1")
+        """The tools' environment (``working_folder_environment``) with the plugin's trainers alone on
+        nnUNet_extTrainer and the PYTHONPATH pytest runs with."""
+        env = working_folder_environment(
+            self.root, folder_names=self.FOLDER_NAMES, this_copy_first=False, nnUNet_extTrainer=TRAINER_DIR,
+            nnUNet_compile="false", nnUNet_def_n_proc="1",
+            # pytest runs two workers (pytest.ini): one thread per process keeps the 2 cores busy, not contended
+            OMP_NUM_THREADS="1",
+            # the *_demo trainers with a test budget: 2 epochs of 3 iterations (see demo_budget.py); nnU-Net's final
+            # validation of segmentation trainers (about 25 s each on 2 cores) only where a test asks for it:
+            # train(..., validate=True)
+            **demo_budget(epochs=2, pretrain_epochs=2, iterations=3))
         if training:  # in-process augmentation: reproducible; plan_and_preprocess refuses 0
             env["nnUNet_n_proc_DA"] = "0"
         return env

@@ -77,3 +77,26 @@ def test_training_step_resumes_or_starts_from_pretrained_weights(tmp_path):
     assert step.command == command + ["--c"] and not step.is_done()
     (folder / "checkpoint_final.pth").write_text("")
     assert step.is_done()
+
+
+def test_working_folder_environment(tmp_path, monkeypatch):
+    """nnU-Net's folders inside the working folder, the plugin's trainers and this copy first; other folder names, the
+    caller's PYTHONPATH and any setting on request (the tests' and the real-patient study's environments)."""
+    import nnunet_ddpm
+    from nnunet_ddpm.nnunet_trainers import TRAINER_DIR
+    from nnunet_ddpm.steps import working_folder_environment
+    monkeypatch.setenv("PYTHONPATH", "/theirs")
+    monkeypatch.setenv("nnUNet_extTrainer", "/their/trainers")
+    monkeypatch.delenv("nnUNet_def_n_proc", raising=False)
+    env = working_folder_environment(str(tmp_path), nnUNet_ddpm_demo_epochs="2")
+    assert [env[v] for v in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")] == \
+        [str(tmp_path / n) for n in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")]
+    assert env["nnUNet_extTrainer"] == f"{TRAINER_DIR}{os.pathsep}/their/trainers"
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(nnunet_ddpm.__file__)))
+    assert env["PYTHONPATH"] == f"{package_parent}{os.pathsep}/theirs"
+    assert env["nnUNet_def_n_proc"] == "1" and env["nnUNet_ddpm_demo_epochs"] == "2"
+    env = working_folder_environment(tmp_path, folder_names=("raw", "preprocessed", "results_x"),
+                                     this_copy_first=False, nnUNet_extTrainer=TRAINER_DIR, nnUNet_def_n_proc="3")
+    assert [env[v] for v in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")] == \
+        [str(tmp_path / n) for n in ("raw", "preprocessed", "results_x")]
+    assert (env["PYTHONPATH"], env["nnUNet_extTrainer"], env["nnUNet_def_n_proc"]) == ("/theirs", TRAINER_DIR, "3")

@@ -29,8 +29,8 @@ import SimpleITK as sitk
 from batchgenerators.utilities.file_and_folder_operations import join, maybe_mkdir_p
 
 from nnunet_ddpm.dataset_conversion.image_integrity import CaseFiles, case_problems
-from nnunet_ddpm.dataset_conversion.raw_dataset import (DatasetConversionError, atomic_dataset_folder,
-                                                         check_target_free)
+from nnunet_ddpm.dataset_conversion.raw_dataset import DatasetConversionError, check_target_free
+from nnunet_ddpm.files import folder_written_atomically
 from nnunet_ddpm.folders import output_folder_or_nnunet
 
 CHANNELS = ("t1", "t1ce", "t2", "flair")  # nnU-Net's Dataset137_BraTS21 order
@@ -182,7 +182,7 @@ def convert_brats(input_folders: Sequence[str], raw_folder: str, dataset_id: int
     from tqdm import tqdm
     from nnunet_ddpm.dataset_conversion.unlabeled_images import UNLABELED_IMAGES
     file_ending = ".nii.gz"
-    with atomic_dataset_folder(target) as partial:
+    with folder_written_atomically(target) as partial:
         folders = {"imagesTr": join(partial, "imagesTr"), "labelsTr": join(partial, "labelsTr")}
         if len(labelled) < len(cases):
             folders[UNLABELED_IMAGES] = join(partial, UNLABELED_IMAGES)

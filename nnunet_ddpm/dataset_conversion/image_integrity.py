@@ -19,7 +19,7 @@ import os
 import struct
 import zlib
 from dataclasses import dataclass
-from typing import Collection, List, Mapping, Optional, Sequence
+from typing import Collection, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -132,12 +132,20 @@ def geometry_differences(reference, other) -> List[str]:
     return differences
 
 
+def label_members(value) -> Tuple[int, ...]:
+    """The label values of one dataset.json ``labels`` entry: a plain label's value, or the members of a region."""
+    return tuple(int(v) for v in value) if isinstance(value, (list, tuple)) else (int(value),)
+
+
+def label_masks(labels: dict) -> Dict[str, Tuple[int, ...]]:
+    """{name: label values forming it} of a dataset.json ``labels`` entry, background left out (a plain label is one
+    value, a region several)."""
+    return {name: label_members(value) for name, value in labels.items() if label_members(value) != (0,)}
+
+
 def declared_label_values(labels: dict) -> set:
     """Every label value a dataset.json ``labels`` entry declares (plain labels and the members of regions)."""
-    values = set()
-    for value in labels.values():
-        values.update(int(v) for v in (value if isinstance(value, (list, tuple)) else [value]))
-    return values
+    return {v for value in labels.values() for v in label_members(value)}
 
 
 @dataclass

@@ -1,12 +1,10 @@
-"""Shared pieces of the dataset writers: errors users can act on, atomic output folders, 2D slice files.
+"""Shared pieces of the dataset writers: errors users can act on, the target folder's checks, 2D slice files.
 
-Every writer builds its dataset in ``<target>.partial`` and renames it into place at the end, so that a failed or
-interrupted run never leaves a dataset that nnU-Net would half-read.
+Every writer builds its dataset in ``<target>.partial`` (``nnunet_ddpm.files.folder_written_atomically``) and renames
+it into place at the end, so that a failed or interrupted run never leaves a dataset that nnU-Net would half-read.
 """
 import os
-import shutil
-from contextlib import contextmanager
-from typing import Iterator, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -46,22 +44,6 @@ def check_target_free(raw_folder: str, dataset_id: int, name: str, overwrite: bo
         raise DatasetConversionError(f"The target dataset {target} exists. Choose another id or name, or pass "
                                      f"--overwrite (overwrite=True) to replace it.")
     return target
-
-
-@contextmanager
-def atomic_dataset_folder(target: str) -> Iterator[str]:
-    """Yield ``<target>.partial`` to write into; on success it replaces ``target``, on any error it is removed."""
-    partial = target.rstrip("/") + ".partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    os.makedirs(partial)
-    try:
-        yield partial
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    if os.path.exists(target):
-        shutil.rmtree(target)
-    os.replace(partial, target)
 
 
 def write_slice(array: np.ndarray, path: str, spacing: Sequence[float] = (1.0, 1.0),

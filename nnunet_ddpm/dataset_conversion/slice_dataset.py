@@ -25,11 +25,12 @@ import SimpleITK as sitk
 from batchgenerators.utilities.file_and_folder_operations import isdir, isfile, join, load_json, maybe_mkdir_p, \
     save_json
 
-from nnunet_ddpm.dataset_conversion.image_integrity import CaseFiles, case_problems, declared_label_values
-from nnunet_ddpm.dataset_conversion.raw_dataset import (DatasetConversionError, atomic_dataset_folder,
-                                                         check_target_free, write_slice)
+from nnunet_ddpm.dataset_conversion.image_integrity import (CaseFiles, case_problems, declared_label_values,
+                                                             label_masks)
+from nnunet_ddpm.dataset_conversion.raw_dataset import DatasetConversionError, check_target_free, write_slice
 from nnunet_ddpm.dataset_conversion.slice_rules import PAPER_SLICES, SliceRule
 from nnunet_ddpm.dataset_conversion.unlabeled_images import UNLABELED_IMAGES, unlabeled_cases
+from nnunet_ddpm.files import folder_written_atomically
 from nnunet_ddpm.folders import output_folder_or_nnunet, require_nnunet_folders
 from nnunet_ddpm.splits.grouped_folds import GROUPS_FILE
 
@@ -156,16 +157,6 @@ def target_labels(dataset_json: dict, brats_regions: bool) -> Tuple[dict, Option
 
 # ----------------------------------------------------------------------------------------------------------------
 # conversion of one case (runs in worker processes)
-
-
-def _label_members(labels: dict) -> Dict[str, Tuple[int, ...]]:
-    """{label or region name: label values in it}, background left out."""
-    members = {}
-    for name, value in labels.items():
-        values = tuple(int(v) for v in value) if isinstance(value, (list, tuple)) else (int(value),)
-        if values != (0,):
-            members[name] = values
-    return members
 
 
 def resample_slices(stack: np.ndarray, size: Sequence[int], is_seg: bool = False, order: int = 1) -> np.ndarray:
@@ -309,7 +300,7 @@ def slice_dataset(source_folder: str, raw_folder: str, dataset_id: int, name: st
                 declared_label_values(dataset_json["labels"]), unlabeled_volumes)
     held_out = set(choose_test_patients(list(cases), test_patients, num_test_patients, seed))
     labels, regions_class_order = target_labels(dataset_json, brats_regions)
-    members = _label_members(labels)
+    members = label_masks(labels)
     from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
     first_case = next(iter(cases.values()))
     try:
@@ -317,7 +308,7 @@ def slice_dataset(source_folder: str, raw_folder: str, dataset_id: int, name: st
     except RuntimeError as e:
         raise DatasetConversionError(f"nnU-Net has no reader for {first_case['images'][0]}: {e}") from None
 
-    with atomic_dataset_folder(target) as partial:
+    with folder_written_atomically(target) as partial:
         jobs = []
         for case, files in cases.items():
             part = "Ts" if case in held_out else "Tr"

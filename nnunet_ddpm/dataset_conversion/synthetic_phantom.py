@@ -25,8 +25,9 @@ from typing import Dict, Optional, Sequence, Tuple
 import numpy as np
 from batchgenerators.utilities.file_and_folder_operations import join, maybe_mkdir_p, save_json
 
-from nnunet_ddpm.dataset_conversion.raw_dataset import (DatasetConversionError, atomic_dataset_folder,
-                                                         check_target_free, write_slice, write_volume)
+from nnunet_ddpm.dataset_conversion.raw_dataset import (DatasetConversionError, check_target_free, write_slice,
+                                                         write_volume)
+from nnunet_ddpm.files import folder_written_atomically
 from nnunet_ddpm.folders import output_folder_or_nnunet
 
 LABELS = {"background": 0, "edema": 1, "necrosis": 2, "enhancing": 3}
@@ -207,7 +208,7 @@ def write_phantom_dataset(raw_folder: str, dataset_id: int, name: str = "Phantom
     is_2d = len(size) == 2
     parts = [("imagesTr", "labelsTr", num_cases), ("imagesTs", "labelsTs", num_test_cases),
              ("imagesUnlabeled", None, num_unlabeled_cases)]
-    with atomic_dataset_folder(folder) as partial:
+    with folder_written_atomically(folder) as partial:
         index = 0
         for image_folder, label_folder, count in parts:
             if count == 0 and image_folder != "imagesTr":

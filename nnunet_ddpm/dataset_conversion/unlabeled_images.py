@@ -20,7 +20,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from tqdm import tqdm
 
 from nnunet_ddpm.dataset_conversion.image_integrity import CaseFiles, check_cases
-from nnunet_ddpm.dataset_conversion.raw_dataset import atomic_dataset_folder
+from nnunet_ddpm.files import folder_written_atomically
 
 UNLABELED_IMAGES = "imagesUnlabeled"
 
@@ -108,7 +108,7 @@ def preprocess_unlabeled(dataset: str, configuration: str, image_folder: Optiona
         os.listdir(output) else []
     kept = [] if replace else [c for c in existing if c not in cases]
     preprocessor = configuration_manager.preprocessor_class(verbose=False)
-    with atomic_dataset_folder(output) as partial:
+    with folder_written_atomically(output) as partial:
         for f in os.listdir(output) if kept else []:
             if _case_of_file(f, kept) is not None:  # the earlier set's files, copied: the old set stays intact
                 shutil.copy2(join(output, f), join(partial, f))

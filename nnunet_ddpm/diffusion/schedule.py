@@ -18,6 +18,9 @@ from diffusers import DDIMScheduler, DDPMScheduler
 SUPPORTED_BETA_SCHEDULES = ("squaredcos_cap_v2", "linear", "scaled_linear")
 # what the denoiser predicts, in diffusers' names: the noise eps, or v = sqrt(a_t) eps - sqrt(1 - a_t) x_0
 PREDICTION_TYPES = ("epsilon", "v_prediction")
+# the timestep at which the fine-tune runs the noise predictor (nnUNetTrainerDDPMFinetune.finetune_timestep) and the
+# stock export folds it by default; alpha_bar_50 ~ 0.99 on the cosine schedule
+FINETUNE_TIMESTEP = 50
 
 
 @dataclass(frozen=True)

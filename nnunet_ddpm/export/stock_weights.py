@@ -12,17 +12,16 @@ import sys
 from typing import Dict, Optional, Sequence
 
 import torch
-from batchgenerators.utilities.file_and_folder_operations import isdir, isfile, join, load_json, maybe_mkdir_p, \
-    subdirs
+from batchgenerators.utilities.file_and_folder_operations import isfile, join, load_json, maybe_mkdir_p, subdirs
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-from nnunet_ddpm.diffusion import DiffusionSettings
+from nnunet_ddpm.diffusion import FINETUNE_TIMESTEP, DiffusionSettings
+from nnunet_ddpm.files import folder_written_atomically, written_atomically
 from nnunet_ddpm.folders import require_writable_folder
 from nnunet_ddpm.networks import FixedTimestepUNet
 from nnunet_ddpm.networks.folding import fold_denoiser, plain_state_dict
 from nnunet_ddpm.networks.pretrained_checkpoint import load_checkpoint_file
 
-DEFAULT_TIMESTEP = 50  # nnUNetTrainerDDPMFinetune.finetune_timestep (tests/networks/test_folding.py checks they agree)
 STOCK_TRAINER = "nnUNetTrainer"
 # as nnssl checkpoints carry them; nnU-Net's development branch prints them when it trains from the file
 CITATIONS = [{"type": "pretraining", "name": "DDPM denoising pretraining (nnunet_ddpm)", "apa_citations": [
@@ -35,12 +34,11 @@ class ExportError(ValueError):
 
 
 def _save_atomically(checkpoint: dict, path: str) -> None:
-    temporary = path + ".tmp"
-    torch.save(checkpoint, temporary)
-    os.replace(temporary, path)
+    with written_atomically(path) as temporary:
+        torch.save(checkpoint, temporary)
 
 
-def export_pretraining_weights(checkpoint_path: str, output_file: str, timestep: int = DEFAULT_TIMESTEP) -> dict:
+def export_pretraining_weights(checkpoint_path: str, output_file: str, timestep: int = FINETUNE_TIMESTEP) -> dict:
     """Write ``output_file``, a checkpoint that ``nnUNetv2_train ... -pretrained_weights`` of any stock trainer with
     the pretraining's plans and configuration accepts; returns its ``ddpm_export`` record."""
     checkpoint = load_checkpoint_file(checkpoint_path)
@@ -158,22 +156,14 @@ def export_model_folder(model_folder: str, output_folder: str, trainer_name: str
     if missing:
         raise ExportError(f"Fold(s) {missing} of {model_folder} have no checkpoint_final.pth; finish their training "
                           f"first (folds with one: {[f for f in available if f not in missing]}).")
-    partial = output_folder.rstrip("/") + ".partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    shutil.copytree(model_folder, partial, ignore=shutil.ignore_patterns("*.pth", "fold_*"))
-    try:
+    with folder_written_atomically(output_folder) as partial:
+        shutil.copytree(model_folder, partial, ignore=shutil.ignore_patterns("*.pth", "fold_*"), dirs_exist_ok=True)
         for fold in folds:
             source_fold, target_fold = join(model_folder, f"fold_{fold}"), join(partial, f"fold_{fold}")
             shutil.copytree(source_fold, target_fold, ignore=shutil.ignore_patterns("*.pth"))
             for name in ("checkpoint_final.pth", "checkpoint_best.pth"):
                 if isfile(join(source_fold, name)):
                     _export_checkpoint(join(source_fold, name), join(target_fold, name), network, trainer_name)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    if isdir(output_folder):
-        shutil.rmtree(output_folder)
-    os.replace(partial, output_folder)
     return folds
 
 
@@ -197,7 +187,7 @@ def export_weights_entry(argv: Optional[Sequence[str]] = None) -> None:
                     "denoiser is folded at one timestep into nnU-Net's own network (its segmentation layers are new).")
     parser.add_argument("-i", required=True, help="checkpoint_final.pth of an nnUNetTrainerDDPMPretrain run")
     parser.add_argument("-o", required=True, help="output file, e.g. ddpm_weights.pth")
-    parser.add_argument("--timestep", type=int, default=DEFAULT_TIMESTEP,
+    parser.add_argument("--timestep", type=int, default=FINETUNE_TIMESTEP,
                         help="diffusion timestep to fold (default: %(default)s, the fine-tune's)")
     args = parser.parse_args(argv)
     require_writable_folder("nnUNetv2_ddpm_export_weights", os.path.dirname(os.path.abspath(args.o)))

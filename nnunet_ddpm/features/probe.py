@@ -31,7 +31,7 @@ import csv
 import glob
 import os
 import sys
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -241,12 +241,13 @@ def labelled_cases(dataset: str, configuration: str = "2d", fold: int = 0, budge
     return dataset_name, preprocessed, plans_manager, configuration_manager, cases
 
 
-def probe_checkpoint(checkpoint: str, preprocessed: str, configuration_manager, cases: Sequence[str],
+def probe_checkpoint(checkpoint: Union[str, dict], preprocessed: str, configuration_manager, cases: Sequence[str],
                      timesteps: Sequence[int] = DEFAULT_TIMESTEPS, pixels_per_case: int = 2000,
                      picture_folder: Optional[str] = None, picture_cases: int = 0, picture_title: str = "",
                      progress: bool = True):
-    """The linear probe's score of every (decoder stage, timestep) of the denoiser in ``checkpoint`` on ``cases``,
-    and k-means pictures of the first ``picture_cases`` cases in ``picture_folder``.
+    """The linear probe's score of every (decoder stage, timestep) of the denoiser in ``checkpoint`` (a pretraining
+    checkpoint's path, or the checkpoint ``load_checkpoint_file`` read from it) on ``cases``, and k-means pictures of
+    the first ``picture_cases`` cases in ``picture_folder``.
 
     Returns (scores {(stage, timestep): Dice}, number of decoder stages, the feature network, picture paths)."""
     from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
@@ -255,7 +256,7 @@ def probe_checkpoint(checkpoint: str, preprocessed: str, configuration_manager, 
     from nnunet_ddpm.diffusion import DiffusionSettings
     from nnunet_ddpm.networks import PixelClassifierNetwork, build_unet_from_plans, network_downsampling
     from nnunet_ddpm.networks.pretrained_checkpoint import load_checkpoint_file, transfer_denoiser_weights
-    pretrained = load_checkpoint_file(checkpoint)
+    pretrained = checkpoint if isinstance(checkpoint, dict) else load_checkpoint_file(checkpoint)
     diffusion = DiffusionSettings.from_dict(pretrained["ddpm"]["diffusion"])
     bad = [t for t in timesteps if not 0 <= t < diffusion.num_train_timesteps]
     if bad:

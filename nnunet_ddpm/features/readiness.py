@@ -33,21 +33,23 @@ READINESS_PLOT = "readiness.png"
 DEFAULT_TOLERANCE = 0.01  # mean probe Dice gained from half the iterations to the last snapshot that counts as rising
 
 
-def pretraining_snapshots(folder: str) -> List[Tuple[int, str]]:
-    """(iterations, path) of every snapshot in a pretraining's output folder, in training order: the kept
-    ``checkpoint_iteration<N>.pth`` and, once training has finished, ``checkpoint_final.pth``."""
-    import torch
+def pretraining_snapshots(folder: str) -> List[Tuple[int, str, Optional[dict]]]:
+    """(iterations, path, checkpoint) of every snapshot in a pretraining's output folder, in training order: the kept
+    ``checkpoint_iteration<N>.pth`` (checkpoint None: read when probed) and, once training has finished,
+    ``checkpoint_final.pth``, read here for its iterations and handed on loaded so that it is read once."""
+    from nnunet_ddpm.networks.pretrained_checkpoint import load_checkpoint_file
     snapshots = []
     for path in glob.glob(join(folder, "checkpoint_iteration*.pth")):
         match = re.fullmatch(r"checkpoint_iteration(\d+)\.pth", os.path.basename(path))
         if match:
-            snapshots.append((int(match.group(1)), path))
+            snapshots.append((int(match.group(1)), path, None))
     final = join(folder, "checkpoint_final.pth")
     if isfile(final):
-        iterations = torch.load(final, map_location="cpu", weights_only=False).get("ema_updates")
-        if iterations is not None and iterations not in {n for n, _ in snapshots}:
-            snapshots.append((int(iterations), final))
-    return sorted(snapshots)
+        checkpoint = load_checkpoint_file(final)
+        iterations = checkpoint.get("ema_updates")
+        if iterations is not None and iterations not in {n for n, _, _ in snapshots}:
+            snapshots.append((int(iterations), final, checkpoint))
+    return sorted(snapshots, key=lambda snapshot: snapshot[:2])
 
 
 def verdict(curve: Sequence[Tuple[int, float]], tolerance: float = DEFAULT_TOLERANCE) -> Tuple[str, Optional[float]]:
@@ -105,9 +107,10 @@ def pretraining_readiness(dataset: str, *, configuration: str = "2d", fold: int 
                          f"nnUNetv2_train {dataset_name} {configuration} all -tr {pretraining_trainer}"
                          + ("" if nnUNet_results else " (and set nnUNet_results)"))
     rows = []
-    for iterations, path in snapshots:
-        scores, num_stages, _, _ = probe_checkpoint(path, preprocessed, configuration_manager, cases, timesteps,
-                                                    pixels_per_case, progress=progress)
+    for iterations, path, checkpoint in snapshots:
+        scores, num_stages, _, _ = probe_checkpoint(path if checkpoint is None else checkpoint, preprocessed,
+                                                    configuration_manager, cases, timesteps, pixels_per_case,
+                                                    progress=progress)
         (stage, timestep), best = max(scores.items(), key=lambda item: item[1])
         rows.append({"iterations": iterations, "checkpoint": os.path.basename(path),
                      "mean_probe_dice": float(np.mean(list(scores.values()))), "best_probe_dice": best,

@@ -6,14 +6,14 @@ dataset's own image writer, so it has exactly the segmentation's geometry and fi
 the saved probabilities are the ensemble's mean, so this is the entropy of the ensemble mean (Baranchuk et al. 2022
 use it to rank pixels by confidence); it works for any nnU-Net model.
 """
-import os
-import shutil
 from typing import List
 
 import numpy as np
 from batchgenerators.utilities.file_and_folder_operations import isfile, join, load_json, load_pickle, subfiles
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from tqdm import tqdm
+
+from nnunet_ddpm.files import folder_written_atomically
 
 UNCERTAINTY_FOLDER = "uncertainty"
 
@@ -49,17 +49,13 @@ def export_uncertainty(prediction_folder: str, output_folder: str = None) -> Lis
     plans_manager = PlansManager(join(prediction_folder, "plans.json"))
     region_based = plans_manager.get_label_manager(dataset_json).has_regions
     writer = plans_manager.image_reader_writer_class()
-    partial = output_folder.rstrip(os.sep) + ".partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    os.makedirs(partial)
     written = []
-    for case in tqdm(cases, desc="uncertainty maps"):
-        probabilities = np.load(join(prediction_folder, case + ".npz"))["probabilities"]
-        entropy = normalised_entropy(probabilities, region_based)
-        percent = np.rint(100 * entropy).astype(np.uint8)
-        writer.write_seg(percent, join(partial, case + dataset_json["file_ending"]),
-                         load_pickle(join(prediction_folder, case + ".pkl")))
-        written.append(join(output_folder, case + dataset_json["file_ending"]))
-    shutil.rmtree(output_folder, ignore_errors=True)
-    os.replace(partial, output_folder)
+    with folder_written_atomically(output_folder) as partial:
+        for case in tqdm(cases, desc="uncertainty maps"):
+            probabilities = np.load(join(prediction_folder, case + ".npz"))["probabilities"]
+            entropy = normalised_entropy(probabilities, region_based)
+            percent = np.rint(100 * entropy).astype(np.uint8)
+            writer.write_seg(percent, join(partial, case + dataset_json["file_ending"]),
+                             load_pickle(join(prediction_folder, case + ".pkl")))
+            written.append(join(output_folder, case + dataset_json["file_ending"]))
     return written

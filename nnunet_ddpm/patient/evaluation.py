@@ -11,15 +11,7 @@ import numpy as np
 import SimpleITK as sitk
 from batchgenerators.utilities.file_and_folder_operations import load_json
 
-
-def label_masks(labels: dict) -> Dict[str, tuple]:
-    """{name: label values forming it}, background left out; a region is a tuple of values."""
-    masks = {}
-    for name, value in labels.items():
-        values = tuple(int(v) for v in value) if isinstance(value, (list, tuple)) else (int(value),)
-        if values != (0,):
-            masks[name] = values
-    return masks
+from nnunet_ddpm.dataset_conversion.image_integrity import label_masks
 
 
 def dice_per_label(prediction: np.ndarray, reference: np.ndarray, labels: dict,

@@ -12,9 +12,10 @@ import numpy as np
 import SimpleITK as sitk
 from batchgenerators.utilities.file_and_folder_operations import isfile, join, maybe_mkdir_p, save_json
 
-from nnunet_ddpm.dataset_conversion.raw_dataset import atomic_dataset_folder, write_slice
+from nnunet_ddpm.dataset_conversion.raw_dataset import write_slice
 from nnunet_ddpm.dataset_conversion.slice_dataset import resample_slices, resampled_spacing, slices_with_content
 from nnunet_ddpm.dataset_conversion.unlabeled_images import UNLABELED_IMAGES
+from nnunet_ddpm.files import folder_written_atomically
 from nnunet_ddpm.patient.inputs import PatientInput
 
 CASE_PREFIX = "patient"
@@ -46,7 +47,7 @@ def write_patient_dataset(patient: PatientInput, target: str, size: Optional[Seq
     size = tuple(size or images.shape[2:])
     spacing = resampled_spacing(in_plane_spacing, images.shape[2:], size)
     slices = plan_slices(patient)
-    with atomic_dataset_folder(target) as partial:
+    with folder_written_atomically(target) as partial:
         for sub in ("imagesTr", "labelsTr", "imagesTs", UNLABELED_IMAGES):
             maybe_mkdir_p(join(partial, sub))
         resampled = resample_slices(images[:, slices["segmented"]], size, order=order)

@@ -6,6 +6,7 @@ supervision) and is trained with nnU-Net's own loss, data pipeline and schedule;
 import torch
 from torch import nn
 
+from nnunet_ddpm.diffusion import FINETUNE_TIMESTEP
 from nnunet_ddpm.networks import FixedTimestepUNet, build_unet_from_plans
 from nnunet_ddpm.training.ddpm_trainer_base import UsesPretrainedDenoiser
 from nnunet_ddpm.training.lr_schedule import WarmupPolyLRScheduler
@@ -27,7 +28,7 @@ class nnUNetTrainerDDPMFinetune(UsesPretrainedDenoiser):
     the same dataset, plans and configuration (fold ``all``); either is checked for compatibility before training.
     """
 
-    finetune_timestep = 50  # diffusion timestep t at which the noise predictor is run; alpha_bar_50 ~ 0.99 (cosine)
+    finetune_timestep = FINETUNE_TIMESTEP  # diffusion timestep t at which the noise predictor is run (50)
     noise_in_training = True  # add the timestep's noise to training inputs, as the paper's code does
     freeze_encoder = False
     # learning rate of the pretrained encoder and time embedding relative to the decoder and head (0 < scale <= 1),

@@ -1,12 +1,13 @@
-"""The real-scan path: the four BraTS 2015 sample patients arranged as a 3D nnU-Net raw dataset, then sliced with the
-paper's rule. Skipped when ../shared/data/brats2015_deepmedic_sample is absent."""
+"""The real-scan path: the four BraTS 2015 sample patients converted by ``nnUNetv2_ddpm_convert_brats`` into a 3D
+nnU-Net raw dataset, then sliced with the paper's rule. Skipped when ../shared/data/brats2015_deepmedic_sample is
+absent."""
 import json
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from tools.brats2015_sample import arrange_brats2015_sample
+from nnunet_ddpm.dataset_conversion.brats import convert_brats
 from nnunet_ddpm.dataset_conversion.raw_dataset import DatasetConversionError
 from nnunet_ddpm.dataset_conversion.slice_dataset import slice_dataset
 from nnunet_ddpm.dataset_conversion.slice_rules import PAPER_SLICES
@@ -19,9 +20,15 @@ def _array(path):
     return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
 
 
-def test_real_sample_arranged_then_sliced_like_the_paper(tmp_path):
+def _convert(raw, dataset_id):
+    """The sample as documentation/datasets.md converts it: FLAIR and T1c, BraTS regions."""
+    return convert_brats([str(REAL_SAMPLE)], str(raw), dataset_id, "BraTS2015Sample", channels=["flair", "t1ce"],
+                         progress=False)["folder"]
+
+
+def test_real_sample_converted_then_sliced_like_the_paper(tmp_path):
     raw = tmp_path / "raw"
-    source = arrange_brats2015_sample(str(REAL_SAMPLE), str(raw), 985)
+    source = _convert(raw, 985)
     patients = sorted(p.name for p in REAL_SAMPLE.iterdir() if p.is_dir())
     assert sorted(p.name for p in (raw / "Dataset985_BraTS2015Sample" / "labelsTr").iterdir()) == \
         [f"{p}.nii.gz" for p in patients]
@@ -43,18 +50,21 @@ def test_real_sample_arranged_then_sliced_like_the_paper(tmp_path):
         summary["training"]["labels"]["tumor core"]["pixel_fraction"] < \
         summary["training"]["labels"]["whole tumor"]["pixel_fraction"] < 0.5
 
-    # nearest-neighbour labels: BraTS 2015 values only, and the tumour keeps its share of the slice
+    # the importer's labels (BraTS 2015's 1 necrosis, 2 oedema, 3 non-enhancing, 4 enhancing as 2, 1, 2, 3) on the
+    # full-size volume, then nearest-neighbour slices: those values only, and the tumour keeps its share of the slice
+    original = _array(REAL_SAMPLE / patients[0] / "OTMultiClass.nii.gz")
+    assert np.array_equal(_array(f"{source}/labelsTr/{patients[0]}.nii.gz"),
+                          np.array([0, 2, 1, 2, 3], np.uint8)[original.astype(int)])
     name = f"{patients[0]}_s085"
     labels = _array(folder / "labelsTr" / f"{name}.nii.gz")
-    original = _array(REAL_SAMPLE / patients[0] / "OTMultiClass.nii.gz")[85]
-    assert labels.shape == (1, 48, 48) and set(np.unique(labels)) <= {0, 1, 2, 3, 4}
-    assert (labels > 0).mean() == pytest.approx((original > 0).mean(), rel=0.25)
+    assert labels.shape == (1, 48, 48) and set(np.unique(labels)) <= {0, 1, 2, 3}
+    assert (labels > 0).mean() == pytest.approx((original[85] > 0).mean(), rel=0.25)
     image = sitk.ReadImage(str(folder / "imagesTr" / f"{name}_0001.nii.gz"))
     assert image.GetSpacing() == pytest.approx((5.0, 5.0, 999.0))
     dataset_json = json.loads((folder / "dataset.json").read_text())
-    assert dataset_json["channel_names"] == {"0": "FLAIR", "1": "T1c"}
-    assert dataset_json["labels"]["tumor core"] == [1, 3, 4] and dataset_json["regions_class_order"] == [2, 1, 4]
+    assert dataset_json["channel_names"] == {"0": "Flair", "1": "T1ce"}
+    assert dataset_json["labels"]["tumor core"] == [2, 3] and dataset_json["regions_class_order"] == [1, 2, 3]
 
-    with pytest.raises(DatasetConversionError, match="is not the BraTS 2015 DeepMedic sample"):
-        arrange_brats2015_sample(str(tmp_path), str(raw), 987)
+    with pytest.raises(DatasetConversionError, match="no known BraTS layout"):
+        convert_brats([str(tmp_path)], str(raw), 987, "X", channels=["flair", "t1ce"], progress=False)
     assert not list(raw.glob("Dataset987*"))

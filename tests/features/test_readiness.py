@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from nnunet_ddpm.features.probe import labelled_cases, probe_checkpoint
-from nnunet_ddpm.features.readiness import READINESS_FILE, READINESS_PLOT, verdict
+from nnunet_ddpm.features.readiness import READINESS_FILE, READINESS_PLOT, pretraining_snapshots, verdict
 from tests.helpers import PHANTOM_2D
 
 DATASET_ID, DATASET = PHANTOM_2D
@@ -26,6 +26,24 @@ def test_verdict_compares_the_last_snapshot_with_half_its_iterations(curve, expe
     state, gain = verdict(curve, tolerance=0.01)
     assert state == expected[0]
     assert gain == pytest.approx(expected[1]) if expected[1] is not None else gain is None
+
+
+def test_snapshots_in_training_order_with_the_final_checkpoint_read_once(tmp_path, monkeypatch):
+    """The final checkpoint is read for its iterations and handed on loaded, so the probe does not read it again;
+    one whose iterations a kept snapshot has already is left out."""
+    for iterations in (3, 10):
+        torch.save({"network_weights": {}, "ddpm": {}, "ema_updates": iterations},
+                   tmp_path / f"checkpoint_iteration{iterations}.pth")
+    torch.save({"network_weights": {}, "ddpm": {}, "ema_updates": 20}, tmp_path / "checkpoint_final.pth")
+    loads = []
+    monkeypatch.setattr(torch, "load", lambda path, *a, load=torch.load, **k: loads.append(path) or load(path, *a, **k))
+    snapshots = pretraining_snapshots(str(tmp_path))
+    assert [(n, p[len(str(tmp_path)) + 1:]) for n, p, _ in snapshots] == \
+        [(3, "checkpoint_iteration3.pth"), (10, "checkpoint_iteration10.pth"), (20, "checkpoint_final.pth")]
+    assert [c is None for _, _, c in snapshots] == [True, True, False] and snapshots[-1][2]["ema_updates"] == 20
+    assert loads == [str(tmp_path / "checkpoint_final.pth")]
+    torch.save({"network_weights": {}, "ddpm": {}, "ema_updates": 10}, tmp_path / "checkpoint_final.pth")
+    assert [n for n, _, _ in pretraining_snapshots(str(tmp_path))] == [3, 10]
 
 
 @pytest.mark.slow

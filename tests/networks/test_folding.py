@@ -61,10 +61,25 @@ def test_first_convolution_carries_the_input_scale():
     assert torch.equal(folded[key], folded["decoder.encoder.stages.0.0.convs.0.conv.weight"])
 
 
-def test_export_timestep_default_is_the_fine_tunes():
-    from nnunet_ddpm.export.stock_weights import DEFAULT_TIMESTEP
+def test_export_timestep_default_is_the_fine_tunes(monkeypatch, tmp_path):
+    """The export folds at the fine-tune's timestep unless told otherwise: the function's default and what the
+    console script passes it."""
+    import inspect
+    from nnunet_ddpm.export import stock_weights
     from nnunet_ddpm.training.nnUNetTrainerDDPMFinetune import nnUNetTrainerDDPMFinetune
-    assert DEFAULT_TIMESTEP == nnUNetTrainerDDPMFinetune.finetune_timestep
+    timestep = nnUNetTrainerDDPMFinetune.finetune_timestep
+    assert inspect.signature(stock_weights.export_pretraining_weights).parameters["timestep"].default == timestep
+    given = []
+
+    def record(checkpoint_path, output_file, step):
+        given.append(step)
+        raise stock_weights.ExportError("recorded")
+
+    monkeypatch.setattr(stock_weights, "export_pretraining_weights", record)
+    with pytest.raises(SystemExit, match="recorded"):
+        stock_weights.export_weights_entry(["-i", str(tmp_path / "checkpoint_final.pth"),
+                                            "-o", str(tmp_path / "weights.pth")])
+    assert given == [timestep]
 
 
 def test_exported_weights_carry_an_nnssl_adaptation_plan(tmp_path):
