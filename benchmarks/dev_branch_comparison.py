@@ -60,10 +60,12 @@ def train_with_the_branch(from_scratch: bool, plans: str, epochs: int, iteration
 
 
 def case_dice(validation: Path) -> dict:
-    """{case: mean foreground Dice} of a model's fold-0 validation (nnU-Net's summary.json)."""
+    """{case: mean Dice over the labels present in reference or prediction} of a model's fold-0 validation (nnU-Net's
+    summary.json; a label absent from both has no Dice and is left out of the case's mean)."""
     summary = json.loads((validation / "summary.json").read_text())
-    return {Path(case["prediction_file"]).name: float(np.mean([m["Dice"] for m in case["metrics"].values()]))
-            for case in summary["metric_per_case"]}
+    with np.errstate(invalid="ignore"):
+        return {Path(case["prediction_file"]).name: float(np.nanmean([m["Dice"] for m in case["metrics"].values()]))
+                for case in summary["metric_per_case"]}
 
 
 def main() -> None:
@@ -75,6 +77,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--iterations", type=int, default=25, help="per epoch")
     parser.add_argument("--pretrain-epochs", type=int, default=40)
+    parser.add_argument("--report-only", action="store_true", help="write comparison.json from the trained models")
     parser.add_argument("--in-process-branch", choices=["pretrained", "scratch"], help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -85,8 +88,13 @@ def main() -> None:
                               args.iterations)
         return
 
+    if not args.report_only:
+        train_every_model(args, work, ptplans_file)
+    report(args, work, ptplans_file.read_text().strip())
+
+
+def train_every_model(args, work: Path, ptplans_file: Path) -> None:
     import shutil
-    from nnunet_ddpm.comparison.statistics import paired_difference
     from nnunet_ddpm.dataset_conversion.synthetic_phantom import write_phantom_dataset
     shutil.rmtree(work, ignore_errors=True)
     for name in ("raw", "preprocessed", "results"):
@@ -127,22 +135,25 @@ def main() -> None:
         sh([sys.executable, __file__, "-o", work, "--epochs", args.epochs, "--iterations", args.iterations,
             "--in-process-branch", mode], env, log)
 
+
+def report(args, work: Path, ptplans: str) -> None:
+    from nnunet_ddpm.comparison.statistics import paired_difference
     results = work / "results" / DATASET
     folders = {"supervised nnU-Net": results / "nnUNetTrainer_demo__nnUNetPlans__3d_fullres",
                "plugin fine-tune": results / "nnUNetTrainerDDPMFinetune_demo__nnUNetPlans__3d_fullres",
-               "train_pretrained": results / f"BudgetedPretrainedTrainer__{ptplans[0]}__3d_fullres",
+               "train_pretrained": results / f"BudgetedPretrainedTrainer__{ptplans}__3d_fullres",
                "train_pretrained --from_scratch":
-                   results / f"BudgetedPretrainedTrainer__{ptplans[0]}__from_scratch__3d_fullres"}
+                   results / f"BudgetedPretrainedTrainer__{ptplans}__from_scratch__3d_fullres"}
     dice = {method: case_dice(folder / "fold_0" / "validation") for method, folder in folders.items()}
     evaluated = sorted(dice["supervised nnU-Net"])
     values = {method: np.array([per_case[c] for c in evaluated]) for method, per_case in dice.items()}
     pairs = [("train_pretrained", "train_pretrained --from_scratch"), ("train_pretrained", "plugin fine-tune"),
              ("plugin fine-tune", "supervised nnU-Net"), ("train_pretrained", "supervised nnU-Net")]
-    report = {"settings": vars(args) | {"branch_plans": ptplans[0], "evaluated_cases": len(evaluated)},
-              "mean_dice": {m: float(v.mean()) for m, v in values.items()},
-              "paired": [{"method": a, "against": b, **paired_difference(values[a], values[b])} for a, b in pairs]}
-    (work / "comparison.json").write_text(json.dumps(report, indent=1))
-    print(json.dumps(report, indent=1))
+    summary = {"settings": vars(args) | {"branch_plans": ptplans, "evaluated_cases": len(evaluated)},
+               "mean_dice": {m: float(np.nanmean(v)) for m, v in values.items()},
+               "paired": [{"method": a, "against": b, **paired_difference(values[a], values[b])} for a, b in pairs]}
+    (work / "comparison.json").write_text(json.dumps(summary, indent=1))
+    print(json.dumps(summary, indent=1))
 
 
 if __name__ == "__main__":
