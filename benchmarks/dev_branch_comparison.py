@@ -99,15 +99,13 @@ def train_every_model(args, work: Path, ptplans_file: Path) -> None:
     shutil.rmtree(work, ignore_errors=True)
     for name in ("raw", "preprocessed", "results"):
         (work / name).mkdir(parents=True)
-    env = dict(os.environ, PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]),  # this venv's
-               nnUNet_raw=str(work / "raw"), nnUNet_preprocessed=str(work / "preprocessed"),
-               nnUNet_results=str(work / "results"), nnUNet_def_n_proc="1", nnUNet_n_proc_DA="1",
-               OMP_WAIT_POLICY="PASSIVE", nnUNet_ddpm_demo_epochs=str(args.epochs),
-               nnUNet_ddpm_demo_iterations=str(args.iterations),
-               nnUNet_ddpm_demo_pretrain_epochs=str(args.pretrain_epochs))
-    env.pop("nnUNet_ddpm_demo_skip_validation", None)
-    from nnunet_ddpm.nnunet_trainers import TRAINER_DIR
-    env["nnUNet_extTrainer"] = TRAINER_DIR  # the plugin's trainers for nnUNetv2_train
+    from nnunet_ddpm.steps import working_folder_environment
+    env = working_folder_environment(  # nnU-Net's folders in the work folder, the plugin's trainers findable
+        work, folder_names=("raw", "preprocessed", "results"), this_copy_first=False,
+        PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]),  # this venv's console scripts
+        nnUNet_n_proc_DA="1", OMP_WAIT_POLICY="PASSIVE", nnUNet_ddpm_demo_epochs=str(args.epochs),
+        nnUNet_ddpm_demo_iterations=str(args.iterations), nnUNet_ddpm_demo_pretrain_epochs=str(args.pretrain_epochs))
+    env.pop("nnUNet_ddpm_demo_skip_validation", None)  # the comparison reads each model's validation
     log = work / "commands.log"
 
     write_phantom_dataset(str(work / "raw"), DATASET_ID, NAME, num_cases=args.cases, size=tuple(args.size),

@@ -140,7 +140,7 @@ def label_members(value) -> Tuple[int, ...]:
 def label_masks(labels: dict) -> Dict[str, Tuple[int, ...]]:
     """{name: label values forming it} of a dataset.json ``labels`` entry, background left out (a plain label is one
     value, a region several)."""
-    return {name: label_members(value) for name, value in labels.items() if label_members(value) != (0,)}
+    return {name: members for name, value in labels.items() if (members := label_members(value)) != (0,)}
 
 
 def declared_label_values(labels: dict) -> set:
