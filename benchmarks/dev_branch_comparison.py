@@ -1,11 +1,17 @@
 """DDPM weights through nnU-Net's development branch, measured: ``nnUNetv2_train_pretrained``'s trainer from the file
 that ``nnUNetv2_ddpm_export_weights`` writes, against the same trainer ``--from_scratch``, against this plugin's
-fine-tune from the same pretraining and against the supervised nnU-Net, on a 3D phantom, same labelled cases, same
-iterations. Paired per-case Dice differences with a 95 % bootstrap interval over the evaluated cases.
+fine-tune from the same pretraining and against the supervised nnU-Net, on a 3D phantom or on real BraTS patients,
+same labelled cases, same iterations. Paired per-case Dice differences (per label or region and their mean) with a
+95 % bootstrap interval over the evaluated cases.
 
 Runs in the environment that ``benchmarks/dev_branch_check.sh`` builds (the branch's nnunetv2 and this repository):
 
     /tmp/nnunet_dev_branch_check/venv/bin/python benchmarks/dev_branch_comparison.py -o /tmp/dev_branch_comparison
+    ... -o /tmp/dev_branch_brats --brats $nnUNet_raw/Dataset600_BraTSReal    # nnUNetv2_ddpm_convert_brats's output
+
+On BraTS, every patient is shrunk to 5 mm voxels (block means of the 1 mm images, the label of each block's centre),
+which makes a 3D nnU-Net trainable on a CPU; the labelled patients are a seeded draw, the others are evaluated. The
+pretraining sees every case's images (no labels), the evaluated ones included.
 
 The branch's trainers run 1,000 (or 150, 300) epochs of 250 iterations and are found in nnunetv2's own folder only;
 this script trains ``PretrainedTrainer`` with the comparison's budget (``BudgetedPretrainedTrainer``: the epochs and
@@ -21,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-DATASET_ID, NAME = 977, "PhantomDevBranch"
-DATASET = f"Dataset{DATASET_ID}_{NAME}"
+PHANTOM = 977, "PhantomDevBranch"
+BRATS = 978, "BraTSDevBranch"
 CHANNELS = 2
 
 
@@ -47,7 +53,7 @@ def budgeted_pretrained_trainer(epochs: int, iterations: int):
     return BudgetedPretrainedTrainer
 
 
-def train_with_the_branch(from_scratch: bool, plans: str, epochs: int, iterations: int) -> None:
+def train_with_the_branch(dataset_id: int, from_scratch: bool, plans: str, epochs: int, iterations: int) -> None:
     """The branch's ``train_pretrained`` (what ``nnUNetv2_train_pretrained`` calls), finding the budgeted trainer."""
     import torch
     from nnunetv2.run import run_training_from_pretrained as branch
@@ -55,22 +61,53 @@ def train_with_the_branch(from_scratch: bool, plans: str, epochs: int, iteration
     find = branch.recursive_find_python_class
     branch.recursive_find_python_class = lambda folder, name, module: (
         trainer if name == trainer.__name__ else find(folder, name, module))
-    branch.train_pretrained(str(DATASET_ID), "3d_fullres", 0, trainer.__name__, plans, from_scratch,
+    branch.train_pretrained(str(dataset_id), "3d_fullres", 0, trainer.__name__, plans, from_scratch,
                             device=torch.device("cpu"))
 
 
-def case_dice(validation: Path) -> dict:
-    """{case: mean Dice over the labels present in reference or prediction} of a model's fold-0 validation (nnU-Net's
-    summary.json; a label absent from both has no Dice and is left out of the case's mean)."""
+def case_dice(validation: Path, names: dict) -> dict:
+    """{case: {label or region name: Dice, "mean": their mean}} of a model's fold-0 validation (nnU-Net's
+    summary.json; a label absent from both reference and prediction has no Dice and is left out of the mean)."""
     summary = json.loads((validation / "summary.json").read_text())
-    with np.errstate(invalid="ignore"):
-        return {Path(case["prediction_file"]).name: float(np.nanmean([m["Dice"] for m in case["metrics"].values()]))
-                for case in summary["metric_per_case"]}
+    dice = {}
+    for case in summary["metric_per_case"]:
+        per_label = {names[key]: float(m["Dice"]) for key, m in case["metrics"].items()}
+        with np.errstate(invalid="ignore"):
+            dice[Path(case["prediction_file"]).name] = per_label | {"mean": float(np.nanmean(list(per_label.values())))}
+    return dice
+
+
+def label_names(dataset_json: dict) -> dict:
+    """{summary.json's key of a label or region: its name in dataset.json}"""
+    return {str(tuple(v)) if isinstance(v, list) else str(v): name
+            for name, v in dataset_json["labels"].items() if name != "background"}
+
+
+def write_shrunk_brats(source: Path, target: Path, dataset_id: int, name: str, factor: int) -> None:
+    """A copy of a BraTS raw dataset at ``factor`` times the voxel size: each image block-averaged (SimpleITK's
+    BinShrink), each label map sampled at the centres of those blocks."""
+    import SimpleITK as sitk
+    folder = target / f"Dataset{dataset_id}_{name}"
+    for sub in ("imagesTr", "labelsTr"):
+        (folder / sub).mkdir(parents=True)
+    for label_file in sorted((source / "labelsTr").glob("*.nii.gz")):
+        case = label_file.name[:-len(".nii.gz")]
+        grid = None
+        for image_file in sorted((source / "imagesTr").glob(f"{case}_[0-9][0-9][0-9][0-9].nii.gz")):
+            grid = sitk.BinShrink(sitk.ReadImage(str(image_file), sitk.sitkFloat32), [factor] * 3)
+            sitk.WriteImage(grid, str(folder / "imagesTr" / image_file.name))
+        labels = sitk.Resample(sitk.ReadImage(str(label_file)), grid, sitk.Transform(), sitk.sitkNearestNeighbor)
+        sitk.WriteImage(labels, str(folder / "labelsTr" / label_file.name))
+    dataset_json = json.loads((source / "dataset.json").read_text()) | {"name": name}
+    (folder / "dataset.json").write_text(json.dumps(dataset_json, indent=1))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-o", required=True, help="working folder (replaced)")
+    parser.add_argument("--brats", help="a raw BraTS dataset folder written by nnUNetv2_ddpm_convert_brats: compare on "
+                                        "its patients instead of the phantom")
+    parser.add_argument("--shrink", type=int, default=5, help="--brats: voxels this many times larger (default: 5)")
     parser.add_argument("--cases", type=int, default=20, help="phantom cases (default: %(default)s)")
     parser.add_argument("--labelled", type=int, default=6, help="labelled training cases; the others are evaluated")
     parser.add_argument("--size", type=int, nargs=3, default=[24, 32, 32])
@@ -83,17 +120,18 @@ def main() -> None:
 
     work = Path(args.o).resolve()
     ptplans_file = work / "ptplans.txt"
+    dataset_id, name = BRATS if args.brats else PHANTOM
     if args.in_process_branch:  # a child: one branch training, so each gets a fresh process and log
-        train_with_the_branch(args.in_process_branch == "scratch", ptplans_file.read_text().strip(), args.epochs,
-                              args.iterations)
+        train_with_the_branch(dataset_id, args.in_process_branch == "scratch", ptplans_file.read_text().strip(),
+                              args.epochs, args.iterations)
         return
 
     if not args.report_only:
-        train_every_model(args, work, ptplans_file)
-    report(args, work, ptplans_file.read_text().strip())
+        train_every_model(args, work, ptplans_file, dataset_id, name)
+    report(args, work, ptplans_file.read_text().strip(), f"Dataset{dataset_id}_{name}")
 
 
-def train_every_model(args, work: Path, ptplans_file: Path) -> None:
+def train_every_model(args, work: Path, ptplans_file: Path, dataset_id: int, name: str) -> None:
     import shutil
     from nnunet_ddpm.dataset_conversion.synthetic_phantom import write_phantom_dataset
     shutil.rmtree(work, ignore_errors=True)
@@ -108,48 +146,58 @@ def train_every_model(args, work: Path, ptplans_file: Path) -> None:
     env.pop("nnUNet_ddpm_demo_skip_validation", None)  # the comparison reads each model's validation
     log = work / "commands.log"
 
-    write_phantom_dataset(str(work / "raw"), DATASET_ID, NAME, num_cases=args.cases, size=tuple(args.size),
-                          num_channels=CHANNELS)
-    sh(["nnUNetv2_plan_and_preprocess", "-d", DATASET_ID, "-c", "3d_fullres", "-np", "1", "-npfp", "1"], env, log)
-    cases = sorted(p.name[:-len("_0000.nii.gz")] for p in (work / "raw" / DATASET / "imagesTr").glob("*_0000.nii.gz"))
-    split = [{"train": cases[:args.labelled], "val": cases[args.labelled:]}]
-    (work / "preprocessed" / DATASET / "splits_final.json").write_text(json.dumps(split, indent=1))
+    dataset = f"Dataset{dataset_id}_{name}"
+    if args.brats:
+        write_shrunk_brats(Path(args.brats), work / "raw", dataset_id, name, args.shrink)
+    else:
+        write_phantom_dataset(str(work / "raw"), dataset_id, name, num_cases=args.cases, size=tuple(args.size),
+                              num_channels=CHANNELS)
+    sh(["nnUNetv2_plan_and_preprocess", "-d", dataset_id, "-c", "3d_fullres", "-np", "1", "-npfp", "1"], env, log)
+    cases = sorted(p.name[:-len("_0000.nii.gz")] for p in (work / "raw" / dataset / "imagesTr").glob("*_0000.nii.gz"))
+    labelled = sorted(np.random.default_rng(0).permutation(cases)[:args.labelled].tolist())
+    split = [{"train": labelled, "val": [c for c in cases if c not in labelled]}]
+    (work / "preprocessed" / dataset / "splits_final.json").write_text(json.dumps(split, indent=1))
 
-    sh(["nnUNetv2_train", DATASET_ID, "3d_fullres", "all", "-tr", "nnUNetTrainerDDPMPretrain_demo", "-device", "cpu"],
+    sh(["nnUNetv2_train", dataset_id, "3d_fullres", "all", "-tr", "nnUNetTrainerDDPMPretrain_demo", "-device", "cpu"],
        env, log)
-    pretraining = work / "results" / DATASET / "nnUNetTrainerDDPMPretrain_demo__nnUNetPlans__3d_fullres" / "fold_all"
+    pretraining = work / "results" / dataset / "nnUNetTrainerDDPMPretrain_demo__nnUNetPlans__3d_fullres" / "fold_all"
     exported = work / "ddpm_t50.pth"
     sh(["nnUNetv2_ddpm_export_weights", "-i", pretraining / "checkpoint_final.pth", "-o", exported], env, log)
-    sh(["nnUNetv2_preprocess_like_nnssl", "-d", DATASET_ID, "-n", "DDPM", "-pc", exported, "-am", "default_nnunet"],
+    sh(["nnUNetv2_preprocess_like_nnssl", "-d", dataset_id, "-n", "DDPM", "-pc", exported, "-am", "default_nnunet"],
        env, log)
-    ptplans = [p.stem for p in (work / "preprocessed" / DATASET).glob("ptPlans__DDPM*.json")]
+    ptplans = [p.stem for p in (work / "preprocessed" / dataset).glob("ptPlans__DDPM*.json")]
     if len(ptplans) != 1:
         raise SystemExit(f"Expected one ptPlans__DDPM*.json, found {ptplans}")
     ptplans_file.write_text(ptplans[0])
 
     for trainer in ("nnUNetTrainer_demo", "nnUNetTrainerDDPMFinetune_demo"):
-        sh(["nnUNetv2_train", DATASET_ID, "3d_fullres", 0, "-tr", trainer, "-device", "cpu"], env, log)
+        sh(["nnUNetv2_train", dataset_id, "3d_fullres", 0, "-tr", trainer, "-device", "cpu"], env, log)
     for mode in ("pretrained", "scratch"):
         sh([sys.executable, __file__, "-o", work, "--epochs", args.epochs, "--iterations", args.iterations,
-            "--in-process-branch", mode], env, log)
+            *(["--brats", args.brats] if args.brats else []), "--in-process-branch", mode], env, log)
 
 
-def report(args, work: Path, ptplans: str) -> None:
+def report(args, work: Path, ptplans: str, dataset: str) -> None:
     from nnunet_ddpm.comparison.statistics import paired_difference
-    results = work / "results" / DATASET
+    results = work / "results" / dataset
     folders = {"supervised nnU-Net": results / "nnUNetTrainer_demo__nnUNetPlans__3d_fullres",
                "plugin fine-tune": results / "nnUNetTrainerDDPMFinetune_demo__nnUNetPlans__3d_fullres",
                "train_pretrained": results / f"BudgetedPretrainedTrainer__{ptplans}__3d_fullres",
                "train_pretrained --from_scratch":
                    results / f"BudgetedPretrainedTrainer__{ptplans}__from_scratch__3d_fullres"}
-    dice = {method: case_dice(folder / "fold_0" / "validation") for method, folder in folders.items()}
+    names = label_names(json.loads((work / "raw" / dataset / "dataset.json").read_text()))
+    dice = {method: case_dice(folder / "fold_0" / "validation", names) for method, folder in folders.items()}
     evaluated = sorted(dice["supervised nnU-Net"])
-    values = {method: np.array([per_case[c] for c in evaluated]) for method, per_case in dice.items()}
+    regions = [*names.values(), "mean"]
+    values = {method: {r: np.array([per_case[c][r] for c in evaluated]) for r in regions}
+              for method, per_case in dice.items()}
     pairs = [("train_pretrained", "train_pretrained --from_scratch"), ("train_pretrained", "plugin fine-tune"),
              ("plugin fine-tune", "supervised nnU-Net"), ("train_pretrained", "supervised nnU-Net")]
     summary = {"settings": vars(args) | {"branch_plans": ptplans, "evaluated_cases": len(evaluated)},
-               "mean_dice": {m: float(np.nanmean(v)) for m, v in values.items()},
-               "paired": [{"method": a, "against": b, **paired_difference(values[a], values[b])} for a, b in pairs]}
+               "mean_dice": {m: {r: float(np.nanmean(v)) for r, v in by_region.items()}
+                             for m, by_region in values.items()},
+               "paired": [{"method": a, "against": b, "region": r,
+                           **paired_difference(values[a][r], values[b][r])} for a, b in pairs for r in regions]}
     (work / "comparison.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps(summary, indent=1))
 
