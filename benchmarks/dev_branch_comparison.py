@@ -135,8 +135,8 @@ def train_every_model(args, work: Path, ptplans_file: Path, dataset_id: int, nam
     import shutil
     from nnunet_ddpm.dataset_conversion.synthetic_phantom import write_phantom_dataset
     shutil.rmtree(work, ignore_errors=True)
-    for name in ("raw", "preprocessed", "results"):
-        (work / name).mkdir(parents=True)
+    for folder in ("raw", "preprocessed", "results"):
+        (work / folder).mkdir(parents=True)
     from nnunet_ddpm.steps import working_folder_environment
     env = working_folder_environment(  # nnU-Net's folders in the work folder, the plugin's trainers findable
         work, folder_names=("raw", "preprocessed", "results"), this_copy_first=False,
