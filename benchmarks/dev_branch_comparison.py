@@ -53,7 +53,8 @@ def budgeted_pretrained_trainer(epochs: int, iterations: int):
     return BudgetedPretrainedTrainer
 
 
-def train_with_the_branch(dataset_id: int, from_scratch: bool, plans: str, epochs: int, iterations: int) -> None:
+def train_with_the_branch(dataset_id: int, fold: int, from_scratch: bool, plans: str, epochs: int,
+                          iterations: int) -> None:
     """The branch's ``train_pretrained`` (what ``nnUNetv2_train_pretrained`` calls), finding the budgeted trainer."""
     import torch
     from nnunetv2.run import run_training_from_pretrained as branch
@@ -61,12 +62,12 @@ def train_with_the_branch(dataset_id: int, from_scratch: bool, plans: str, epoch
     find = branch.recursive_find_python_class
     branch.recursive_find_python_class = lambda folder, name, module: (
         trainer if name == trainer.__name__ else find(folder, name, module))
-    branch.train_pretrained(str(dataset_id), "3d_fullres", 0, trainer.__name__, plans, from_scratch,
+    branch.train_pretrained(str(dataset_id), "3d_fullres", fold, trainer.__name__, plans, from_scratch,
                             device=torch.device("cpu"))
 
 
 def case_dice(validation: Path, names: dict) -> dict:
-    """{case: {label or region name: Dice, "mean": their mean}} of a model's fold-0 validation (nnU-Net's
+    """{case: {label or region name: Dice, "mean": their mean}} of a model's validation (nnU-Net's
     summary.json; a label absent from both reference and prediction has no Dice and is left out of the mean)."""
     summary = json.loads((validation / "summary.json").read_text())
     dice = {}
@@ -104,26 +105,31 @@ def write_shrunk_brats(source: Path, target: Path, dataset_id: int, name: str, f
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("-o", required=True, help="working folder (replaced)")
+    parser.add_argument("-o", required=True, help="working folder; a rerun goes on where it stopped (a model with a "
+                                                  "validation summary, the pretraining, the datasets are kept)")
     parser.add_argument("--brats", help="a raw BraTS dataset folder written by nnUNetv2_ddpm_convert_brats: compare on "
                                         "its patients instead of the phantom")
     parser.add_argument("--shrink", type=int, default=5, help="--brats: voxels this many times larger (default: 5)")
     parser.add_argument("--cases", type=int, default=20, help="phantom cases (default: %(default)s)")
     parser.add_argument("--labelled", type=int, default=6, help="labelled training cases; the others are evaluated")
+    parser.add_argument("--draws", type=int, default=1,
+                        help="runs, each on its own seeded draw of labelled cases (nnU-Net fold k is draw k); every "
+                             "run starts from the same pretraining")
     parser.add_argument("--size", type=int, nargs=3, default=[24, 32, 32])
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--iterations", type=int, default=25, help="per epoch")
     parser.add_argument("--pretrain-epochs", type=int, default=40)
     parser.add_argument("--report-only", action="store_true", help="write comparison.json from the trained models")
     parser.add_argument("--in-process-branch", choices=["pretrained", "scratch"], help=argparse.SUPPRESS)
+    parser.add_argument("--fold", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     work = Path(args.o).resolve()
     ptplans_file = work / "ptplans.txt"
     dataset_id, name = BRATS if args.brats else PHANTOM
     if args.in_process_branch:  # a child: one branch training, so each gets a fresh process and log
-        train_with_the_branch(dataset_id, args.in_process_branch == "scratch", ptplans_file.read_text().strip(),
-                              args.epochs, args.iterations)
+        train_with_the_branch(dataset_id, args.fold, args.in_process_branch == "scratch",
+                              ptplans_file.read_text().strip(), args.epochs, args.iterations)
         return
 
     if not args.report_only:
@@ -131,12 +137,17 @@ def main() -> None:
     report(args, work, ptplans_file.read_text().strip(), f"Dataset{dataset_id}_{name}")
 
 
+def labelled_draws(cases: list, labelled: int, draws: int) -> list:
+    """nnU-Net's splits: fold k trains on draw k (seed k) of ``labelled`` cases and validates on all the others."""
+    splits = []
+    for draw in range(draws):
+        train = sorted(np.random.default_rng(draw).permutation(cases)[:labelled].tolist())
+        splits.append({"train": train, "val": [c for c in cases if c not in train]})
+    return splits
+
+
 def train_every_model(args, work: Path, ptplans_file: Path, dataset_id: int, name: str) -> None:
-    import shutil
     from nnunet_ddpm.dataset_conversion.synthetic_phantom import write_phantom_dataset
-    shutil.rmtree(work, ignore_errors=True)
-    for folder in ("raw", "preprocessed", "results"):
-        (work / folder).mkdir(parents=True)
     from nnunet_ddpm.steps import working_folder_environment
     env = working_folder_environment(  # nnU-Net's folders in the work folder, the plugin's trainers findable
         work, folder_names=("raw", "preprocessed", "results"), this_copy_first=False,
@@ -145,59 +156,83 @@ def train_every_model(args, work: Path, ptplans_file: Path, dataset_id: int, nam
         nnUNet_ddpm_demo_iterations=str(args.iterations), nnUNet_ddpm_demo_pretrain_epochs=str(args.pretrain_epochs))
     env.pop("nnUNet_ddpm_demo_skip_validation", None)  # the comparison reads each model's validation
     log = work / "commands.log"
-
     dataset = f"Dataset{dataset_id}_{name}"
-    if args.brats:
-        write_shrunk_brats(Path(args.brats), work / "raw", dataset_id, name, args.shrink)
-    else:
-        write_phantom_dataset(str(work / "raw"), dataset_id, name, num_cases=args.cases, size=tuple(args.size),
-                              num_channels=CHANNELS)
-    sh(["nnUNetv2_plan_and_preprocess", "-d", dataset_id, "-c", "3d_fullres", "-np", "1", "-npfp", "1"], env, log)
+    results = work / "results" / dataset
+
+    if not (work / "preprocessed" / dataset / "nnUNetPlans.json").is_file():
+        for folder in ("raw", "preprocessed", "results"):
+            (work / folder).mkdir(parents=True, exist_ok=True)
+        if not (work / "raw" / dataset).is_dir():
+            if args.brats:
+                write_shrunk_brats(Path(args.brats), work / "raw", dataset_id, name, args.shrink)
+            else:
+                write_phantom_dataset(str(work / "raw"), dataset_id, name, num_cases=args.cases,
+                                      size=tuple(args.size), num_channels=CHANNELS)
+        sh(["nnUNetv2_plan_and_preprocess", "-d", dataset_id, "-c", "3d_fullres", "-np", "1", "-npfp", "1"], env, log)
     cases = sorted(p.name[:-len("_0000.nii.gz")] for p in (work / "raw" / dataset / "imagesTr").glob("*_0000.nii.gz"))
-    labelled = sorted(np.random.default_rng(0).permutation(cases)[:args.labelled].tolist())
-    split = [{"train": labelled, "val": [c for c in cases if c not in labelled]}]
-    (work / "preprocessed" / dataset / "splits_final.json").write_text(json.dumps(split, indent=1))
+    splits = labelled_draws(cases, args.labelled, args.draws)
+    (work / "preprocessed" / dataset / "splits_final.json").write_text(json.dumps(splits, indent=1))
 
-    sh(["nnUNetv2_train", dataset_id, "3d_fullres", "all", "-tr", "nnUNetTrainerDDPMPretrain_demo", "-device", "cpu"],
-       env, log)
-    pretraining = work / "results" / dataset / "nnUNetTrainerDDPMPretrain_demo__nnUNetPlans__3d_fullres" / "fold_all"
-    exported = work / "ddpm_t50.pth"
-    sh(["nnUNetv2_ddpm_export_weights", "-i", pretraining / "checkpoint_final.pth", "-o", exported], env, log)
-    sh(["nnUNetv2_preprocess_like_nnssl", "-d", dataset_id, "-n", "DDPM", "-pc", exported, "-am", "default_nnunet"],
-       env, log)
-    ptplans = [p.stem for p in (work / "preprocessed" / dataset).glob("ptPlans__DDPM*.json")]
-    if len(ptplans) != 1:
-        raise SystemExit(f"Expected one ptPlans__DDPM*.json, found {ptplans}")
-    ptplans_file.write_text(ptplans[0])
+    pretraining = results / "nnUNetTrainerDDPMPretrain_demo__nnUNetPlans__3d_fullres" / "fold_all"
+    if not (pretraining / "checkpoint_final.pth").is_file():
+        sh(["nnUNetv2_train", dataset_id, "3d_fullres", "all", "-tr", "nnUNetTrainerDDPMPretrain_demo", "-device",
+            "cpu"], env, log)
+    if not ptplans_file.is_file():
+        exported = work / "ddpm_t50.pth"
+        sh(["nnUNetv2_ddpm_export_weights", "-i", pretraining / "checkpoint_final.pth", "-o", exported], env, log)
+        sh(["nnUNetv2_preprocess_like_nnssl", "-d", dataset_id, "-n", "DDPM", "-pc", exported, "-am",
+            "default_nnunet"], env, log)
+        ptplans = [p.stem for p in (work / "preprocessed" / dataset).glob("ptPlans__DDPM*.json")]
+        if len(ptplans) != 1:
+            raise SystemExit(f"Expected one ptPlans__DDPM*.json, found {ptplans}")
+        ptplans_file.write_text(ptplans[0])
 
-    for trainer in ("nnUNetTrainer_demo", "nnUNetTrainerDDPMFinetune_demo"):
-        sh(["nnUNetv2_train", dataset_id, "3d_fullres", 0, "-tr", trainer, "-device", "cpu"], env, log)
-    for mode in ("pretrained", "scratch"):
-        sh([sys.executable, __file__, "-o", work, "--epochs", args.epochs, "--iterations", args.iterations,
-            *(["--brats", args.brats] if args.brats else []), "--in-process-branch", mode], env, log)
+    folders = model_folders(results, ptplans_file.read_text().strip())
+    for fold in range(args.draws):
+        for method, command in (
+                ("supervised nnU-Net", ["nnUNetv2_train", dataset_id, "3d_fullres", fold, "-tr", "nnUNetTrainer_demo",
+                                        "-device", "cpu"]),
+                ("plugin fine-tune", ["nnUNetv2_train", dataset_id, "3d_fullres", fold, "-tr",
+                                      "nnUNetTrainerDDPMFinetune_demo", "-device", "cpu"]),
+                *[(f"train_pretrained{' --from_scratch' if mode == 'scratch' else ''}",
+                   [sys.executable, __file__, "-o", work, "--epochs", args.epochs, "--iterations", args.iterations,
+                    *(["--brats", args.brats] if args.brats else []), "--fold", fold, "--in-process-branch", mode])
+                  for mode in ("pretrained", "scratch")]):
+            if not (folders[method] / f"fold_{fold}" / "validation" / "summary.json").is_file():
+                sh(command, env, log)
+
+
+def model_folders(results: Path, ptplans: str) -> dict:
+    return {"supervised nnU-Net": results / "nnUNetTrainer_demo__nnUNetPlans__3d_fullres",
+            "plugin fine-tune": results / "nnUNetTrainerDDPMFinetune_demo__nnUNetPlans__3d_fullres",
+            "train_pretrained": results / f"BudgetedPretrainedTrainer__{ptplans}__3d_fullres",
+            "train_pretrained --from_scratch": results / f"BudgetedPretrainedTrainer__{ptplans}__from_scratch__3d_fullres"}
 
 
 def report(args, work: Path, ptplans: str, dataset: str) -> None:
-    from nnunet_ddpm.comparison.statistics import paired_difference
-    results = work / "results" / dataset
-    folders = {"supervised nnU-Net": results / "nnUNetTrainer_demo__nnUNetPlans__3d_fullres",
-               "plugin fine-tune": results / "nnUNetTrainerDDPMFinetune_demo__nnUNetPlans__3d_fullres",
-               "train_pretrained": results / f"BudgetedPretrainedTrainer__{ptplans}__3d_fullres",
-               "train_pretrained --from_scratch":
-                   results / f"BudgetedPretrainedTrainer__{ptplans}__from_scratch__3d_fullres"}
+    """Per method and label (or region): a (draws, cases) array of Dice, NaN where the case was labelled in that draw;
+    paired differences over draws and cases (``run_aware_difference``: cases, then draws, resampled)."""
+    from nnunet_ddpm.comparison.statistics import run_aware_difference
+    folders = model_folders(work / "results" / dataset, ptplans)
     names = label_names(json.loads((work / "raw" / dataset / "dataset.json").read_text()))
-    dice = {method: case_dice(folder / "fold_0" / "validation", names) for method, folder in folders.items()}
-    evaluated = sorted(dice["supervised nnU-Net"])
+    draws = sorted(int(summary.parts[-3][len("fold_"):])
+                   for summary in folders["supervised nnU-Net"].glob("fold_*/validation/summary.json"))
+    dice = {method: [case_dice(folder / f"fold_{k}" / "validation", names) for k in draws]
+            for method, folder in folders.items()}
+    cases = sorted(set().union(*dice["supervised nnU-Net"]))
     regions = [*names.values(), "mean"]
-    values = {method: {r: np.array([per_case[c][r] for c in evaluated]) for r in regions}
-              for method, per_case in dice.items()}
+    values = {method: {r: np.array([[run[c][r] if c in run else np.nan for c in cases] for run in runs])
+                       for r in regions} for method, runs in dice.items()}
     pairs = [("train_pretrained", "train_pretrained --from_scratch"), ("train_pretrained", "plugin fine-tune"),
              ("plugin fine-tune", "supervised nnU-Net"), ("train_pretrained", "supervised nnU-Net")]
-    summary = {"settings": vars(args) | {"branch_plans": ptplans, "evaluated_cases": len(evaluated)},
+    summary = {"settings": vars(args) | {"branch_plans": ptplans, "draws": draws, "evaluated_cases": len(cases)},
+               "note": "dropped_pairs counts the undefined values of the evaluated cases: a case's draws in which it "
+                       "was labelled, and Dice of a label empty in both reference and prediction",
                "mean_dice": {m: {r: float(np.nanmean(v)) for r, v in by_region.items()}
                              for m, by_region in values.items()},
                "paired": [{"method": a, "against": b, "region": r,
-                           **paired_difference(values[a][r], values[b][r])} for a, b in pairs for r in regions]}
+                           **run_aware_difference(values[a][r], values[b][r], paired_runs=True)}
+                          for a, b in pairs for r in regions]}
     (work / "comparison.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps(summary, indent=1))
 
