@@ -18,6 +18,13 @@ def written_atomically(path: str) -> Iterator[str]:
             os.remove(temporary)
 
 
+def torch_saved_atomically(obj, path: str) -> None:
+    """``torch.save`` through ``written_atomically``: an interrupted save never leaves a truncated checkpoint."""
+    import torch
+    with written_atomically(path) as temporary:
+        torch.save(obj, temporary)
+
+
 @contextmanager
 def folder_written_atomically(target: str) -> Iterator[str]:
     """The folder counterpart of ``written_atomically``: an empty folder ``<target>.partial`` (a leftover of an

@@ -1,7 +1,8 @@
 """``nnunet_ddpm.files``: a file or folder replaces its target only once it is complete."""
 import pytest
+import torch
 
-from nnunet_ddpm.files import folder_written_atomically, written_atomically
+from nnunet_ddpm.files import folder_written_atomically, torch_saved_atomically, written_atomically
 
 
 def test_written_atomically_replaces_the_file_only_on_success(tmp_path):
@@ -16,6 +17,16 @@ def test_written_atomically_replaces_the_file_only_on_success(tmp_path):
             open(temporary, "w").write("half")
             raise RuntimeError
     assert target.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["result.json"]
+
+
+def test_a_failed_torch_save_leaves_the_earlier_checkpoint(tmp_path):
+    target = tmp_path / "checkpoint_latest.pth"
+    torch_saved_atomically({"epoch": 3, "weights": torch.ones(2)}, str(target))
+    with pytest.raises(Exception):  # a lambda cannot be pickled: torch.save fails after writing part of the file
+        torch_saved_atomically({"epoch": 4, "weights": torch.zeros(2), "hook": lambda: None}, str(target))
+    saved = torch.load(target)
+    assert saved["epoch"] == 3 and torch.equal(saved["weights"], torch.ones(2))
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint_latest.pth"]
 
 
 def test_folder_written_atomically_replaces_the_folder_only_on_success(tmp_path):

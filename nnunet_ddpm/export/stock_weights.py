@@ -16,7 +16,7 @@ from batchgenerators.utilities.file_and_folder_operations import isfile, join, l
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from nnunet_ddpm.diffusion import FINETUNE_TIMESTEP, DiffusionSettings
-from nnunet_ddpm.files import folder_written_atomically, written_atomically
+from nnunet_ddpm.files import folder_written_atomically, torch_saved_atomically
 from nnunet_ddpm.folders import require_writable_folder
 from nnunet_ddpm.networks import FixedTimestepUNet
 from nnunet_ddpm.networks.folding import fold_denoiser, plain_state_dict
@@ -31,11 +31,6 @@ CITATIONS = [{"type": "pretraining", "name": "DDPM denoising pretraining (nnunet
 
 class ExportError(ValueError):
     """Input that cannot be exported; the message says why and what to do."""
-
-
-def _save_atomically(checkpoint: dict, path: str) -> None:
-    with written_atomically(path) as temporary:
-        torch.save(checkpoint, temporary)
 
 
 def export_pretraining_weights(checkpoint_path: str, output_file: str, timestep: int = FINETUNE_TIMESTEP) -> dict:
@@ -56,7 +51,7 @@ def export_pretraining_weights(checkpoint_path: str, output_file: str, timestep:
               "pretraining_epochs": checkpoint["current_epoch"]}
     plan = adaptation_plan(plans_manager, metadata["configuration"], metadata["num_input_channels"], weights)
     maybe_mkdir_p(os.path.dirname(os.path.abspath(output_file)))
-    _save_atomically({"network_weights": weights, "ddpm_export": record, "nnssl_adaptation_plan": plan,
+    torch_saved_atomically({"network_weights": weights, "ddpm_export": record, "nnssl_adaptation_plan": plan,
                       "citations": CITATIONS}, output_file)
     return record
 
@@ -177,7 +172,7 @@ def _export_checkpoint(source: str, target: str, network: torch.nn.Module, train
     stock.update(network_weights=weights, trainer_name=trainer_name, optimizer_state=None, grad_scaler_state=None,
                  ddpm_export={"source": os.path.abspath(source), "trainer_name": checkpoint["trainer_name"],
                               "ddpm_pretraining": checkpoint.get("ddpm_pretraining")})
-    _save_atomically(stock, target)
+    torch_saved_atomically(stock, target)
 
 
 def export_weights_entry(argv: Optional[Sequence[str]] = None) -> None:

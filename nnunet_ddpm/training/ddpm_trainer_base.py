@@ -11,7 +11,7 @@ from torch import autocast, nn
 from torch._dynamo import OptimizedModule
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from nnunet_ddpm.files import written_atomically
+from nnunet_ddpm.files import torch_saved_atomically
 from nnunet_ddpm.diffusion import DiffusionSettings
 from nnunet_ddpm.splits.grouped_folds import check_split_for_training
 from nnunet_ddpm.networks.time_conditioned_unet import PRETRAINING_METADATA_KEY, decode_pretraining_metadata
@@ -150,9 +150,7 @@ class nnUNetTrainerDDPMBase(Seeded, CheckedResume, nnUNetTrainer):
             'inference_allowed_mirroring_axes': self.inference_allowed_mirroring_axes,
         }
         checkpoint.update(self.extra_checkpoint_entries())
-        # an interrupted save never leaves a truncated checkpoint behind
-        with written_atomically(filename) as temporary:
-            torch.save(checkpoint, temporary)
+        torch_saved_atomically(checkpoint, filename)
 
 
 class UsesPretrainedDenoiser(nnUNetTrainerDDPMBase):
