@@ -234,7 +234,33 @@ def report(args, work: Path, ptplans: str, dataset: str) -> None:
                            **run_aware_difference(values[a][r], values[b][r], paired_runs=True)}
                           for a, b in pairs for r in regions]}
     (work / "comparison.json").write_text(json.dumps(summary, indent=1))
+    plot_paired(summary["paired"], regions, f"{len(draws)} draw{'s' * (len(draws) > 1)} of {args.labelled} labelled, "
+                f"{len(cases)} cases evaluated", work / "comparison.png")
     print(json.dumps(summary, indent=1))
+
+
+def plot_paired(paired: list, regions: list, subtitle: str, path: Path) -> None:
+    """One panel per label or region: each paired difference with its 95 % interval."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    pairs = list(dict.fromkeys((d["method"], d["against"]) for d in paired))
+    figure, axes = plt.subplots(1, len(regions), figsize=(3.2 * len(regions) + 2.6, 0.6 + 0.45 * len(pairs)),
+                                sharey=True)
+    for axis, region in zip(axes, regions):
+        for y, (method, against) in enumerate(pairs):
+            d = next(d for d in paired if (d["method"], d["against"], d["region"]) == (method, against, region))
+            axis.errorbar(d["mean"], y, xerr=[[d["mean"] - d["low"]], [d["high"] - d["mean"]]], marker="o", capsize=3)
+        axis.axvline(0, color="black", linewidth=0.8)
+        axis.set_title(region, fontsize=9)
+        axis.set_xlabel("Dice difference", fontsize=8)
+        axis.grid(alpha=0.3)
+    axes[0].set_yticks(range(len(pairs)), [f"{m}\nminus {a}" for m, a in pairs], fontsize=7)
+    axes[0].invert_yaxis()
+    figure.suptitle(subtitle, fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
 
 
 if __name__ == "__main__":
