@@ -88,19 +88,21 @@ def write_shrunk_brats(source: Path, target: Path, dataset_id: int, name: str, f
     """A copy of a BraTS raw dataset at ``factor`` times the voxel size: each image block-averaged (SimpleITK's
     BinShrink), each label map sampled at the centres of those blocks."""
     import SimpleITK as sitk
-    folder = target / f"Dataset{dataset_id}_{name}"
-    for sub in ("imagesTr", "labelsTr"):
-        (folder / sub).mkdir(parents=True)
-    for label_file in sorted((source / "labelsTr").glob("*.nii.gz")):
-        case = label_file.name[:-len(".nii.gz")]
-        grid = None
-        for image_file in sorted((source / "imagesTr").glob(f"{case}_[0-9][0-9][0-9][0-9].nii.gz")):
-            grid = sitk.BinShrink(sitk.ReadImage(str(image_file), sitk.sitkFloat32), [factor] * 3)
-            sitk.WriteImage(grid, str(folder / "imagesTr" / image_file.name))
-        labels = sitk.Resample(sitk.ReadImage(str(label_file)), grid, sitk.Transform(), sitk.sitkNearestNeighbor)
-        sitk.WriteImage(labels, str(folder / "labelsTr" / label_file.name))
-    dataset_json = json.loads((source / "dataset.json").read_text()) | {"name": name}
-    (folder / "dataset.json").write_text(json.dumps(dataset_json, indent=1))
+    from nnunet_ddpm.files import folder_written_atomically
+    with folder_written_atomically(str(target / f"Dataset{dataset_id}_{name}")) as partial:  # a rerun finds all or none
+        folder = Path(partial)
+        for sub in ("imagesTr", "labelsTr"):
+            (folder / sub).mkdir()
+        for label_file in sorted((source / "labelsTr").glob("*.nii.gz")):
+            case = label_file.name[:-len(".nii.gz")]
+            grid = None
+            for image_file in sorted((source / "imagesTr").glob(f"{case}_[0-9][0-9][0-9][0-9].nii.gz")):
+                grid = sitk.BinShrink(sitk.ReadImage(str(image_file), sitk.sitkFloat32), [factor] * 3)
+                sitk.WriteImage(grid, str(folder / "imagesTr" / image_file.name))
+            labels = sitk.Resample(sitk.ReadImage(str(label_file)), grid, sitk.Transform(), sitk.sitkNearestNeighbor)
+            sitk.WriteImage(labels, str(folder / "labelsTr" / label_file.name))
+        dataset_json = json.loads((source / "dataset.json").read_text()) | {"name": name}
+        (folder / "dataset.json").write_text(json.dumps(dataset_json, indent=1))
 
 
 def main() -> None:

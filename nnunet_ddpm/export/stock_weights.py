@@ -52,7 +52,7 @@ def export_pretraining_weights(checkpoint_path: str, output_file: str, timestep:
     plan = adaptation_plan(plans_manager, metadata["configuration"], metadata["num_input_channels"], weights)
     maybe_mkdir_p(os.path.dirname(os.path.abspath(output_file)))
     torch_saved_atomically({"network_weights": weights, "ddpm_export": record, "nnssl_adaptation_plan": plan,
-                      "citations": CITATIONS}, output_file)
+                            "citations": CITATIONS}, output_file)
     return record
 
 
